@@ -1,0 +1,202 @@
+"""Run directories, atomic artifacts, stage manifests and the one user-facing error type.
+
+Every stage reads artifacts from `runs/<name>/` and writes its own there. Outputs are written
+under a temporary name and renamed into place, and a stage's manifest is written last, so a
+killed run never leaves a file that looks finished. A stage whose manifest matches the current
+fingerprint (its config, its inputs' hashes) is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "data"
+
+
+class ReproError(Exception):
+    """A user-facing error: printed as one line naming the file or setting and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+
+    Works for files and directories. The temporary name starts with '.tmp-' so a crash leaves
+    something that is obviously not an artifact (and is removed on the next attempt).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}"
+    _remove(tmp)
+    try:
+        yield tmp
+        if path.exists() and path.is_dir():
+            _remove(path)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSON-lines file, ignoring a torn last line (a crash mid-append)."""
+    rows = []
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # torn write from an interrupted run; it is redone
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def repair_jsonl(path: Path) -> None:
+    """Cut a torn last line so that appends start on a clean line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def append_jsonl(f, row: dict) -> None:
+    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def digest(path: Path) -> str:
+    """Content hash of a file or a directory (names + contents)."""
+    path = Path(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(str(p.relative_to(path)).encode())
+            h.update(sha256_file(p).encode())
+        return h.hexdigest()
+    return sha256_file(path)
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directory: lock and manifests
+
+
+class RunDir:
+    """`runs/<name>/`: artifacts, `manifests/<stage>.json`, and a lock against concurrent runs."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock_file = None
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def create(self) -> None:
+        (self.path / "manifests").mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator["RunDir"]:
+        self.create()
+        f = open(self.path / ".lock", "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise ReproError(
+                f"{self.path}: another repro process is using this run directory; "
+                "wait for it to finish or choose another --run-dir"
+            ) from None
+        try:
+            yield self
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.path / "manifests" / f"{stage}.json"
+
+    def manifest(self, stage: str) -> dict | None:
+        p = self.manifest_path(stage)
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    def is_done(self, stage: str, fp: str, outputs: Iterable[str]) -> bool:
+        """A stage is done when its manifest has this fingerprint and its outputs are intact."""
+        m = self.manifest(stage)
+        if not m or m.get("fingerprint") != fp:
+            return False
+        for name in outputs:
+            p = self.path / name
+            if not p.exists() or m.get("outputs", {}).get(name) != digest(p):
+                return False
+        return True
+
+    def write_manifest(self, stage: str, fp: str, config: dict, inputs: dict, outputs: Iterable[str],
+                       stats: dict, seconds: float) -> dict:
+        from repro import versions
+
+        m = {
+            "stage": stage,
+            "fingerprint": fp,
+            "config": config,
+            "inputs": inputs,
+            "outputs": {name: digest(self.path / name) for name in outputs},
+            "stats": stats,
+            "seconds": round(seconds, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": versions(),
+        }
+        write_json(self.manifest_path(stage), m)
+        return m

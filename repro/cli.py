@@ -1,0 +1,298 @@
+"""The `repro` command: `repro run --profile tiny` runs every stage; `repro <stage>` runs one.
+
+    repro run --profile tiny                    # the whole pipeline into runs/tiny/
+    repro generate --profile tiny --set generate.max_tokens=512
+    repro doctor                                # what is installed, cached and missing
+    repro fetch                                 # assemble embedded models, fetch the GGUF converter
+    repro config --profile smoke                # print the resolved configuration
+
+A stage whose inputs and settings are unchanged since it last finished is skipped. Errors meant
+for the user are one line and exit status 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported anywhere: busy-waiting OpenMP threads made CPU training 10x slower on
+# a loaded 2-core machine (measured). Progress bars of libraries would interleave with ours.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from repro import config as config_mod  # noqa: E402
+from repro.artifacts import DATA_DIR, ROOT, ReproError, RunDir, digest, fingerprint, write_json  # noqa: E402
+
+STAGES = ["seeds", "generate", "clean", "train", "export", "evaluate", "report"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage table: for each stage, its settings, the artifacts it reads and writes, and how to run it.
+
+
+def _prompt_hash(name: str) -> str:
+    p = Path(name) if Path(name).is_file() else DATA_DIR / "prompts" / name
+    return digest(p) if p.exists() else name
+
+
+def stage_plan(stage: str, cfg: config_mod.Config):
+    """(settings that define the result, input artifact names, output artifact names)."""
+    from repro import models, seeds
+    from repro.benchmarks import humaneval_sha256
+
+    quant_file = f"model-{cfg.export.quant}.gguf"
+    if stage == "seeds":
+        root = seeds.source_root(cfg.seeds.source)
+        return ({**cfg.section("seeds"), "tree": seeds.tree_fingerprint(root),
+                 "languages": digest(DATA_DIR / "languages.tsv")}, [], ["seeds.parquet"])
+    if stage == "generate":
+        return ({**cfg.section("generate"), "teacher_id": models.model_id(cfg.generate.teacher),
+                 "prompt_hash": _prompt_hash(cfg.generate.prompt)},
+                ["seeds.parquet"], ["pairs.jsonl", "rejected.jsonl"])
+    if stage == "clean":
+        return ({**cfg.section("clean"), "humaneval": humaneval_sha256()}, ["pairs.jsonl"],
+                ["clean.parquet", "removed.parquet"])
+    if stage == "train":
+        return ({**cfg.section("train"), "student_id": models.model_id(cfg.train.student),
+                 "template": digest(DATA_DIR / "prompts" / "train_template.txt")},
+                ["clean.parquet"], ["adapter", "train_log.jsonl"])
+    if stage == "export":
+        return ({**cfg.section("export"), "student_id": models.model_id(cfg.train.student)},
+                ["adapter"], [quant_file, "export.json"])
+    if stage == "evaluate":
+        return ({**cfg.section("evaluate"), "base_id": models.model_id(cfg.train.student),
+                 "humaneval": humaneval_sha256(),
+                 "prompts": [digest(DATA_DIR / "prompts" / n) for n in ("train_template.txt", "eval_instruct.txt")]},
+                [quant_file], ["eval/results.json"])
+    raise AssertionError(stage)
+
+
+def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) -> dict:
+    from repro import clean, evaluate, export, generate, models, seeds, train
+
+    if stage == "seeds":
+        return seeds.run(cfg.seeds, run / "seeds.parquet")
+    if stage == "generate":
+        return generate.run(cfg.generate, run / "seeds.parquet", run / "pairs.jsonl", run / "rejected.jsonl",
+                            fp, progress)
+    if stage == "clean":
+        return clean.run(cfg.clean, run / "pairs.jsonl", run / "clean.parquet", run / "removed.parquet")
+    if stage == "train":
+        return train.run(cfg.train, run / "clean.parquet", run / "adapter", run / "train_log.jsonl", progress)
+    if stage == "export":
+        stats = export.run(cfg.export, cfg.train.student, run / "adapter",
+                           run / f"model-{cfg.export.quant}.gguf", run / "export-work")
+        write_json(run / "export.json", stats)
+        return stats
+    if stage == "evaluate":
+        targets = {"base": (models.resolve(cfg.train.student), cfg.evaluate.base_prompt),
+                   "finetuned": (run / f"model-{cfg.export.quant}.gguf", cfg.evaluate.tuned_prompt)}
+        results = evaluate.run(cfg.evaluate, targets, run / "eval", fp, progress)
+        write_json(run / "eval" / "results.json", results)
+        return results
+    raise AssertionError(stage)
+
+
+def run_stage(stage: str, cfg: config_mod.Config, run: RunDir, console, progress, force: bool = False) -> dict:
+    from repro import report
+
+    if stage == "report":  # cheap, and reflects whatever is on disk now
+        report.run(run, run / "report.md")
+        console.print(f"[green]✓[/] report → {run / 'report.md'}")
+        return {}
+    settings, inputs, outputs = stage_plan(stage, cfg)
+    for name in inputs:
+        if not (run / name).exists():
+            prev = {"seeds.parquet": "seeds", "pairs.jsonl": "generate", "clean.parquet": "clean",
+                    "adapter": "train"}.get(name, "export")
+            raise ReproError(f"{run / name} is missing; run `repro {prev} --profile {cfg.profile}` first "
+                             f"(or `repro run --profile {cfg.profile}`)")
+    input_digests = {name: digest(run / name) for name in inputs}
+    fp = fingerprint(stage, settings, input_digests)
+    if not force and run.is_done(stage, fp, outputs):
+        console.print(f"[dim]↷ {stage}: up to date, skipped[/]")
+        return run.manifest(stage)["stats"]
+    t0 = time.perf_counter()
+    stats = execute(stage, cfg, run, fp, progress)
+    seconds = time.perf_counter() - t0
+    run.write_manifest(stage, fp, settings, input_digests, outputs, stats, seconds)
+    console.print(f"[green]✓[/] {stage} ({seconds:.1f} s): {summary(stage, stats)}")
+    return stats
+
+
+def summary(stage: str, s: dict) -> str:
+    return {
+        "seeds": lambda: f"{s['seeds']} seeds from {s['files']} files",
+        "generate": lambda: f"{s['pairs']} pairs, {s['rejected']} rejected, {s['tokens_per_second']} tokens/s",
+        "clean": lambda: f"{s['kept']} kept of {s['pairs_in']} ({s['removed_by_reason'] or 'none removed'})",
+        "train": lambda: f"{s['steps']} steps, loss {s['first_loss']:.3f} → {s['final_loss']:.3f}, "
+                         f"{s['tokens_per_second']} tokens/s",
+        "export": lambda: f"{s['quant']} GGUF, {s['bytes'] / 2**20:.0f} MiB, loads in llama.cpp",
+        "evaluate": lambda: ", ".join(f"{k} {v['passed']}/{v['n']}" for k, v in s["models"].items()),
+    }[stage]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def preflight(cfg: config_mod.Config, stages: list[str]) -> None:
+    """Fail on bad settings before anything is written into the run directory."""
+    from repro import models, seeds
+
+    if "seeds" in stages:
+        seeds.source_root(cfg.seeds.source)
+    if "generate" in stages:
+        models.resolve(cfg.generate.teacher)
+    if {"train", "export", "evaluate"} & set(stages):
+        models.resolve(cfg.train.student)
+
+
+def cmd_stages(args, stages: list[str]) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    cfg = config_mod.load(args.profile, args.set)
+    run = RunDir(Path(args.run_dir) if args.run_dir else ROOT / "runs" / (args.name or cfg.profile))
+    preflight(cfg, stages)
+    console = Console(stderr=True, quiet=args.quiet)
+    with run.locked():
+        write_json(run / "run.json", {"profile": cfg.profile, "config": asdict(cfg)})
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+        with Progress(*columns, console=console, transient=True, disable=args.quiet) as progress:
+            for stage in stages:
+                run_stage(stage, cfg, run, console, progress, force=args.force)
+    if "evaluate" in stages or "report" in stages:
+        print_results(run, console)
+    return 0
+
+
+def print_results(run: RunDir, console) -> None:
+    from rich.table import Table
+
+    m = run.manifest("evaluate")
+    if not m:
+        return
+    t = Table(title=f"HumanEval pass@1 ({run.path.name})")
+    for col in ("model", "prompt", "passed", "pass@1", "95% interval"):
+        t.add_column(col)
+    for label, r in m["stats"]["models"].items():
+        t.add_row(label, r["prompt_style"], f"{r['passed']}/{r['n']}", f"{100 * r['pass@1']:.1f}",
+                  f"{100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f}")
+    console.print(t)
+    console.print(f"report: {run / 'report.md'}")
+
+
+def cmd_doctor(args) -> int:
+    import importlib.metadata as md
+
+    from repro import models, versions
+    from repro.export import converter_dir
+    from repro.train import cpu_has_bf16
+
+    ok = True
+    print(f"repro root: {ROOT}")
+    for k, v in versions().items():
+        print(f"  {k:18} {v or 'MISSING'}")
+        ok &= v is not None or k in ("gguf",)
+    print(f"cache: {models.cache_dir()}")
+    for name, e in models.EMBEDDED.items():
+        installed = sum(1 for p in e.packages if _has_dist(md, p))
+        f = models.cache_dir() / "models" / f"{name}.gguf"
+        state = "assembled" if f.with_suffix(".gguf.verified").exists() else "not assembled"
+        print(f"  embedded:{name}: {installed}/{len(e.packages)} chunk packages installed "
+              f"(extra `{e.extra}`), {state}")
+        if e.extra == "embedded-models" and installed < len(e.packages):
+            ok = False
+    conv = converter_dir() / "convert_hf_to_gguf.py"
+    print(f"  GGUF converter: {'present' if conv.exists() else 'missing (run `repro fetch`)'}")
+    print(f"cpu: {os.cpu_count()} cores, bf16 {'yes' if cpu_has_bf16() else 'no'}, "
+          f"llama.cpp threads now {models.choose_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    try:
+        import torch
+        print(f"cuda: {'yes, ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
+    except ImportError:
+        pass
+    return 0 if ok else 1
+
+
+def _has_dist(md, name: str) -> bool:
+    try:
+        md.distribution(name)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def cmd_fetch(args) -> int:
+    from repro import export, models
+
+    for name, e in models.EMBEDDED.items():
+        if e.extra == "embedded-models" or args.all:
+            print(f"embedded:{name} → {models.assemble(name)}")
+    print(f"GGUF converter → {export.fetch_converter()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="repro", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stage_args(p):
+        p.add_argument("--profile", default="tiny", help=f"one of {', '.join(config_mod.PROFILES)}")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a setting, e.g. --set seeds.num_seeds=10 (repeatable)")
+        p.add_argument("--name", help="run name (default: the profile's name) → runs/<name>/")
+        p.add_argument("--run-dir", help="run directory (overrides --name)")
+        p.add_argument("--force", action="store_true", help="rerun even if up to date")
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    stage_args(sub.add_parser("run", help="run every stage"))
+    for s in STAGES:
+        stage_args(sub.add_parser(s, help=f"run the {s} stage"))
+    sub.add_parser("doctor", help="report what is installed, cached and missing")
+    f = sub.add_parser("fetch", help="assemble the embedded models and fetch the GGUF converter")
+    f.add_argument("--all", action="store_true", help="also the optional 1.5B teacher")
+    c = sub.add_parser("config", help="print a profile's resolved settings")
+    c.add_argument("--profile", default="tiny")
+    c.add_argument("--set", action="append", default=[])
+
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    try:
+        if args.command == "run":
+            return cmd_stages(args, STAGES)
+        if args.command in STAGES:
+            return cmd_stages(args, [args.command])
+        if args.command == "doctor":
+            return cmd_doctor(args)
+        if args.command == "fetch":
+            return cmd_fetch(args)
+        if args.command == "config":
+            print(json.dumps(asdict(config_mod.load(args.profile, args.set)), indent=2))
+            return 0
+    except ReproError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

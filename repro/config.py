@@ -1,0 +1,161 @@
+"""Plain dataclass configs, named profiles, and `section.key=value` overrides.
+
+Profiles:
+- `smoke`: for tests. A handful of seeds, two optimizer steps, a few eval problems (minutes).
+- `tiny`: the default of `make reproduce`. The embedded models on a 2-core CPU, all 164 HumanEval
+  problems for the base and the fine-tuned student.
+- `workstation`: one consumer CUDA GPU with bigger models from the hub (documented; run where a
+  GPU and the `cuda`/`hub` extras exist).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from repro.artifacts import ReproError
+
+TEACHER_0P5B = "embedded:qwen2.5-coder-0.5b-instruct-q4_k_m"
+TEACHER_1P5B = "embedded:qwen2.5-coder-1.5b-instruct-q4_k_m"
+STUDENT_270M = "embedded:gemma-3-270m-q4_k_m"
+
+
+@dataclass
+class SeedsConfig:
+    source: str = "stdlib"          # "stdlib" (this interpreter's standard library) or a directory
+    num_seeds: int = 48             # seeds sampled (one per randomly chosen file)
+    max_lines: int = 15             # seed length is uniform in 1..max_lines (the paper: 15)
+    max_file_bytes: int = 1_000_000  # larger files are skipped, and counted
+    random_seed: int = 42
+
+
+@dataclass
+class GenerateConfig:
+    teacher: str = TEACHER_0P5B
+    prompt: str = "oss_instruct.txt"  # a template under data/prompts/ or a path
+    max_tokens: int = 768
+    temperature: float = 0.0        # greedy, as the paper's generation
+    n_ctx: int = 2048
+    threads: int = 0                # 0 = choose from the machine's current load
+    seed: int = 42
+
+
+@dataclass
+class CleanConfig:
+    benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])
+
+
+@dataclass
+class TrainConfig:
+    student: str = STUDENT_270M
+    epochs: float = 2.0
+    max_steps: int = 0              # > 0 caps optimizer steps (smoke tests)
+    lr: float = 2e-4                # LoRA rate; the paper's 5e-5 is for full fine-tuning
+    warmup_steps: int = 5
+    batch_size: int = 4             # sequences per optimizer step (gradient accumulation)
+    max_len: int = 1216             # the paper's maximum sequence length
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    precision: str = "auto"         # auto | bf16 | fp32 (auto: bf16 autocast where the CPU has it)
+    threads: int = 0                # 0 = all cores
+    seed: int = 42
+
+
+@dataclass
+class ExportConfig:
+    outtype: str = "f16"            # the un-quantized GGUF the converter writes
+    quant: str = "q4_k_m"           # any llama.cpp file type by name
+    keep_intermediate: bool = False  # keep the merged HF checkpoint and the f16 GGUF
+
+
+@dataclass
+class EvaluateConfig:
+    benchmark: str = "humaneval"
+    limit: int = 0                  # 0 = all problems
+    max_tokens: int = 512           # the paper's evaluation budget
+    n_ctx: int = 2048
+    timeout_s: float = 10.0         # per program
+    threads: int = 0
+    base_prompt: str = "completion"  # a base model gets the plain function prompt
+    tuned_prompt: str = "instruct"   # the fine-tuned one gets the training template
+
+
+@dataclass
+class Config:
+    profile: str = "tiny"
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def section(self, name: str) -> dict:
+        return dataclasses.asdict(getattr(self, name))
+
+
+def _smoke() -> Config:
+    c = Config(profile="smoke")
+    c.seeds.num_seeds = 4
+    c.generate.max_tokens = 512
+    c.train.max_steps = 2
+    c.train.batch_size = 2
+    c.train.max_len = 512
+    c.evaluate.limit = 3
+    c.evaluate.max_tokens = 128
+    return c
+
+
+def _tiny() -> Config:
+    return Config(profile="tiny")
+
+
+def _workstation() -> Config:
+    # One consumer GPU: a stronger teacher and student from the hub (needs the `hub` extra and a
+    # network), many more pairs, and the CUDA training backends once they land.
+    c = Config(profile="workstation")
+    c.seeds.num_seeds = 5000
+    c.generate.teacher = "hf://Qwen/Qwen2.5-Coder-7B-Instruct-GGUF/qwen2.5-coder-7b-instruct-q4_k_m.gguf"
+    c.generate.n_ctx = 4096
+    c.train.epochs = 2
+    c.train.batch_size = 32
+    return c
+
+
+PROFILES = {"smoke": _smoke, "tiny": _tiny, "workstation": _workstation}
+
+
+def load(profile: str, overrides: list[str] | None = None) -> Config:
+    if profile not in PROFILES:
+        raise ReproError(f"--profile {profile!r} is unknown; choose one of: {', '.join(PROFILES)}")
+    cfg = PROFILES[profile]()
+    for item in overrides or []:
+        apply_override(cfg, item)
+    return cfg
+
+
+def apply_override(cfg: Config, item: str) -> None:
+    """Apply `section.key=value`, converting the value to the field's type."""
+    key, sep, raw = item.partition("=")
+    section, _, name = key.partition(".")
+    sub = getattr(cfg, section, None) if sep and name else None
+    if sub is None or not dataclasses.is_dataclass(sub) or name not in {f.name for f in dataclasses.fields(sub)}:
+        raise ReproError(f"--set {item!r}: expected section.key=value with a known key "
+                         f"(e.g. seeds.num_seeds=10); see `repro config --profile {cfg.profile}`")
+    hint = typing.get_type_hints(type(sub))[name]
+    try:
+        if hint is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            value = raw.lower() in ("1", "true", "yes")
+        elif hint in (int, float, str):
+            value = hint(raw)
+        else:  # list[str]
+            value = [v for v in raw.split(",") if v]
+    except ValueError:
+        raise ReproError(f"--set {item!r}: {raw!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+    setattr(sub, name, value)

