@@ -185,6 +185,8 @@ class RunDir:
 
     def write_manifest(self, stage: str, fp: str, config: dict, inputs: dict, outputs: Iterable[str],
                        stats: dict, seconds: float) -> dict:
+        import resource
+
         from repro import versions
 
         m = {
@@ -195,6 +197,8 @@ class RunDir:
             "outputs": {name: digest(self.path / name) for name in outputs},
             "stats": stats,
             "seconds": round(seconds, 2),
+            # Peak resident memory of this process so far (Linux reports KiB): what the stage needed.
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": versions(),
         }

@@ -74,7 +74,7 @@ def _stderr_to(path: Path):
             os.close(saved)
 
 
-def quantize(src: Path, dst: Path, quant: str) -> None:
+def quantize(src: Path, dst: Path, quant: str, log: Path) -> None:
     import llama_cpp
 
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}", None)
@@ -85,7 +85,7 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = os.cpu_count() or 1
-    with _stderr_to(dst.with_name(dst.name + ".log")):  # llama.cpp prints a line per tensor
+    with _stderr_to(log):  # llama.cpp prints a line per tensor
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise ReproError(f"export: llama.cpp failed to quantize {src} to {quant} (code {rc})")
@@ -125,7 +125,7 @@ def run(cfg: ExportConfig, student: str, adapter_dir: Path, out_gguf: Path, work
     with atomic_path(f16) as tmp:
         convert(merged, tmp, cfg.outtype)
     with atomic_path(out_gguf) as tmp:
-        quantize(f16, tmp, cfg.quant)
+        quantize(f16, tmp, cfg.quant, work / "quantize.log")
         llm = load_llama(tmp, n_ctx=256)
         text = llm(CHECK_TEXT, max_tokens=16, temperature=0.0)["choices"][0]["text"]
         del llm

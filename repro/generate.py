@@ -102,8 +102,8 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
                 try:
                     out = llm.create_chat_completion(messages=messages, max_tokens=cfg.max_tokens,
                                                      temperature=cfg.temperature, seed=cfg.seed)
-                except ValueError as e:  # prompt longer than the context
-                    append_jsonl(bad, {"seed_id": seed_id, "reason": f"error: {e}"})
+                except ValueError as e:  # the prompt does not fit the context
+                    append_jsonl(bad, {"seed_id": seed_id, "reason": "prompt_too_long", "detail": str(e)})
                     continue
                 dt = time.perf_counter() - t0
                 choice, usage = out["choices"][0], out["usage"]

@@ -51,9 +51,11 @@ def build(run: RunDir) -> str:
     if (run.path / "run.json").exists():
         lines += [f"Profile: `{json.loads((run.path / 'run.json').read_text())['profile']}`", ""]
 
-    lines += ["## Pipeline", "", "| stage | in | out | removed / notes | seconds |", "| --- | --- | --- | --- | --- |"]
+    lines += ["## Pipeline", "", "| stage | in | out | removed / notes | seconds | peak RSS so far, MiB |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for stage, cin, cout, notes in _funnel(m):
-        lines.append(f"| {stage} | {cin} | {cout} | {notes} | {m[stage].get('seconds', '-')} |")
+        lines.append(f"| {stage} | {cin} | {cout} | {notes} | {m[stage].get('seconds', '-')} | "
+                     f"{m[stage].get('peak_rss_mib', '-')} |")
     total = sum(m[s].get("seconds", 0) for s in STAGE_ORDER)
     lines += ["", f"Total stage time: {total / 60:.1f} min.", ""]
 

