@@ -67,9 +67,10 @@ def evaluate_model(gguf: Path, style: str, cfg: EvaluateConfig, out: Path, fp: s
     repair_jsonl(out)
     done = {r["task_id"] for r in read_jsonl(out)}
     todo = [p for p in problems if p["task_id"] not in done]
-    gen_tokens, gen_seconds = 0, 0.0
+    gen_tokens, gen_seconds, threads = 0, 0.0, None
     if todo:
         llm = load_llama(gguf, n_ctx=cfg.n_ctx, threads=cfg.threads)
+        threads = llm.n_threads
         task = progress.add_task(f"evaluate {label}", total=len(problems), completed=len(done)) if progress else None
         with open(out, "a", encoding="utf-8") as f:
             for p in todo:
@@ -91,7 +92,8 @@ def evaluate_model(gguf: Path, style: str, cfg: EvaluateConfig, out: Path, fp: s
     lo, hi = wilson(k, n)
     return {"model": str(gguf), "prompt_style": style, "passed": k, "n": n, "pass@1": k / n if n else 0.0,
             "ci95": [lo, hi], "timeouts": sum(r["status"] == "timeout" for r in rows),
-            "tokens_per_second": round(gen_tokens / gen_seconds, 1) if gen_seconds else None}
+            "tokens_per_second": round(gen_tokens / gen_seconds, 1) if gen_seconds else None,
+            "threads": threads}
 
 
 def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path, fp: str,

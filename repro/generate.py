@@ -93,6 +93,7 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
              "prompt_tokens": 0, "decode_seconds": 0.0}
     if todo:
         llm = load_llama(resolve(cfg.teacher), n_ctx=cfg.n_ctx, threads=cfg.threads, seed=cfg.seed)
+        stats["threads"] = llm.n_threads
         task = progress.add_task("generate", total=len(seeds), completed=len(done)) if progress else None
         with open(pairs_path, "a", encoding="utf-8") as ok, open(rejected_path, "a", encoding="utf-8") as bad:
             for seed_id, language, snippet, path in todo:

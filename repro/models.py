@@ -16,6 +16,7 @@ import importlib.metadata as md
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,17 +166,33 @@ def assemble(name: str) -> Path:
 
 
 def choose_threads(requested: int = 0) -> int:
-    """Threads for llama.cpp: `requested` if > 0, else from the current load.
+    """Threads for llama.cpp: `requested` if > 0, else the cores that other processes leave idle.
 
     Measured on a 2-core machine: 2 threads give ~25 tokens/s when idle but collapse to 1-5
-    tokens/s when another process shares the cores, while 1 thread holds ~14. So use only the
-    cores that are idle now (at least one).
+    tokens/s when another process shares the cores, while 1 thread holds ~14. So count the busy
+    cores over a short window right now (our own process is idle while it loads a model); the
+    load average would also count our own previous stage and lags by minutes.
     """
     if requested > 0:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, round(cores - busy)))
+    return max(1, min(cores, round(cores - busy_cores())))
+
+
+def busy_cores(window_s: float = 0.5) -> float:
+    """How many cores were busy over the last `window_s` seconds (from /proc/stat)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(window_s)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    total_cores = os.cpu_count() or 1
+    return total_cores * (1 - (i1 - i0) / max(1, t1 - t0))
 
 
 _llama_lock = threading.Lock()

@@ -61,7 +61,8 @@ def build(run: RunDir) -> str:
 
     if g := m.get("generate", {}).get("stats"):
         lines += [f"Teacher throughput: {g.get('tokens_per_second')} tokens/s over "
-                  f"{g.get('completion_tokens')} generated tokens (this run's new answers).", ""]
+                  f"{g.get('completion_tokens')} generated tokens with {g.get('threads', '?')} llama.cpp "
+                  "threads (this run's new answers).", ""]
     if t := m.get("train", {}).get("stats"):
         lines += [f"Training: {t['tokens_per_second']} tokens/s, {t['precision']}, "
                   f"{t['trainable_parameters']:,} LoRA parameters, {t['threads']} threads.", ""]

@@ -65,3 +65,16 @@ def test_llama_cpp_decodes_the_embedded_models(name):
     llm = models.load_llama(models.resolve(f"embedded:{name}"), n_ctx=256, threads=1)
     out = llm("def add(a, b):\n    return", max_tokens=4, temperature=0.0)
     assert out["usage"]["completion_tokens"] >= 1 and out["choices"][0]["text"]
+
+
+def test_busy_cores_sees_another_process_spinning():
+    import subprocess
+    import sys
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.3)
+        assert models.busy_cores(window_s=1.0) >= 0.7
+    finally:
+        spinner.kill()
+        spinner.wait()
