@@ -91,6 +91,21 @@ def repair_jsonl(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def resume_jsonl(paths: Iterable[Path], marker: Path, fp: str) -> None:
+    """Prepare append-only result files for a resumable stage.
+
+    Rows left by an interrupted run are kept only when `marker` says they were made with the same
+    fingerprint `fp` (same inputs and settings); otherwise the files start over. A torn last line
+    is cut either way.
+    """
+    if not marker.exists() or marker.read_text() != fp:
+        for p in paths:
+            p.unlink(missing_ok=True)
+        write_text(marker, fp)
+    for p in paths:
+        repair_jsonl(p)
+
+
 def append_jsonl(f, row: dict) -> None:
     f.write(json.dumps(row, ensure_ascii=False) + "\n")
     f.flush()

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from repro import sandbox
-from repro.artifacts import DATA_DIR, ReproError, append_jsonl, read_jsonl, repair_jsonl, write_text
+from repro.artifacts import DATA_DIR, ReproError, append_jsonl, read_jsonl, resume_jsonl
 from repro.benchmarks import humaneval, humaneval_sha256
 from repro.config import EvaluateConfig
 from repro.train import format_prompt
@@ -60,11 +60,7 @@ def evaluate_model(gguf: Path, style: str, cfg: EvaluateConfig, out: Path, fp: s
     from repro.models import load_llama
 
     problems = humaneval()[: cfg.limit or None]
-    marker = out.with_suffix(".resume")
-    if not marker.exists() or marker.read_text() != fp:
-        out.unlink(missing_ok=True)
-        write_text(marker, fp)
-    repair_jsonl(out)
+    resume_jsonl([out], out.with_suffix(".resume"), fp)
     done = {r["task_id"] for r in read_jsonl(out)}
     todo = [p for p in problems if p["task_id"] not in done]
     gen_tokens, gen_seconds, threads = 0, 0.0, None

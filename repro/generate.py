@@ -16,7 +16,7 @@ import re
 import time
 from pathlib import Path
 
-from repro.artifacts import DATA_DIR, ReproError, append_jsonl, read_jsonl, repair_jsonl, write_text
+from repro.artifacts import DATA_DIR, ReproError, append_jsonl, read_jsonl, resume_jsonl
 from repro.config import GenerateConfig
 
 # A section starts at the bracketed name anywhere ("[Solution]"), or at a line that holds only
@@ -79,13 +79,7 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
 
     system, user = load_prompt(cfg.prompt)
     seeds = duckdb.sql(f"SELECT seed_id, language, seed, path FROM read_parquet('{seeds_path}')").fetchall()
-    marker = pairs_path.with_name("generate.resume")
-    if not marker.exists() or marker.read_text() != fp:
-        for p in (pairs_path, rejected_path):
-            p.unlink(missing_ok=True)  # made from other seeds or settings: start over
-        write_text(marker, fp)
-    for p in (pairs_path, rejected_path):
-        repair_jsonl(p)
+    resume_jsonl([pairs_path, rejected_path], pairs_path.with_name("generate.resume"), fp)
     done = {r["seed_id"] for r in read_jsonl(pairs_path) + read_jsonl(rejected_path)}
     todo = [s for s in seeds if s[0] not in done]
 

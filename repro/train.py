@@ -128,9 +128,10 @@ def train_loop(model, examples: list[Example], cfg: TrainConfig, log=None, progr
         sched.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        tokens_seen += sum(len(ex.input_ids) for ex in batch)
+        batch_tokens = sum(len(ex.input_ids) for ex in batch)
+        tokens_seen += batch_tokens
         row = {"step": step, "loss": step_loss / max(n_tokens, 1), "lr": sched.get_last_lr()[0],
-               "tokens": sum(len(ex.input_ids) for ex in batch), "seconds": round(dt, 3)}
+               "tokens": batch_tokens, "seconds": round(dt, 3)}
         losses.append(row["loss"])
         if log:
             log(row)
