@@ -1,146 +1,1074 @@
 """Step 1 of OSS-Instruct: seed snippets cut from real open-source code.
 
-The paper cuts each seed as 1-15 consecutive lines of a random document: the start line uniform
-over the file's lines, the length uniform in 1..15, shorter if it runs past the end, with no
-content filter and a fixed random seed. We read a source tree into DuckDB and do the sampling and
-the cutting in SQL, with md5-derived pseudo-random numbers so that the same tree, seed and
-DuckDB give the same seeds on any machine.
+The paper drew 80K seeds from starcoderdata: 40K Python and 5K each of C++, Java, TypeScript,
+Shell, C#, Rust, PHP and Swift, each seed 1-15 consecutive lines of a random document (start line
+uniform over the file's lines, length uniform in 1..15, shorter if it runs past the end; no
+content filter; a fixed random seed). This module does the same from whatever code there is.
 
-Output: `seeds.parquet` (seed_id, source, path, language, file_lines, start_line, n_lines, seed).
+1. Corpus (`corpus.parquet`, one row per file: id = md5 of the content, source, path, language,
+   license, bytes, lines, content) from the sources in `seeds.source`: code installed on this
+   machine (the offline default), directories and git checkouts (.gitignore respected), .zip
+   archives, parquet/jsonl tables, and the Hub's starcoderdata / the-stack when online. Files
+   that are binary, undecodable, too large, minified, empty or duplicates are counted by reason,
+   never dropped silently.
+2. Seeds (`seeds.parquet`): per-language quotas, sampled and cut in DuckDB SQL with md5-keyed
+   pseudo-random numbers, so that the same corpus, settings and random seed give byte-identical
+   seeds on any machine, connection or thread count. `sample(..., engine="python")` is the same
+   sampling in plain Python: a test and `bench/seeds.py` check that both write the same bytes.
+
+What it does not do: near-duplicate detection, or licence detection beyond a cheap look at SPDX
+tags, licence headers, a nearby LICENSE/COPYING file and Python package metadata.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
+import re
+import stat
 import sysconfig
+import zipfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from repro.artifacts import DATA_DIR, ReproError, atomic_path, fingerprint
 from repro.config import SeedsConfig
 
-SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", ".git", "node_modules", ".venv", "venv"}
+# The paper's quotas (starcoderdata; Swift from the-stack), and the tiny profile's: mostly Python,
+# plus the other languages a typical Linux machine with Python, a C toolchain, Node and a JDK has.
+PRESETS = {
+    "paper": {"python": 40000, "cpp": 5000, "java": 5000, "typescript": 5000, "shell": 5000,
+              "csharp": 5000, "rust": 5000, "php": 5000, "swift": 5000},
+    "tiny": {"python": 24, "c": 6, "cpp": 6, "java": 6, "javascript": 4, "shell": 2},
+}
+# "files" is the third preset: no per-language quotas, languages in proportion to their files.
+
+# Directories never read in a user's tree: version control, caches, and vendored environments
+# (their code is someone else's, and usually a copy of what `installed` already finds).
+VENDORED_DIRS = frozenset({"node_modules", ".venv", "venv", "site-packages", "dist-packages"})
+USER_SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".mypy_cache", ".pytest_cache", ".tox"}) | VENDORED_DIRS
+INSTALLED_SKIP_DIRS = frozenset({".git", "__pycache__"})
+LICENSE_NAMES = re.compile(r"^(licen[cs]e|copying|unlicense)([.-].*)?$", re.IGNORECASE)
+SPDX_TAG = re.compile(r"SPDX-License-Identifier:[ \t]*([A-Za-z0-9.+\-() ]+)")
+COMMENT_LEADER = re.compile(r"^[ \t]*(?:/\*+|\*+/?|//+|#+|--|;+|!)?", re.MULTILINE)
+HEADER_CHARS = 3000          # how much of a file's start is searched for a licence header
+ROWS_PER_WRITE = 8192        # corpus rows per parquet row group (also bounded by bytes below)
+BYTES_PER_WRITE = 64 << 20
 
 
-def language_table() -> dict[str, str]:
-    table = {}
-    for line in (DATA_DIR / "languages.tsv").read_text().splitlines():
+# ---------------------------------------------------------------------------------------------
+# Tables: languages and licences
+
+
+def _tsv(name: str) -> list[list[str]]:
+    rows = []
+    for line in (DATA_DIR / name).read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
-            ext, lang = line.split("\t")[:2]
-            table[ext.strip()] = lang.strip()
-    return table
+            rows.append([c.strip() for c in line.split("\t")])
+    return rows
 
 
-def source_root(source: str) -> Path:
-    if source == "stdlib":
-        return Path(sysconfig.get_paths()["stdlib"])
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise ReproError(f"seeds.source={source!r}: not a directory; give a directory of source code "
-                         "or 'stdlib'")
-    return root.resolve()
+def language_tables() -> dict[str, dict[str, str]]:
+    """data/languages.tsv as {"ext": {...}, "shebang": {...}, "name": {...}}."""
+    tables: dict[str, dict[str, str]] = {"ext": {}, "shebang": {}, "name": {}}
+    for kind, key, lang in _tsv("languages.tsv"):
+        tables[kind][key] = lang
+    return tables
 
 
-def _walk(root: Path):
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+def known_languages() -> list[str]:
+    return sorted(set(language_tables()["ext"].values()))
+
+
+def licence_tables() -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """data/licenses.tsv as (ordered (SPDX, phrase) rows, {name: SPDX})."""
+    phrases, names = [], {}
+    for kind, spdx, match in _tsv("licenses.tsv"):
+        if kind == "text":
+            phrases.append((spdx, match))
+        names[spdx.lower()] = spdx
+        if kind == "name":
+            names[match] = spdx
+    return phrases, names
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place code is read from. `root` is a directory, archive, table file or dataset name."""
+    kind: str                       # dir | zip | table | hf
+    root: str
+    spec: str                       # as configured, for messages
+    label: str = ""                 # which installed location, if any
+    language: str | None = None     # overrides the extension table (C++ headers have none)
+    skip_dirs: frozenset = USER_SKIP_DIRS
+    gitignore: bool = False         # a git checkout: honour its .gitignore files
+    python_packages: bool = False   # site-packages: licences from the distributions' metadata
+
+
+def _stdlib() -> str:
+    return sysconfig.get_paths()["stdlib"]
+
+
+def _site_packages() -> list[str]:
+    import site
+    paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    if site.ENABLE_USER_SITE:
+        paths.append(site.getusersitepackages())
+    return paths
+
+
+# Well-known places where a machine keeps source code it already has, each cheap to list; nothing
+# else on the filesystem is searched. (label, glob patterns, language override or None).
+INSTALLED = [
+    ("python-stdlib", lambda: [_stdlib()], None),
+    ("python-packages", lambda: [*_site_packages(), "/usr/lib/python3/dist-packages"], None),
+    ("c++-headers", lambda: ["/usr/include/c++/*", "/usr/include/*/c++/*", "/usr/local/include/c++/*"], "cpp"),
+    ("c-headers", lambda: ["/usr/include", "/usr/local/include"], None),
+    ("node-modules", lambda: ["/usr/lib/node_modules", "/usr/local/lib/node_modules", "/usr/share/nodejs",
+                              "~/.npm-global/lib/node_modules"], None),
+    ("javascript", lambda: ["/usr/share/javascript"], None),
+    ("jdk-src", lambda: ["$JAVA_HOME/lib/src.zip", "/usr/lib/jvm/*/lib/src.zip", "/usr/lib/jvm/*/src.zip"], None),
+    ("rust-src", lambda: ["~/.rustup/toolchains/*/lib/rustlib/src/rust/library", "~/.cargo/registry/src/*"], None),
+    ("go-src", lambda: ["/usr/local/go/src", "/usr/lib/go/src", "/usr/lib/go-*/src", "~/go/pkg/mod"], None),
+    ("shell", lambda: ["/etc/profile.d", "/usr/lib/git-core"], None),
+    ("shell", lambda: ["/usr/share/bash-completion/completions"], "shell"),
+    ("php", lambda: ["/usr/share/php"], None),
+    ("swift", lambda: ["/usr/share/swift/usr/lib/swift", "/usr/lib/swift"], None),
+    ("csharp", lambda: ["~/.nuget/packages"], None),
+]
+
+
+def installed_sources() -> list[Source]:
+    """The INSTALLED locations that exist here, each once (symlinked copies resolve to one)."""
+    out, seen = [], set()
+    for label, patterns, language in INSTALLED:
+        for pattern in patterns():
+            for hit in sorted(glob.glob(os.path.expandvars(os.path.expanduser(pattern)))):
+                p = Path(hit)
+                if not p.exists() or str(p.resolve()) in seen:
+                    continue
+                seen.add(str(p.resolve()))
+                skip = INSTALLED_SKIP_DIRS
+                if label == "python-stdlib":
+                    skip = skip | {"site-packages", "dist-packages"}
+                if label == "c-headers":
+                    skip = skip | {"c++"}  # the c++-headers location reads those as C++
+                out.append(Source("zip" if p.is_file() else "dir", str(p.resolve()), "installed", label,
+                                  language, skip, python_packages=label == "python-packages"))
+    return out
+
+
+def resolve_sources(source: str | list[str]) -> list[Source]:
+    """`seeds.source` as Sources; a spec that names nothing usable is a one-line ReproError."""
+    specs = [source] if isinstance(source, str) else list(source)
+    if not specs:
+        raise ReproError("seeds.source is empty; give 'installed', 'stdlib', a directory, or a data file")
+    out = []
+    for spec in specs:
+        if spec == "installed":
+            out.extend(installed_sources())
+        elif spec == "stdlib":
+            out.append(Source("dir", str(Path(_stdlib()).resolve()), spec,
+                              skip_dirs=INSTALLED_SKIP_DIRS | {"site-packages", "dist-packages"}))
+        elif spec.startswith("hf:"):
+            name = spec[3:]
+            if name not in HF_DATASETS:
+                raise ReproError(f"seeds.source={spec!r}: unknown dataset; use one of "
+                                 + ", ".join(f"hf:{n}" for n in HF_DATASETS))
+            out.append(Source("hf", name, spec))
+        else:
+            p = Path(spec).expanduser()
+            if p.is_dir():
+                p = p.resolve()
+                out.append(Source("dir", str(p), spec, gitignore=(p / ".git").exists()))
+            elif p.is_file() and p.suffix.lower() == ".zip":
+                out.append(Source("zip", str(p.resolve()), spec))
+            elif p.is_file() and p.suffix.lower() in (".parquet", ".jsonl", ".ndjson"):
+                out.append(Source("table", str(p.resolve()), spec))
+            else:
+                raise ReproError(f"seeds.source={spec!r}: not a directory, a .zip, a .parquet/.jsonl file, "
+                                 "'installed', 'stdlib' or 'hf:<dataset>'; point it at code you have")
+    return out
+
+
+def _walk(root: Path, skip_dirs: frozenset, counts: Counter | None = None, gitignore: bool = False):
+    """Files under `root` in a fixed order, as (path, lstat), leaving out `skip_dirs` and, in a
+    checkout, what its .gitignore files ignore; what is left out is counted in `counts`."""
+    counts = Counter() if counts is None else counts
+    gi = _GitIgnore(root) if gitignore else None
+    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: counts.update(["skipped_unreadable_dir"])):
+        d = Path(dirpath)
+        if gi:
+            gi.enter(d)
+        kept = []
+        for name in sorted(dirnames):
+            if name in skip_dirs:
+                if name in VENDORED_DIRS:
+                    counts["skipped_vendored_dir"] += 1
+            elif gi and gi.ignored(d / name, True):
+                counts["skipped_gitignored"] += 1  # a whole directory counts once
+            else:
+                kept.append(name)
+        dirnames[:] = kept
         for name in sorted(filenames):
-            yield Path(dirpath) / name
+            p = d / name
+            if gi and gi.ignored(p, False):
+                counts["skipped_gitignored"] += 1
+                continue
+            try:
+                yield p, p.lstat()
+            except OSError:
+                counts["skipped_unreadable"] += 1
 
 
-def scan(root: Path, max_file_bytes: int) -> tuple[list[dict], Counter]:
-    """Read every file with a known extension; count (never silently drop) what is filtered."""
-    langs = language_table()
-    files, counts = [], Counter()
-    for p in _walk(root):
-        lang = langs.get(p.suffix.lower())
-        if lang is None:
-            counts["skipped_unknown_extension"] += 1
-            continue
-        if not p.is_file() or p.is_symlink():
-            counts["skipped_not_regular_file"] += 1
-            continue
-        size = p.stat().st_size
-        if size > max_file_bytes:
-            counts["skipped_too_large"] += 1
-            continue
-        data = p.read_bytes()
-        if b"\0" in data:
-            counts["skipped_binary"] += 1
-            continue
+def tree_fingerprint(root: Path, skip_dirs: frozenset = USER_SKIP_DIRS, gitignore: bool = False) -> str:
+    """Cheap identity of a source tree: names, sizes and mtimes of the files it would read."""
+    return fingerprint([(str(p.relative_to(root)), st.st_size, int(st.st_mtime))
+                        for p, st in _walk(root, skip_dirs, gitignore=gitignore)])
+
+
+def source_fingerprints(cfg: SeedsConfig) -> list:
+    """What the corpus depends on besides the settings: every source's files, cheaply."""
+    out = []
+    for s in resolve_sources(cfg.source):
+        if s.kind == "dir":
+            out.append((s.kind, s.root, tree_fingerprint(Path(s.root), s.skip_dirs, s.gitignore)))
+        elif s.kind in ("zip", "table"):
+            st = os.stat(s.root)
+            out.append((s.kind, s.root, st.st_size, int(st.st_mtime)))
+        else:  # a Hub dataset: only its name is known offline
+            out.append((s.kind, s.root))
+    return out
+
+
+class _GitIgnore:
+    """The .gitignore files of a checkout, deepest first: the deepest that matches decides."""
+
+    def __init__(self, root: Path):
+        import pathspec
+        self.root, self.specs, self._pathspec = root, {}, pathspec
+        info = root / ".git" / "info" / "exclude"
+        self._load(root, info)
+        self._load(root, root / ".gitignore")
+
+    def _load(self, base: Path, f: Path) -> None:
+        if f.is_file():
+            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+            self.specs.setdefault(base, []).append(self._pathspec.GitIgnoreSpec.from_lines(lines))
+
+    def enter(self, d: Path) -> None:
+        self._load(d, d / ".gitignore")
+
+    def ignored(self, p: Path, is_dir: bool) -> bool:
+        base = p.parent
+        while True:
+            for spec in reversed(self.specs.get(base, [])):
+                rel = p.relative_to(base).as_posix() + ("/" if is_dir else "")
+                r = spec.check_file(rel)
+                if r.include is not None:
+                    return r.include
+            if base == self.root:
+                return False
+            base = base.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Licences
+
+
+class Licences:
+    """Finds a file's SPDX licence cheaply; `unknown` when nothing nearby says."""
+
+    def __init__(self):
+        self.phrases, self.names = licence_tables()
+        self._dirs: dict[Path, str | None] = {}
+        self._dists: dict[str, dict[str, str]] = {}
+
+    def classify(self, text: str) -> str | None:
+        # Comment leaders (" * ", "# ", "// ") would split a phrase that a header wraps over lines.
+        t = " ".join(COMMENT_LEADER.sub("", text.lower()).split())
+        return next((spdx for spdx, phrase in self.phrases if phrase in t), None)
+
+    def by_name(self, name: str) -> str | None:
+        return self.names.get(" ".join(name.lower().split()))
+
+    def header(self, text: str) -> str | None:
+        """An SPDX tag or a licence header near the top of the file."""
+        head = text[:HEADER_CHARS]
+        if m := SPDX_TAG.search(head):
+            expr = " ".join(m.group(1).split())
+            while expr.endswith(")") and expr.count(")") > expr.count("("):
+                expr = expr[:-1].rstrip()  # the tag sat inside a parenthesised comment
+            return expr or None
+        return self.classify(head)
+
+    def nearby(self, d: Path, stop: Path) -> str | None:
+        """The licence file in `d` or its nearest ancestor, up to and including `stop`."""
+        if d in self._dirs:
+            return self._dirs[d]
+        found = None
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            counts["skipped_undecodable"] += 1
-            continue
-        if not text.strip():
-            counts["skipped_empty"] += 1
-            continue
-        files.append({"path": str(p.relative_to(root)), "language": lang, "content": text})
-        counts[f"files_{lang}"] += 1
-    counts["files"] = len(files)
-    return files, counts
+            names = sorted(n for n in os.listdir(d) if LICENSE_NAMES.match(n))
+        except OSError:
+            names = []
+        for n in names:
+            try:
+                with open(d / n, encoding="utf-8", errors="replace") as f:
+                    found = self.classify(f.read(20000))
+            except OSError:
+                continue
+            if found:
+                break
+        if found is None and d != stop and stop in d.parents:
+            found = self.nearby(d.parent, stop)
+        self._dirs[d] = found
+        return found
+
+    def package(self, site: Path, top: str) -> str | None:
+        """The licence of the installed distribution that owns top-level name `top`."""
+        if str(site) not in self._dists:
+            self._dists[str(site)] = self._scan_dists(site)
+        return self._dists[str(site)].get(top)
+
+    def _scan_dists(self, site: Path) -> dict[str, str]:
+        import importlib.metadata as md
+        owners = {}
+        for dist in sorted(md.distributions(path=[str(site)]), key=lambda d: d.metadata.get("Name") or ""):
+            spdx = self._dist_licence(dist)
+            if spdx is None:
+                continue
+            tops = (dist.read_text("top_level.txt") or "").split()
+            if not tops:
+                tops = {f.parts[0] for f in (dist.files or []) if len(f.parts) > 1 and not f.parts[0].endswith(
+                    (".dist-info", ".egg-info")) and f.parts[0] != ".."}
+                tops |= {f.stem for f in (dist.files or []) if len(f.parts) == 1 and f.suffix == ".py"}
+            for t in sorted(tops):
+                owners.setdefault(t, spdx)
+        return owners
+
+    def _dist_licence(self, dist) -> str | None:
+        meta = dist.metadata
+        if expr := meta.get("License-Expression"):
+            return expr.strip()
+        lic = (meta.get("License") or "").strip()
+        if lic and len(lic) < 80 and (spdx := self.by_name(lic)):
+            return spdx
+        if len(lic) >= 80 and (spdx := self.classify(lic)):
+            return spdx
+        for c in meta.get_all("Classifier") or []:
+            if c.startswith("License ::") and (spdx := self.by_name(c.split("::")[-1])):
+                return spdx
+        for f in dist.files or []:
+            if LICENSE_NAMES.match(f.name) and ".dist-info" in str(f):
+                try:
+                    text = Path(dist.locate_file(f)).read_text(encoding="utf-8", errors="replace")
+                    if spdx := self.classify(text[:20000]):
+                        return spdx
+                except OSError:
+                    continue
+        return None
 
 
-def tree_fingerprint(root: Path) -> str:
-    """Cheap identity of a source tree: names, sizes and mtimes of its files."""
-    return fingerprint([(str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
-                        for p in _walk(root) if p.is_file()])
+# ---------------------------------------------------------------------------------------------
+# Corpus
 
 
-# Pick files uniformly without replacement (several rounds only when there are fewer files than
-# seeds wanted), then cut one seed per pick: start line uniform over the file's lines, length
-# uniform in 1..max_lines, clipped at the end of the file.
-SEED_SQL = """
-WITH f AS (
-    SELECT path, language, content,
-           string_split(rtrim(replace(content, chr(13) || chr(10), chr(10)), chr(10)), chr(10)) AS lines
-    FROM files
-), picks AS (
-    SELECT f.*, r.round AS round, len(lines) AS file_lines
-    FROM f, range(?) AS r(round)
-    ORDER BY round, md5(path || ':pick:' || round || ':' || ?)
-    LIMIT ?
-), cut AS (
-    SELECT *,
-           (md5_number_lower(path || ':start:' || round || ':' || ?) % file_lines)::INTEGER AS start0,
-           (1 + md5_number_lower(path || ':len:' || round || ':' || ?) % ?)::INTEGER AS want
-    FROM picks
+@dataclass
+class _Found:
+    """A file found on disk or in an archive, not yet read."""
+    source: int                     # index into the sources
+    path: str                       # relative to the source's root
+    language: str
+    size: int
+
+
+def count_lines(text: str) -> int:
+    """Lines ended by LF (or CRLF), a last line without one counting too: `splitlines` for code."""
+    return text.count("\n") + (0 if text.endswith("\n") else 1)
+
+
+# The same count in SQL, for corpora built in DuckDB (bench/seeds.py).
+LINES_SQL = "(length({c}) - length(replace({c}, chr(10), '')) + CASE WHEN suffix({c}, chr(10)) THEN 0 ELSE 1 END)"
+
+
+def _language(p: Path, src: Source, tables, counts: Counter) -> str | None:
+    ext = p.suffix.lower()
+    lang = tables["ext"].get(ext)
+    if ext and lang is None:
+        return None
+    if src.language:
+        return src.language
+    if lang is None:  # no extension: a shebang may say what it is
+        try:
+            with open(p, "rb") as f:
+                first = f.readline(128)
+        except OSError:
+            counts["skipped_unreadable"] += 1
+            return None
+        if first.startswith(b"#!"):
+            words = first[2:].decode("latin-1").split()
+            if words and Path(words[0]).name == "env" and len(words) > 1:
+                words = words[1:]
+            if words:
+                lang = tables["shebang"].get(re.sub(r"[0-9.]+$", "", Path(words[0]).name)) \
+                    or tables["shebang"].get(Path(words[0]).name)
+    return lang
+
+
+def _discover(sources: list[Source], cfg: SeedsConfig, counts: Counter) -> list[_Found]:
+    """Every file with a language in the file sources, without reading them (but shebangs)."""
+    tables = language_tables()
+    found = []
+    for i, src in enumerate(sources):
+        if src.kind == "dir":
+            root = Path(src.root)
+            for p, st in _walk(root, src.skip_dirs, counts, src.gitignore):
+                if not stat.S_ISREG(st.st_mode):
+                    counts["skipped_not_regular_file"] += 1
+                    continue
+                lang = _language(p, src, tables, counts)
+                if lang is None:
+                    counts["skipped_unknown_extension"] += 1
+                    continue
+                counts[f"found_{lang}"] += 1
+                if st.st_size > cfg.max_file_bytes:
+                    counts["skipped_too_large"] += 1  # never read: a 200 MB file costs a stat
+                    continue
+                found.append(_Found(i, str(p.relative_to(root)), lang, st.st_size))
+        elif src.kind == "zip":
+            try:
+                with zipfile.ZipFile(src.root) as zf:
+                    members = sorted(zf.infolist(), key=lambda m: m.filename)
+            except (OSError, zipfile.BadZipFile):
+                counts["skipped_unreadable"] += 1
+                continue
+            for m in members:
+                if m.is_dir():
+                    continue
+                lang = tables["ext"].get(Path(m.filename).suffix.lower())
+                if lang is None:
+                    counts["skipped_unknown_extension"] += 1
+                    continue
+                lang = src.language or lang
+                counts[f"found_{lang}"] += 1
+                if m.file_size > cfg.max_file_bytes:
+                    counts["skipped_too_large"] += 1
+                    continue
+                found.append(_Found(i, m.filename, lang, m.file_size))
+    return found
+
+
+def _cap(found: list[_Found], sources: list[Source], cap: int, counts: Counter) -> list[_Found]:
+    """At most `cap` files per language: those with the smallest md5 of where they are."""
+    if cap <= 0:
+        return found
+    by_lang: dict[str, list[_Found]] = {}
+    for f in found:
+        by_lang.setdefault(f.language, []).append(f)
+    keep = set()
+    for lang, fs in by_lang.items():
+        if len(fs) > cap:
+            counts["skipped_over_cap"] += len(fs) - cap
+        for f in sorted(fs, key=lambda f: hashlib.md5(f"{sources[f.source].root}/{f.path}".encode()).hexdigest())[:cap]:
+            keep.add(id(f))
+    return [f for f in found if id(f) in keep]
+
+
+def _file_rows(src: Source, files: list[_Found], licences: Licences, counts: Counter) -> Iterator[dict]:
+    """Read the chosen files of one dir/zip source as raw corpus rows (bytes not yet checked)."""
+    root = Path(src.root)
+    zf = None
+    try:
+        if src.kind == "zip":
+            zf = zipfile.ZipFile(src.root)
+        for f in files:
+            try:
+                data = zf.read(f.path) if zf else (root / f.path).read_bytes()
+            except (OSError, zipfile.BadZipFile, RuntimeError, EOFError):
+                counts["skipped_unreadable"] += 1  # permissions, I/O, a corrupt archive member
+                continue
+            yield {"source": src.root, "path": f.path, "language": f.language, "data": data,
+                   "license": lambda text, f=f: _file_licence(src, root, f.path, text, licences)}
+    finally:
+        if zf:
+            zf.close()
+
+
+def _file_licence(src: Source, root: Path, path: str, text: str, licences: Licences) -> str:
+    if spdx := licences.header(text):
+        return spdx
+    if src.kind == "zip":  # the archive's own folder, and the one above it
+        return licences.nearby(root.parent, root.parent.parent) or "unknown"
+    d = (root / path).parent
+    if src.python_packages:  # a stray LICENSE in site-packages itself belongs to no one package
+        if d != root and (spdx := licences.nearby(d, root / Path(path).parts[0])):
+            return spdx
+        top = Path(path).parts[0]
+        top = top.removesuffix(".py") if len(Path(path).parts) == 1 else top
+        return licences.package(root, top) or "unknown"
+    return licences.nearby(d, root) or "unknown"
+
+
+def _table_rows(src: Source, counts: Counter) -> Iterator[dict]:
+    """Rows of a parquet/jsonl file with path, lang (or language) and content columns."""
+    import duckdb
+
+    tables = language_tables()
+    con = duckdb.connect()
+    reader = "read_parquet" if src.root.lower().endswith(".parquet") else "read_json_auto"
+    try:
+        rel = con.sql(f"SELECT * FROM {reader}({_sql_str(src.root)})")
+    except duckdb.Error as e:
+        raise ReproError(f"seeds.source={src.spec!r}: cannot read it as {reader.split('_')[1]} "
+                         f"({str(e).splitlines()[0]}); give a file with path, lang and content columns") from None
+    cols = {c.lower(): c for c in rel.columns}
+    lang_col = cols.get("lang") or cols.get("language")
+    missing = [c for c, have in (("path", cols.get("path")), ("lang", lang_col), ("content", cols.get("content")))
+               if not have]
+    if missing:
+        raise ReproError(f"seeds.source={src.spec!r}: no {', '.join(missing)} column (has {', '.join(rel.columns)}); "
+                         "give a file with path, lang and content columns")
+    lic_col = cols.get("license") or cols.get("licence")
+    select = [f'"{cols["path"]}"', f'"{lang_col}"', f'"{cols["content"]}"', f'"{lic_col}"' if lic_col else "NULL"]
+    result = con.execute(f"SELECT {', '.join(select)} FROM {reader}({_sql_str(src.root)})").arrow()
+    # Newer DuckDB streams a RecordBatchReader; older ones return a whole Table.
+    for batch in (result if hasattr(result, "read_next_batch") else result.to_batches(2000)):
+        for path, lang, content, lic in zip(*(c.to_pylist() for c in batch.columns)):
+            language = tables["name"].get(str(lang or "").strip().lower()) \
+                or tables["ext"].get(Path(str(path)).suffix.lower())
+            if language is None:
+                counts["skipped_unknown_language"] += 1
+                continue
+            counts[f"found_{language}"] += 1
+            data = content if isinstance(content, bytes) else (content or "").encode("utf-8", "surrogatepass")
+            yield {"source": src.root, "path": str(path), "language": language, "data": data,
+                   "license": (lambda text, lic=lic: str(lic)) if lic else None}
+
+
+# Where each language lives on the Hub: the paper took starcoderdata, and Swift (not in it) from
+# the-stack; data_dir names follow each dataset's folders.
+HF_DATASETS = {"bigcode/starcoderdata": "{lang}", "bigcode/the-stack": "data/{lang}",
+               "bigcode/the-stack-dedup": "data/{lang}"}
+HF_DIR_NAMES = {"csharp": "c-sharp"}
+HF_STACK_DIR_NAMES = {"csharp": "c-sharp", "cpp": "c++"}
+
+
+def _hf_rows(src: Source, languages: list[str], per_language: int) -> Iterator[dict]:
+    """Stream `per_language` documents per language from starcoderdata / the-stack (online only)."""
+    fix = "it needs network access and the dataset's terms accepted on the Hub (huggingface-cli login); " \
+          "offline, use seeds.source=installed"
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        raise ReproError(f"seeds.source=hf:{src.root}: HF_HUB_OFFLINE is set; {fix}")
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise ReproError(f"seeds.source=hf:{src.root}: needs the `datasets` package; pip install datasets") from None
+    for lang in languages:
+        name = src.root
+        if name == "bigcode/starcoderdata" and lang == "swift":
+            name = "bigcode/the-stack"
+        dirs = HF_DIR_NAMES if name == "bigcode/starcoderdata" else HF_STACK_DIR_NAMES
+        data_dir = HF_DATASETS[name].format(lang=dirs.get(lang, lang))
+        try:
+            ds = load_dataset(name, data_dir=data_dir, split="train", streaming=True)
+            for i, row in enumerate(ds):
+                if i >= per_language:
+                    break
+                repo = row.get("max_stars_repo_name") or ""
+                lic = row.get("max_stars_repo_licenses") or []
+                yield {"source": f"hf:{name}/{data_dir}", "path": f"{repo}/{row.get('max_stars_repo_path') or i}",
+                       "language": lang, "data": row["content"].encode("utf-8", "surrogatepass"),
+                       "license": (lambda text, lic=lic: " AND ".join(lic) or "unknown")}  # the repo's
+        except ReproError:
+            raise
+        except Exception as e:  # offline, gated, renamed: all one line for the user
+            first = (str(e).splitlines() or [""])[0][:160]
+            raise ReproError(f"seeds.source=hf:{src.root}: cannot stream {name} {data_dir} "
+                             f"({type(e).__name__}: {first}); {fix}") from None
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _corpus_schema():
+    import pyarrow as pa
+    return pa.schema([("id", pa.string()), ("source", pa.string()), ("path", pa.string()),
+                      ("language", pa.string()), ("license", pa.string()), ("bytes", pa.int64()),
+                      ("lines", pa.int64()), ("content", pa.string())])
+
+
+def _allowed(spdx: str, allow: set[str]) -> bool:
+    """`allow` empty allows all; an `A OR B` expression is allowed when either part is."""
+    return not allow or spdx in allow or any(p.strip("() ") in allow for p in spdx.split(" OR "))
+
+
+def build_corpus(cfg: SeedsConfig, out: Path, languages: list[str] | None = None) -> dict:
+    """Read every source into `out` (parquet, one row per distinct file); return counts.
+
+    `languages` limits what a Hub source streams (the quota languages)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sources = resolve_sources(cfg.source)
+    counts: Counter = Counter()
+    chosen = _cap(_discover(sources, cfg, counts), sources, cfg.max_files_per_language, counts)
+    by_source: dict[int, list[_Found]] = {}
+    for f in chosen:
+        by_source.setdefault(f.source, []).append(f)
+    licences, allow, seen = Licences(), set(cfg.licenses), set()
+    schema = _corpus_schema()
+    batch: dict[str, list] = {n: [] for n in schema.names}
+    n_bytes = 0
+    licence_counts: Counter = Counter()
+    per_source: Counter = Counter()
+
+    def rows():
+        for i, src in enumerate(sources):
+            if src.kind in ("dir", "zip"):
+                it = _file_rows(src, by_source.get(i, []), licences, counts)
+            elif src.kind == "table":
+                it = _table_rows(src, counts)
+            else:
+                it = _hf_rows(src, languages or known_languages(), cfg.hf_files_per_language)
+            for r in it:
+                yield i, r
+
+    with atomic_path(out) as tmp:
+        writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+        try:
+            for i, r in rows():
+                data = r["data"]
+                # Filters, in this order; each file is counted under the first one it fails.
+                if len(data) > cfg.max_file_bytes:
+                    counts["skipped_too_large"] += 1
+                    continue
+                if b"\0" in data:
+                    counts["skipped_binary"] += 1
+                    continue
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    counts["skipped_undecodable"] += 1
+                    continue
+                if not text.strip():
+                    counts["skipped_empty"] += 1
+                    continue
+                lines = count_lines(text)
+                if len(text) / lines > cfg.max_avg_line_chars:
+                    counts["skipped_minified"] += 1
+                    continue
+                cid = hashlib.md5(data).hexdigest()
+                if cid in seen:
+                    counts["skipped_duplicate"] += 1  # a vendored copy of a file already in
+                    continue
+                spdx = r["license"](text) if r["license"] else licences.header(text) or "unknown"
+                if not _allowed(spdx, allow):
+                    counts["skipped_license"] += 1
+                    continue
+                seen.add(cid)
+                per_source[i] += 1
+                licence_counts[spdx] += 1
+                counts[f"files_{r['language']}"] += 1
+                for k, v in (("id", cid), ("source", r["source"]), ("path", r["path"]), ("language", r["language"]),
+                             ("license", spdx), ("bytes", len(data)), ("lines", lines), ("content", text)):
+                    batch[k].append(v)
+                n_bytes += len(data)
+                if len(batch["id"]) >= ROWS_PER_WRITE or n_bytes >= BYTES_PER_WRITE:
+                    writer.write_table(pa.table(batch, schema=schema))
+                    batch = {n: [] for n in schema.names}
+                    n_bytes = 0
+            if batch["id"]:
+                writer.write_table(pa.table(batch, schema=schema))
+        finally:
+            writer.close()
+        if not seen:
+            skipped = ", ".join(f"{k.removeprefix('skipped_')} {v}" for k, v in sorted(counts.items())
+                                if k.startswith("skipped_")) or "nothing found"
+            spec = cfg.source if isinstance(cfg.source, str) else ",".join(cfg.source)
+            raise ReproError(f"seeds.source={spec}: no readable source files with a known "
+                             f"extension (data/languages.tsv) [{skipped}]; point seeds.source at code")
+    counts["files"] = len(seen)
+    empty = [s.root for i, s in enumerate(sources) if not per_source[i] and s.spec != "installed"]
+    stats = dict(sorted(counts.items()))
+    stats["licenses"] = dict(licence_counts.most_common())
+    stats["installed_locations"] = sorted({s.label for s in sources if s.label})
+    stats["notes"] = _corpus_notes(stats, cfg, empty)
+    return stats
+
+
+def _corpus_notes(s: dict, cfg: SeedsConfig, empty: list[str]) -> list[str]:
+    """One line per thing the user should know about the corpus."""
+    found = sorted(((k.removeprefix("found_"), v) for k, v in s.items() if k.startswith("found_")),
+                   key=lambda kv: -kv[1])
+    notes = ["found per language: " + (", ".join(f"{lang} {n}" for lang, n in found) or "none")]
+    notes += [f"source {p}: no files with a known language" for p in empty]
+    why = {
+        "skipped_binary": "{n} files skipped as binary (NUL bytes)",
+        "skipped_undecodable": "{n} files skipped as undecodable (not UTF-8)",
+        "skipped_unreadable": "{n} files could not be read (permissions, I/O, a corrupt archive member)",
+        "skipped_unreadable_dir": "{n} directories could not be listed",
+        "skipped_too_large": f"{{n}} files over seeds.max_file_bytes={cfg.max_file_bytes} skipped, never read",
+        "skipped_minified": f"{{n}} files skipped as minified or generated (average line over "
+                            f"seeds.max_avg_line_chars={cfg.max_avg_line_chars})",
+        "skipped_empty": "{n} files skipped as empty or only whitespace",
+        "skipped_duplicate": "{n} files skipped as duplicates of another file's content (vendored copies)",
+        "skipped_license": f"{{n}} files skipped: licence not in seeds.licenses={','.join(cfg.licenses)}",
+        "skipped_over_cap": f"{{n}} files not read: over seeds.max_files_per_language={cfg.max_files_per_language} "
+                            "(a fixed random subset is read)",
+        "skipped_gitignored": "{n} paths ignored by .gitignore (a directory counts once)",
+        "skipped_vendored_dir": "{n} vendored directories not read (node_modules, venv, site-packages)",
+        "skipped_not_regular_file": "{n} symlinks or special files not followed",
+        "skipped_unknown_extension": "{n} files skipped: extension not in data/languages.tsv",
+        "skipped_unknown_language": "{n} table rows skipped: language not in data/languages.tsv",
+    }
+    notes += [text.format(n=s[k]) for k, text in why.items() if s.get(k)]
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Quotas
+
+
+def _largest_remainder(total: int, weights: dict[str, int]) -> dict[str, int]:
+    """Split `total` in proportion to `weights`; leftover units to the largest remainders (ties: name)."""
+    w = sum(weights.values())
+    if w <= 0 or total <= 0:
+        return {k: 0 for k in weights}
+    share = {k: total * v // w for k, v in weights.items()}
+    rest = total - sum(share.values())
+    for k in sorted(weights, key=lambda k: (-(total * weights[k] % w), k))[:rest]:
+        share[k] += 1
+    return share
+
+
+def parse_quotas(cfg: SeedsConfig, files_per_language: dict[str, int]) -> dict[str, int]:
+    """`seeds.quotas` (a preset or lang=n,...) scaled to `seeds.num_seeds` when that is > 0."""
+    spec = cfg.quotas.strip()
+    known = known_languages()
+    if spec == "files":
+        if cfg.num_seeds < 1:
+            raise ReproError("seeds.quotas=files needs seeds.num_seeds >= 1 (how many seeds in all)")
+        return {k: v for k, v in _largest_remainder(cfg.num_seeds, files_per_language).items() if v}
+    if spec in PRESETS:
+        q = dict(PRESETS[spec])
+    else:
+        q = {}
+        for item in spec.split(","):
+            lang, sep, n = item.partition("=")
+            lang = lang.strip().lower()
+            if not sep or lang not in known or not n.strip().isdigit():
+                raise ReproError(f"seeds.quotas={cfg.quotas!r}: expected a preset ({', '.join([*PRESETS, 'files'])}) "
+                                 f"or language=count pairs like python=8,rust=2 with languages from: {', '.join(known)}")
+            q[lang] = int(n)
+    if cfg.num_seeds > 0:
+        q = _largest_remainder(cfg.num_seeds, q)
+    return {k: v for k, v in q.items() if v > 0}
+
+
+def quota_languages(cfg: SeedsConfig) -> list[str] | None:
+    """The languages the quotas name (None for `files`, which follows the corpus)."""
+    return None if cfg.quotas.strip() == "files" else sorted(parse_quotas(cfg, {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+# Lines that carry no code: blank, a comment, or an import. Only `clean` mode skips seeds made of
+# nothing else; every seed records it in `trivial`. Written in the regex syntax that RE2 (DuckDB)
+# and Python's `re` read alike: no \s, \w or \b, and `.` never crosses a line.
+_C_LIKE = r"//.*|/\*.*|\*|\*[ \t/].*"
+TRIVIAL_LINE = {
+    "python": r"#.*|import[ \t].*|from[ \t]+[A-Za-z0-9_.]+[ \t]+import[ \t].*",
+    "shell": r"#.*|(source|\.)[ \t].*",
+    "c": _C_LIKE + r"|#[ \t]*include.*",
+    "cpp": _C_LIKE + r"|#[ \t]*include.*|import[ \t].*|using[ \t]+namespace[ \t].*",
+    "java": _C_LIKE + r"|import[ \t].*|package[ \t].*",
+    "javascript": _C_LIKE + r"|import[ \t].*|.*=[ \t]*require\(.*|.use strict.;?",
+    "typescript": _C_LIKE + r"|import[ \t].*|.*=[ \t]*require\(.*|.use strict.;?",
+    "csharp": _C_LIKE + r"|using[ \t]+[A-Za-z0-9_.= \t]+;",
+    "rust": _C_LIKE + r"|use[ \t].*|extern[ \t]+crate[ \t].*|mod[ \t]+[A-Za-z0-9_]+;",
+    "php": _C_LIKE + r"|#.*|<\?php|use[ \t].*|namespace[ \t].*|(require|include)(_once)?([^A-Za-z0-9_].*)?",
+    "swift": _C_LIKE + r"|import[ \t].*",
+    "go": _C_LIKE + r"|import[ \t].*|package[ \t].*|([A-Za-z0-9_.]+[ \t]+)?\"[^\"]*\"",
+}
+_TRIVIAL_OTHER = _C_LIKE + r"|#.*"
+
+
+def trivial_pattern(language: str) -> str:
+    """A whole seed made only of trivial lines."""
+    line = r"[ \t\r\f]*(" + TRIVIAL_LINE.get(language, _TRIVIAL_OTHER) + r")?[ \t\r\f]*"
+    return f"{line}(\\n{line})*"
+
+
+def _trivial_sql() -> str:
+    whens = " ".join(f"WHEN {_sql_str(lang)} THEN regexp_full_match(seed, {_sql_str(trivial_pattern(lang))})"
+                     for lang in sorted(TRIVIAL_LINE))
+    return f"CASE language {whens} ELSE regexp_full_match(seed, {_sql_str(trivial_pattern(''))}) END"
+
+
+# Seed text with whitespace runs folded to one space: two seeds are duplicates when this is equal.
+NORMALIZE = re.compile(r"[ \t\n\r\f]+")
+
+
+def _normalized(seed: str) -> str:
+    return NORMALIZE.sub(" ", seed).strip(" ")
+
+
+# The seeded shuffle: each language's files in order of a keyed hash of (file id, round, random
+# seed), every file once before any file twice; the first `draws` of that order are the picks.
+PICKS_SQL = """
+CREATE OR REPLACE TEMP TABLE picks AS
+SELECT id, language, lines, round,
+       row_number() OVER (PARTITION BY language
+                          ORDER BY round, md5_number_lower(id || ':' || round || ':' || $seed), id) AS pick
+FROM (SELECT c.id, c.language, c.lines, q.draws, unnest(range(q.rounds)) AS round
+      FROM read_parquet({corpus}) c JOIN plan q USING (language))
+QUALIFY pick <= draws
+"""
+
+# One seed per pick, as the paper cuts it: start line uniform over the file's lines, length
+# uniform in 1..max_lines, clipped at the end of the file. The numbers come from md5 of the pick.
+# Lines split at LF, each losing one CR before it (CRLF files), without copying whole files.
+CUT_SQL = """
+CREATE OR REPLACE TEMP TABLE cut AS
+WITH p AS (
+    SELECT p.*, c.source, c.path, c.license, c.content,
+           (md5_number_lower(p.id || ':start:' || p.round || ':' || $seed) % p.lines)::BIGINT AS start0,
+           (1 + md5_number_lower(p.id || ':len:' || p.round || ':' || $seed) % $max_lines)::BIGINT AS want
+    FROM picks p JOIN read_parquet({corpus}) c ON c.id = p.id
+), s AS (
+    SELECT * EXCLUDE (content, want), least(want, lines - start0) AS n_lines,
+           array_to_string(list_transform(
+               list_slice(string_split(content, chr(10)), start0 + 1, start0 + least(want, lines - start0)),
+               x -> CASE WHEN suffix(x, chr(13)) THEN left(x, -1) ELSE x END), chr(10)) AS seed
+    FROM p
 )
-SELECT md5(path || ':' || round || ':' || start0 || ':' || want) AS seed_id,
-       ? AS source, path, language, file_lines,
-       start0 + 1 AS start_line,
-       least(want, file_lines - start0) AS n_lines,
-       array_to_string(list_slice(lines, start0 + 1, start0 + want), chr(10)) AS seed
-FROM cut
-ORDER BY round, md5(path || ':pick:' || round || ':' || ?)
+SELECT *, {trivial} AS trivial,
+       trim(regexp_replace(seed, '[ \\t\\n\\r\\f]+', ' ', 'g')) AS normalized
+FROM s
+"""
+
+# Per language, keep the first pick of each normalized text (and, in clean mode, no trivial seed),
+# then the language's target in pick order.
+CHOOSE_SQL = """
+WITH kept AS (
+    SELECT * FROM cut
+    WHERE NOT ($clean AND trivial)
+    QUALIFY row_number() OVER (PARTITION BY language, normalized ORDER BY pick) = 1
+)
+SELECT md5(id || ':' || round || ':' || $seed) AS seed_id, language, seed, path, source,
+       id AS corpus_id, license, start0 + 1 AS start_line, n_lines, lines AS file_lines,
+       $seed_int AS random_seed, $mode AS mode, trivial, pick
+FROM kept JOIN plan q USING (language)
+QUALIFY row_number() OVER (PARTITION BY language ORDER BY pick) <= q.target
 """
 
 
-def run(cfg: SeedsConfig, out: Path) -> dict:
-    """Sample `cfg.num_seeds` seeds from `cfg.source` into `out` (parquet); return counts."""
-    import duckdb
+def _seed_schema():
     import pyarrow as pa
+    return pa.schema([("seed_id", pa.string()), ("language", pa.string()), ("seed", pa.string()),
+                      ("path", pa.string()), ("source", pa.string()), ("corpus_id", pa.string()),
+                      ("license", pa.string()), ("start_line", pa.int64()), ("n_lines", pa.int64()),
+                      ("file_lines", pa.int64()), ("random_seed", pa.int64()), ("mode", pa.string()),
+                      ("trivial", pa.bool_())])
 
-    if cfg.num_seeds < 1 or cfg.max_lines < 1:
-        raise ReproError("seeds.num_seeds and seeds.max_lines must be at least 1")
-    root = source_root(cfg.source)
-    files, counts = scan(root, cfg.max_file_bytes)
-    if not files:
-        raise ReproError(f"seeds.source={cfg.source!r} ({root}): no readable source files with a known "
-                         "extension (data/languages.tsv); point seeds.source at a directory of code")
-    con = duckdb.connect()
-    con.register("files", pa.Table.from_pylist(files))
-    rounds = -(-cfg.num_seeds // len(files))
-    s = str(cfg.random_seed)
-    source = "stdlib" if cfg.source == "stdlib" else str(root)
-    rel = con.execute(SEED_SQL, [rounds, s, cfg.num_seeds, s, s, cfg.max_lines, source, s])
-    table = rel.arrow()
-    if hasattr(table, "read_all"):  # newer DuckDB returns a RecordBatchReader
-        table = table.read_all()
+
+def _first_draws(target: int) -> int:
+    """Picks drawn for a target: a tenth more, for duplicates (and trivial seeds in clean mode)."""
+    return target + target // 10 + 16
+
+
+def _max_draws(target: int, n_files: int) -> int:
+    """When this many picks still give too few distinct seeds, the language is out of seeds."""
+    return max(n_files, 4 * target + 16)
+
+
+class _DuckDBSampler:
+    def __init__(self, corpus: Path, cfg: SeedsConfig):
+        import duckdb
+        self.con = duckdb.connect()
+        self.corpus, self.cfg = _sql_str(str(corpus)), cfg
+
+    def files_per_language(self) -> dict[str, int]:
+        # How many files each language has in the corpus.
+        return dict(self.con.execute(f"SELECT language, count(*) FROM read_parquet({self.corpus}) "
+                                     "GROUP BY language ORDER BY language").fetchall())
+
+    def draw(self, plan: list[tuple[str, int, int, int]]):
+        import pyarrow as pa
+        self.con.register("plan_rows", pa.table({k: [r[i] for r in plan] for i, k in
+                                                 enumerate(("language", "target", "draws", "rounds"))}))
+        self.con.execute("CREATE OR REPLACE TEMP TABLE plan AS SELECT * FROM plan_rows")
+        s = str(self.cfg.random_seed)
+        self.con.execute(PICKS_SQL.format(corpus=self.corpus), {"seed": s})
+        self.con.execute(CUT_SQL.format(corpus=self.corpus, trivial=_trivial_sql()),
+                         {"seed": s, "max_lines": self.cfg.max_lines})
+        rel = self.con.execute(CHOOSE_SQL, {"seed": s, "seed_int": self.cfg.random_seed, "mode": self.cfg.mode,
+                                            "clean": self.cfg.mode == "clean"})
+        table = rel.arrow()
+        table = table.read_all() if hasattr(table, "read_all") else table  # newer DuckDB: a reader
+        return table
+
+
+class _PythonSampler:
+    """The same sampling, written plainly in Python (pyarrow only reads the parquet)."""
+
+    def __init__(self, corpus: Path, cfg: SeedsConfig):
+        import pyarrow.parquet as pq
+        self.corpus, self.cfg = corpus, cfg
+        meta = pq.read_table(corpus, columns=["id", "language", "lines"])
+        self.ids = meta.column("id").to_pylist()
+        self.langs = meta.column("language").to_pylist()
+        self.lines = meta.column("lines").to_pylist()
+
+    def files_per_language(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.langs).items()))
+
+    @staticmethod
+    def _key(s: str) -> int:  # = DuckDB's md5_number_lower
+        return int.from_bytes(hashlib.md5(s.encode()).digest()[8:], "little")
+
+    def draw(self, plan: list[tuple[str, int, int, int]]):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        seed, cfg = str(self.cfg.random_seed), self.cfg
+        rows_by_lang = {lang: [] for lang, *_ in plan}
+        for i, lang in enumerate(self.langs):
+            if lang in rows_by_lang:
+                rows_by_lang[lang].append(i)
+        picks = []  # (language, pick number, row index, round)
+        for lang, target, draws, rounds in plan:
+            order = sorted((r, self._key(f"{self.ids[i]}:{r}:{seed}"), self.ids[i], i)
+                           for r in range(rounds) for i in rows_by_lang[lang])
+            picks += [(lang, n + 1, i, r) for n, (r, _, _, i) in enumerate(order[:draws])]
+        wanted = {self.ids[i] for _, _, i, _ in picks}
+        files = {}
+        for batch in pq.ParquetFile(self.corpus).iter_batches(columns=["id", "source", "path", "license", "content"]):
+            for j, cid in enumerate(batch.column("id").to_pylist()):
+                if cid in wanted:
+                    files[cid] = [batch.column(k)[j].as_py() for k in ("source", "path", "license", "content")]
+        trivial_re = {lang: re.compile(trivial_pattern(lang)) for lang, *_ in plan}
+        targets = {lang: target for lang, target, *_ in plan}
+        out, seen, taken = [], set(), Counter()
+        for lang, pick, i, r in sorted(picks):
+            cid, n = self.ids[i], self.lines[i]
+            source, path, lic, content = files[cid]
+            start0 = self._key(f"{cid}:start:{r}:{seed}") % n
+            length = min(1 + self._key(f"{cid}:len:{r}:{seed}") % cfg.max_lines, n - start0)
+            text = "\n".join(line[:-1] if line.endswith("\r") else line
+                             for line in content.split("\n")[start0:start0 + length])
+            trivial = trivial_re[lang].fullmatch(text) is not None
+            norm = (lang, _normalized(text))
+            if (cfg.mode == "clean" and trivial) or norm in seen or taken[lang] >= targets[lang]:
+                continue
+            seen.add(norm)
+            taken[lang] += 1
+            out.append({"seed_id": hashlib.md5(f"{cid}:{r}:{seed}".encode()).hexdigest(), "language": lang,
+                        "seed": text, "path": path, "source": source, "corpus_id": cid, "license": lic,
+                        "start_line": start0 + 1, "n_lines": length, "file_lines": n,
+                        "random_seed": cfg.random_seed, "mode": cfg.mode, "trivial": trivial})
+        return pa.Table.from_pylist(out, schema=_seed_schema())
+
+
+def sample(corpus: Path, out: Path, cfg: SeedsConfig, engine: str = "duckdb") -> dict:
+    """Sample seeds from `corpus` into `out` (parquet) under the quotas; return counts and notes.
+
+    Rebalancing rule: a language that cannot meet its target (no files, or too few distinct
+    seeds) keeps what it has; the shortfall is shared among the languages that can still give
+    seeds in proportion to their quotas (largest remainder, ties by name), repeated until the
+    total is met. Only when no quota language can give more do languages outside the quotas
+    take the rest, in proportion to their file counts.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    check_settings(cfg)
+    sampler = (_DuckDBSampler if engine == "duckdb" else _PythonSampler)(corpus, cfg)
+    n_files = sampler.files_per_language()
+    quotas = parse_quotas(cfg, n_files)
+    want_total = sum(quotas.values())
+    notes, got, chosen, exhausted = [], {}, {}, set()
+    for lang, q in sorted(quotas.items()):
+        if not n_files.get(lang):
+            notes.append(f"quota {lang}={q} unmet: no {lang} files in the corpus")
+            exhausted.add(lang)
+            got[lang] = 0
+    targets = {lang: q for lang, q in quotas.items() if lang not in exhausted}
+    draws = {lang: _first_draws(t) for lang, t in targets.items()}
+    weights = dict(quotas)
+    while True:
+        retry = {}
+        if targets:
+            table = sampler.draw([(lang, t, draws[lang], -(-draws[lang] // n_files[lang]))
+                                  for lang, t in sorted(targets.items())])
+            for lang, t in targets.items():
+                chosen[lang] = table.filter(pc.equal(table["language"], lang))
+                got[lang] = chosen[lang].num_rows
+                if got[lang] < t and draws[lang] < _max_draws(t, n_files[lang]):
+                    retry[lang] = t  # more picks: the target is a prefix of a longer draw
+                    draws[lang] = min(4 * draws[lang], _max_draws(t, n_files[lang]))
+                elif got[lang] < t:
+                    exhausted.add(lang)
+                    notes.append(f"quota {lang}={t} unmet: only {got[lang]} distinct seeds from "
+                                 f"{n_files[lang]} files")
+        if retry:
+            targets = retry
+            continue
+        short = want_total - sum(got.values())
+        open_ = {lang: weights[lang] for lang in weights if lang not in exhausted and n_files.get(lang)}
+        if short <= 0:
+            break
+        if not open_:  # no quota language can give more: others, by their file counts
+            weights = {lang: n for lang, n in n_files.items() if lang not in quotas and lang not in exhausted}
+            open_ = dict(weights)
+            if not open_:
+                notes.append(f"{short} seeds short of {want_total}: the corpus has no more distinct seeds")
+                break
+            notes.append(f"{short} seeds go to languages outside the quotas, by their file counts")
+        extra = _largest_remainder(short, open_)
+        targets = {lang: got.get(lang, 0) + k for lang, k in extra.items() if k}
+        draws.update({lang: max(draws.get(lang, 0), _first_draws(t)) for lang, t in targets.items()})
+        notes.append("rebalanced: " + ", ".join(f"{lang} +{k}" for lang, k in sorted(extra.items()) if k))
+    table = pa.concat_tables([t.select(_seed_schema().names).cast(_seed_schema()) for t in chosen.values()]
+                             or [_seed_schema().empty_table()])
+    table = table.sort_by("seed_id").combine_chunks()
     with atomic_path(out) as tmp:
-        con.register("seeds", table)
-        con.execute(f"COPY seeds TO '{tmp}' (FORMAT parquet)")
-    counts["seeds"] = table.num_rows
-    counts["blank_seeds"] = sum(1 for s in table.column("seed").to_pylist() if not s.strip())
-    return {"root": str(root), **dict(sorted(counts.items()))}
+        pq.write_table(table, tmp, compression="zstd")
+    seeds = table.column("seed").to_pylist()
+    stats = {"seeds": table.num_rows, "mode": cfg.mode,
+             **{f"quota_{lang}": q for lang, q in sorted(quotas.items())},
+             **{f"seeds_{lang}": n for lang, n in sorted(got.items()) if n},
+             "blank_seeds": sum(1 for s in seeds if not s.strip()),
+             "trivial_seeds": sum(table.column("trivial").to_pylist()),
+             "notes": notes}
+    return stats
+
+
+def check_settings(cfg: SeedsConfig) -> None:
+    """Settings errors, before any file is read."""
+    if cfg.num_seeds < 0 or cfg.max_lines < 1:
+        raise ReproError("seeds.num_seeds must be >= 0 and seeds.max_lines >= 1")
+    if cfg.mode not in ("paper", "clean"):
+        raise ReproError(f"seeds.mode={cfg.mode!r}: choose paper (no content filter, as the paper) or clean")
+    if not parse_quotas(cfg, {"python": 1}):  # raises on a malformed seeds.quotas
+        raise ReproError(f"seeds.quotas={cfg.quotas!r} with seeds.num_seeds={cfg.num_seeds} asks for no seeds")
+
+
+def run(cfg: SeedsConfig, out_seeds: Path, out_corpus: Path) -> dict:
+    """Build the corpus into `out_corpus`, then sample the seeds into `out_seeds`; return counts."""
+    check_settings(cfg)
+    corpus = build_corpus(cfg, out_corpus, quota_languages(cfg))
+    sampled = sample(out_corpus, out_seeds, cfg)
+    return {**{k: v for k, v in corpus.items() if k != "notes"},
+            **{k: v for k, v in sampled.items() if k != "notes"},
+            "notes": corpus["notes"] + sampled["notes"]}
