@@ -52,9 +52,9 @@ def stage_plan(stage: str, cfg: config_mod.Config):
 
     quant_file = f"model-{cfg.export.quant}.gguf"
     if stage == "seeds":
-        root = seeds.source_root(cfg.seeds.source)
-        return ({**cfg.section("seeds"), "tree": seeds.tree_fingerprint(root),
-                 "languages": digest(DATA_DIR / "languages.tsv")}, [], ["seeds.parquet"])
+        return ({**cfg.section("seeds"), "sources": seeds.source_fingerprints(cfg.seeds),
+                 "tables": [digest(DATA_DIR / n) for n in ("languages.tsv", "licenses.tsv")]},
+                [], ["seeds.parquet", "corpus.parquet"])
     if stage == "generate":
         return ({**cfg.section("generate"), "teacher_id": models.model_id(cfg.generate.teacher),
                  "prompt_hash": _prompt_hash(cfg.generate.prompt)},
@@ -81,7 +81,11 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
     from repro import clean, evaluate, export, generate, models, seeds, train
 
     if stage == "seeds":
-        return seeds.run(cfg.seeds, run / "seeds.parquet")
+        stats = seeds.run(cfg.seeds, run / "seeds.parquet", run / "corpus.parquet")
+        for note in stats["notes"]:  # filters, shortfalls, rebalancing: one line each
+            if progress is not None:
+                progress.console.print(f"  seeds: {note}", style="dim", markup=False, highlight=False, soft_wrap=True)
+        return stats
     if stage == "generate":
         return generate.run(cfg.generate, run / "seeds.parquet", run / "pairs.jsonl", run / "rejected.jsonl",
                             fp, progress)
@@ -148,12 +152,16 @@ def summary(stage: str, s: dict) -> str:
 
 def preflight(cfg: config_mod.Config, stages: list[str]) -> None:
     """Fail on bad settings before anything is written into the run directory."""
-    from repro import models, seeds
+    from repro import engine, models, seeds
 
     if "seeds" in stages:
-        seeds.source_root(cfg.seeds.source)
+        seeds.check_settings(cfg.seeds)          # quotas, mode, counts
+        seeds.resolve_sources(cfg.seeds.source)  # source kinds, and that each path exists
     if "generate" in stages:
+        engine.check_settings("generate", cfg.generate.backend, cfg.generate.parallel, cfg.generate.n_ctx)
         models.resolve(cfg.generate.teacher)
+    if "evaluate" in stages:
+        engine.check_settings("evaluate", cfg.evaluate.backend, cfg.evaluate.parallel, cfg.evaluate.n_ctx)
     if {"train", "export", "evaluate"} & set(stages):
         models.resolve(cfg.train.student)
 

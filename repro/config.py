@@ -23,10 +23,20 @@ STUDENT_270M = "embedded:gemma-3-270m-q4_k_m"
 
 @dataclass
 class SeedsConfig:
-    source: str = "stdlib"          # "stdlib" (this interpreter's standard library) or a directory
-    num_seeds: int = 48             # seeds sampled (one per randomly chosen file)
+    # Where code comes from, in this order (comma-separated with --set): "installed" (code already
+    # on this machine: Python stdlib and packages, C/C++ headers, node modules, JDK sources, ...),
+    # "stdlib", a directory or git checkout, a .zip, a .parquet/.jsonl file with path, lang and
+    # content columns, or "hf:bigcode/starcoderdata" / "hf:bigcode/the-stack" (online only).
+    source: list[str] = field(default_factory=lambda: ["installed"])
+    quotas: str = "tiny"            # per-language quotas: a preset (paper, tiny, files) or python=8,c=2
+    num_seeds: int = 48             # total seeds; the quotas are scaled to it (0 = the quotas' own sum)
     max_lines: int = 15             # seed length is uniform in 1..max_lines (the paper: 15)
+    mode: str = "paper"             # paper: no content filter; clean: skip seeds of only blank lines, comments, imports
+    max_files_per_language: int = 2000  # files read per language from disk (a fixed random subset); 0 = all
     max_file_bytes: int = 1_000_000  # larger files are skipped, and counted
+    max_avg_line_chars: int = 100   # a longer average line means minified or generated code: skipped
+    licenses: list[str] = field(default_factory=list)  # SPDX allow-list ("unknown" to keep those); empty = any
+    hf_files_per_language: int = 20000  # documents streamed per language from an hf: source
     random_seed: int = 42
 
 
@@ -34,9 +44,11 @@ class SeedsConfig:
 class GenerateConfig:
     teacher: str = TEACHER_0P5B
     prompt: str = "oss_instruct.txt"  # a template under data/prompts/ or a path
-    max_tokens: int = 768
+    max_tokens: int = 768           # also capped by n_ctx - prompt
     temperature: float = 0.0        # greedy, as the paper's generation
-    n_ctx: int = 2048
+    n_ctx: int = 2048               # per sequence
+    backend: str = "llama-batched"  # llama-batched | llama (one request at a time, the reference)
+    parallel: int = 8               # sequences decoded together by llama-batched
     threads: int = 0                # 0 = choose from the machine's current load
     seed: int = 42
 
@@ -77,7 +89,9 @@ class EvaluateConfig:
     benchmark: str = "humaneval"
     limit: int = 0                  # 0 = all problems
     max_tokens: int = 512           # the paper's evaluation budget
-    n_ctx: int = 2048
+    n_ctx: int = 2048               # per sequence
+    backend: str = "llama-batched"  # llama-batched | llama (one request at a time, the reference)
+    parallel: int = 16              # sequences decoded together (short prompts: more fit a step)
     timeout_s: float = 10.0         # per program
     threads: int = 0
     base_prompt: str = "completion"  # a base model gets the plain function prompt
@@ -101,6 +115,7 @@ class Config:
 def _smoke() -> Config:
     c = Config(profile="smoke")
     c.seeds.num_seeds = 4
+    c.seeds.max_files_per_language = 100
     c.generate.max_tokens = 512
     c.train.max_steps = 2
     c.train.batch_size = 2
@@ -118,7 +133,9 @@ def _workstation() -> Config:
     # One consumer GPU: a stronger teacher and student from the hub (needs the `hub` extra and a
     # network), many more pairs, and the CUDA training backends once they land.
     c = Config(profile="workstation")
+    c.seeds.quotas = "paper"        # the paper's 40K Python + 8 x 5K, scaled to num_seeds
     c.seeds.num_seeds = 5000
+    c.seeds.max_files_per_language = 0
     c.generate.teacher = "hf://Qwen/Qwen2.5-Coder-7B-Instruct-GGUF/qwen2.5-coder-7b-instruct-q4_k_m.gguf"
     c.generate.n_ctx = 4096
     c.train.epochs = 2

@@ -15,7 +15,7 @@ Outputs: `eval/<model>.jsonl` (one line per problem: completion, status) and `ev
 from __future__ import annotations
 
 import math
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from repro import sandbox
@@ -57,39 +57,49 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def evaluate_model(gguf: Path, style: str, cfg: EvaluateConfig, out: Path, fp: str, label: str,
                    progress=None) -> dict:
     """Generate and run one answer per problem, resuming from `out` if it was made with `fp`."""
-    from repro.models import load_llama
+    from repro.engine import Request, open_engine
 
     problems = humaneval()[: cfg.limit or None]
     resume_jsonl([out], out.with_suffix(".resume"), fp)
     done = {r["task_id"] for r in read_jsonl(out)}
     todo = [p for p in problems if p["task_id"] not in done]
-    gen_tokens, gen_seconds, threads = 0, 0.0, None
+    stats, threads = None, None
     if todo:
-        llm = load_llama(gguf, n_ctx=cfg.n_ctx, threads=cfg.threads)
-        threads = llm.n_threads
+        by_id = {p["task_id"]: p for p in todo}
+        requests = (Request(p["task_id"], prompt=text, max_tokens=cfg.max_tokens, stop=stops)
+                    for p in todo for text, stops in [build_prompt(p, style)])
         task = progress.add_task(f"evaluate {label}", total=len(problems), completed=len(done)) if progress else None
-        with open(out, "a", encoding="utf-8") as f:
-            for p in todo:
-                text, stops = build_prompt(p, style)
-                t0 = time.perf_counter()
-                r = llm(text, max_tokens=cfg.max_tokens, temperature=0.0, stop=stops)
-                gen_seconds += time.perf_counter() - t0
-                gen_tokens += r["usage"]["completion_tokens"]
-                completion = r["choices"][0]["text"]
-                res = sandbox.run_python(program(p, completion), timeout_s=cfg.timeout_s)
-                append_jsonl(f, {"task_id": p["task_id"], "completion": completion, "status": res.status,
-                                 "finish_reason": r["choices"][0]["finish_reason"],
+        with open_engine(cfg.backend, gguf, n_ctx=cfg.n_ctx, parallel=cfg.parallel, threads=cfg.threads) as engine, \
+                open(out, "a", encoding="utf-8") as f, ThreadPoolExecutor(max_workers=1) as pool:
+            threads = engine.threads
+
+            def finish(fut):
+                c, res = fut.result()
+                append_jsonl(f, {"task_id": c.key, "completion": c.text, "status": res.status,
+                                 "finish_reason": c.finish_reason, "completion_tokens": c.completion_tokens,
                                  "output": res.output[-2000:]})
                 if progress:
                     progress.update(task, advance=1)
-        del llm
+
+            # Programs run in a worker thread (the sandbox is a subprocess) so that decoding does
+            # not stall while one of them runs into its timeout.
+            running = []
+            for c in engine.run(requests):
+                p = by_id[c.key]
+                running.append(pool.submit(lambda c=c, p=p: (c, sandbox.run_python(program(p, c.text),
+                                                                                   timeout_s=cfg.timeout_s))))
+                while running and running[0].done():
+                    finish(running.pop(0))
+            for fut in running:
+                finish(fut)
+            stats = engine.stats
     rows = read_jsonl(out)
     k, n = sum(r["status"] == "passed" for r in rows), len(rows)
     lo, hi = wilson(k, n)
     return {"model": str(gguf), "prompt_style": style, "passed": k, "n": n, "pass@1": k / n if n else 0.0,
             "ci95": [lo, hi], "timeouts": sum(r["status"] == "timeout" for r in rows),
-            "tokens_per_second": round(gen_tokens / gen_seconds, 1) if gen_seconds else None,
-            "threads": threads}
+            "tokens_per_second": round(stats.tokens_per_second, 1) if stats and stats.seconds else None,
+            "threads": threads, "backend": cfg.backend, "parallel": cfg.parallel}
 
 
 def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path, fp: str,

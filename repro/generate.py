@@ -12,8 +12,8 @@ it exists; a rerun skips seeds already answered. Ordering of the artifact follow
 
 from __future__ import annotations
 
+import hashlib
 import re
-import time
 from pathlib import Path
 
 from repro.artifacts import DATA_DIR, ReproError, append_jsonl, read_jsonl, resume_jsonl
@@ -66,6 +66,11 @@ def _strip_heading_noise(s: str) -> str:
     return s.strip()
 
 
+def item_seed(seed: int, key: str) -> int:
+    """A random seed per item, so a sampled answer does not depend on what it was batched with."""
+    return (seed * 1_000_003 + int(hashlib.md5(key.encode()).hexdigest()[:8], 16)) % 2**31
+
+
 def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: Path,
         fp: str, progress=None) -> dict:
     """Answer every seed in `seeds_path` not yet answered; return counts and throughput.
@@ -75,7 +80,8 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
     """
     import duckdb
 
-    from repro.models import load_llama, resolve
+    from repro.engine import Request, open_engine
+    from repro.models import resolve
 
     system, user = load_prompt(cfg.prompt)
     seeds = duckdb.sql(f"SELECT seed_id, language, seed, path FROM read_parquet('{seeds_path}')").fetchall()
@@ -86,42 +92,39 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
     stats = {"seeds": len(seeds), "resumed_from": len(done), "generated": 0, "completion_tokens": 0,
              "prompt_tokens": 0, "decode_seconds": 0.0}
     if todo:
-        llm = load_llama(resolve(cfg.teacher), n_ctx=cfg.n_ctx, threads=cfg.threads, seed=cfg.seed)
-        stats["threads"] = llm.n_threads
-        task = progress.add_task("generate", total=len(seeds), completed=len(done)) if progress else None
-        with open(pairs_path, "a", encoding="utf-8") as ok, open(rejected_path, "a", encoding="utf-8") as bad:
-            for seed_id, language, snippet, path in todo:
-                messages = [{"role": "system", "content": system},
-                            {"role": "user", "content": render(user, language, snippet)}]
-                t0 = time.perf_counter()
-                try:
-                    out = llm.create_chat_completion(messages=messages, max_tokens=cfg.max_tokens,
-                                                     temperature=cfg.temperature, seed=cfg.seed)
-                except ValueError as e:  # the prompt does not fit the context
-                    append_jsonl(bad, {"seed_id": seed_id, "reason": "prompt_too_long", "detail": str(e)})
-                    continue
-                dt = time.perf_counter() - t0
-                choice, usage = out["choices"][0], out["usage"]
-                text = choice["message"]["content"] or ""
-                stats["generated"] += 1
-                stats["completion_tokens"] += usage["completion_tokens"]
-                stats["prompt_tokens"] += usage["prompt_tokens"]
-                stats["decode_seconds"] += dt
-                row = {"seed_id": seed_id, "language": language, "path": path, "seed": snippet,
-                       "raw": text, "finish_reason": choice["finish_reason"],
-                       "prompt_tokens": usage["prompt_tokens"],
-                       "completion_tokens": usage["completion_tokens"], "seconds": round(dt, 2)}
-                parsed = parse(text)
-                if choice["finish_reason"] != "stop":
-                    append_jsonl(bad, {**row, "reason": f"finish_reason={choice['finish_reason']}"})
-                elif parsed is None:
-                    append_jsonl(bad, {**row, "reason": "missing [Problem Description] or [Solution]"})
-                else:
-                    append_jsonl(ok, {**row, "problem": parsed[0], "solution": parsed[1]})
-                if progress:
-                    tps = stats["completion_tokens"] / max(stats["decode_seconds"], 1e-9)
-                    progress.update(task, advance=1, description=f"generate ({tps:.1f} tok/s)")
-        del llm
+        by_id = {s[0]: s for s in todo}
+        requests = (Request(seed_id, messages=[{"role": "system", "content": system},
+                                               {"role": "user", "content": render(user, language, snippet)}],
+                            max_tokens=cfg.max_tokens, temperature=cfg.temperature,
+                            seed=item_seed(cfg.seed, seed_id))
+                    for seed_id, language, snippet, path in todo)
+        with open_engine(cfg.backend, resolve(cfg.teacher), n_ctx=cfg.n_ctx, parallel=cfg.parallel,
+                         threads=cfg.threads, seed=cfg.seed) as engine:
+            stats.update(threads=engine.threads, backend=cfg.backend, parallel=cfg.parallel)
+            task = progress.add_task("generate", total=len(seeds), completed=len(done)) if progress else None
+            with open(pairs_path, "a", encoding="utf-8") as ok, open(rejected_path, "a", encoding="utf-8") as bad:
+                # Answers arrive as they finish; each is on disk before the next is awaited.
+                for c in engine.run(requests):
+                    seed_id, language, snippet, path = by_id[c.key]
+                    row = {"seed_id": seed_id, "language": language, "path": path, "seed": snippet,
+                           "raw": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                           "completion_tokens": c.completion_tokens, "seconds": round(c.seconds, 2)}
+                    parsed = parse(c.text)
+                    if c.finish_reason == "prompt_too_long":
+                        append_jsonl(bad, {**row, "reason": "prompt_too_long"})
+                    elif c.finish_reason != "stop":
+                        append_jsonl(bad, {**row, "reason": f"finish_reason={c.finish_reason}"})
+                    elif parsed is None:
+                        append_jsonl(bad, {**row, "reason": "missing [Problem Description] or [Solution]"})
+                    else:
+                        append_jsonl(ok, {**row, "problem": parsed[0], "solution": parsed[1]})
+                    stats["generated"] += 1
+                    if progress:
+                        tps = engine.stats.tokens_per_second or 0.0
+                        progress.update(task, advance=1, description=f"generate ({tps:.1f} tok/s)")
+            stats["completion_tokens"] = engine.stats.completion_tokens
+            stats["prompt_tokens"] = engine.stats.prompt_tokens
+            stats["decode_seconds"] = engine.stats.seconds
     pairs, rejected = read_jsonl(pairs_path), read_jsonl(rejected_path)
     stats["pairs"], stats["rejected"] = len(pairs), len(rejected)
     reasons: dict[str, int] = {}

@@ -229,8 +229,11 @@ def load_llama(path: Path, n_ctx: int = 2048, threads: int = 0, seed: int = 42, 
     """Load a GGUF into llama.cpp on the CPU with the crash-safe settings above."""
     from llama_cpp import Llama
 
+    from llama_cpp._utils import suppress_stdout_stderr
+
     n = choose_threads(threads)
-    with _without_extra_buffer_types():
+    # verbose=False still lets llama.cpp print a note about the cache layout on fd 2.
+    with _without_extra_buffer_types(), suppress_stdout_stderr(disable=False):
         try:
             return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n, n_threads_batch=n,
                          seed=seed, verbose=False, **kw)

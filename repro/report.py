@@ -61,7 +61,8 @@ def build(run: RunDir) -> str:
 
     if g := m.get("generate", {}).get("stats"):
         lines += [f"Teacher throughput: {g.get('tokens_per_second')} tokens/s over "
-                  f"{g.get('completion_tokens')} generated tokens with {g.get('threads', '?')} llama.cpp "
+                  f"{g.get('completion_tokens')} generated tokens, {g.get('backend', 'llama')} backend with "
+                  f"{g.get('parallel', 1)} sequences at a time and {g.get('threads', '?')} llama.cpp "
                   "threads (this run's new answers).", ""]
     if t := m.get("train", {}).get("stats"):
         lines += [f"Training: {t['tokens_per_second']} tokens/s, {t['precision']}, "
@@ -73,10 +74,13 @@ def build(run: RunDir) -> str:
         lines += [f"Greedy, {ev['max_tokens']} new tokens, {ev['limit']} problems, through llama.cpp on the "
                   f"quantized GGUF. HumanEval data sha256 `{ev['data_sha256'][:16]}…`. "
                   "95% Wilson intervals.", "",
-                  "| model | prompt | passed | pass@1 | 95% interval |", "| --- | --- | --- | --- | --- |"]
+                  "| model | prompt | passed | pass@1 | 95% interval | decode tokens/s |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for label, r in ev["models"].items():
+            tps = r.get("tokens_per_second")
+            how = f"{tps} ({r.get('backend', 'llama')}, {r.get('parallel', 1)} seq)" if tps else "-"
             lines.append(f"| {label} student | {r['prompt_style']} | {r['passed']}/{r['n']} | "
-                         f"{100 * r['pass@1']:.1f} | {100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f} |")
+                         f"{100 * r['pass@1']:.1f} | {100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f} | {how} |")
         lines += ["", "For scale, the paper's 7B models (full fine-tuning on 75K pairs; HumanEval / HumanEval+):", "",
                   "| model | HumanEval | HumanEval+ |", "| --- | --- | --- |"]
         lines += [f"| {name} | {he} | {hp} |" for name, he, hp in PAPER_ROWS]
