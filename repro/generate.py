@@ -7,7 +7,8 @@ inspiration from the snippet, write a self-contained `[Problem Description]` and
 reason recorded.
 
 Resumable: every answer is appended (and fsynced) to `pairs.jsonl` or `rejected.jsonl` as soon as
-it exists; a rerun skips seeds already answered. Ordering of the artifact follows the seeds.
+it exists; a rerun skips seeds already answered. Answers are in the order they finished (the
+batched engine decodes several seeds at once, see repro/engine.py).
 """
 
 from __future__ import annotations
