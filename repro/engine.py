@@ -16,6 +16,7 @@ sequences in flight.
 
 from __future__ import annotations
 
+import abc
 import ctypes
 import time
 import heapq
@@ -93,12 +94,13 @@ def open_engine(backend: str, gguf: Path, *, n_ctx: int = 2048, parallel: int = 
     raise AssertionError(backend)
 
 
-class Engine:
+class Engine(abc.ABC):
     threads: int
     stats: Stats
 
+    @abc.abstractmethod
     def run(self, requests: Iterable[Request]) -> Iterator[Completion]:
-        raise NotImplementedError
+        """Answer every request; yield each result as soon as it is finished."""
 
     def close(self) -> None:
         pass
