@@ -169,7 +169,7 @@ class _Slot:
     seq: int
     tokens: list[int]                     # the prompt
     max_new: int
-    stops: list[str]
+    stops: list[bytes]                    # UTF-8, so they are found in the undecoded answer
     t0: float
     fed: int = 0                          # prompt tokens already in the KV cache
     n_decoded: int = 0                    # answer tokens already in the KV cache
@@ -291,7 +291,8 @@ class BatchedEngine(Engine):
                         yield Completion(r.key, "", "prompt_too_long", len(toks), 0, 0.0)
                         continue
                     seq = heapq.heappop(free)  # the lowest free id keeps the active ids contiguous
-                    active.append(_Slot(r, seq, toks, min(r.max_tokens, room), list(r.stop) + extra_stops,
+                    stops = [x.encode() for x in list(r.stop) + extra_stops if x]
+                    active.append(_Slot(r, seq, toks, min(r.max_tokens, room), stops,
                                         time.perf_counter(), fed=self._reuse(seq, toks),
                                         rng=np.random.default_rng(r.seed)))
                 if not active:
@@ -389,12 +390,12 @@ class BatchedEngine(Engine):
         before = len(s.text)
         s.text += self._piece_of(tok)
         if s.stops:
-            text = s.text.decode("utf-8", errors="ignore")
-            # Only the new bytes can complete a stop string: search from just before them.
-            start = max(0, len(s.text[:before].decode("utf-8", errors="ignore")) - max(map(len, s.stops)))
-            hits = [i for i in (text.find(x, start) for x in s.stops if x) if i >= 0]
+            # Search the bytes, from just before the new piece: only it can complete a stop string,
+            # and the text is decoded once, at the end, not on every token.
+            start = max(0, before - max(map(len, s.stops)) + 1)
+            hits = [i for i in (s.text.find(x, start) for x in s.stops) if i >= 0]
             if hits:
-                return text[: min(hits)], "stop"
+                return s.text[: min(hits)].decode("utf-8", errors="ignore"), "stop"
         if len(s.out) >= s.max_new:
             return s.text.decode("utf-8", errors="ignore"), "length"
         return None
