@@ -47,7 +47,7 @@ def _prompt_hash(name: str) -> str:
 
 def stage_plan(stage: str, cfg: config_mod.Config):
     """(settings that define the result, input artifact names, output artifact names)."""
-    from repro import models, seeds
+    from repro import models, seeds, train
     from repro.benchmarks import humaneval_sha256
 
     quant_file = f"model-{cfg.export.quant}.gguf"
@@ -56,14 +56,16 @@ def stage_plan(stage: str, cfg: config_mod.Config):
                  "tables": [digest(DATA_DIR / n) for n in ("languages.tsv", "licenses.tsv")]},
                 [], ["seeds.parquet", "corpus.parquet"])
     if stage == "generate":
-        return ({**cfg.section("generate"), "teacher_id": models.model_id(cfg.generate.teacher),
+        return ({**cfg.section("generate"),
+                 "teacher_id": models.model_id(cfg.generate.teacher) if cfg.generate.teacher else "",
                  "prompt_hash": _prompt_hash(cfg.generate.prompt)},
                 ["seeds.parquet"], ["pairs.jsonl", "rejected.jsonl"])
     if stage == "clean":
-        return ({**cfg.section("clean"), "humaneval": humaneval_sha256()}, ["pairs.jsonl"],
-                ["clean.parquet", "removed.parquet"])
+        from repro import clean
+        return ({**cfg.section("clean"), "benchmark_data": clean.source_fingerprints(cfg.clean)}, ["pairs.jsonl"],
+                ["clean.parquet", "removed.parquet", "decontamination.json", "decontamination.md"])
     if stage == "train":
-        return ({**cfg.section("train"), "student_id": models.model_id(cfg.train.student),
+        return ({**cfg.section("train"), "student_id": train.student_id(cfg.train.student),
                  "template": digest(DATA_DIR / "prompts" / "train_template.txt")},
                 ["clean.parquet"], ["adapter", "train_log.jsonl"])
     if stage == "export":
@@ -87,12 +89,24 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
                 progress.console.print(f"  seeds: {note}", style="dim", markup=False, highlight=False, soft_wrap=True)
         return stats
     if stage == "generate":
+        # Resumable by itself: answers already in the store under the same key are kept.
         return generate.run(cfg.generate, run / "seeds.parquet", run / "pairs.jsonl", run / "rejected.jsonl",
-                            fp, progress)
+                            progress)
     if stage == "clean":
-        return clean.run(cfg.clean, run / "pairs.jsonl", run / "clean.parquet", run / "removed.parquet")
+        stats = clean.run(cfg.clean, run / "pairs.jsonl", run / "clean.parquet", run / "removed.parquet",
+                          run / "decontamination.json", run / "decontamination.md")
+        for note in stats["notes"]:  # benchmarks not checked, an empty input: one line each
+            if progress is not None:
+                progress.console.print(f"  clean: {note}", style="dim", markup=False, highlight=False, soft_wrap=True)
+        return stats
     if stage == "train":
-        return train.run(cfg.train, run / "clean.parquet", run / "adapter", run / "train_log.jsonl", progress)
+        # A crashed run left run/train_ckpt/: train.run resumes from it (its manifest is missing,
+        # so the stage is not skipped) and deletes it once the adapter is written.
+        stats = train.run(cfg.train, run / "clean.parquet", run / "adapter", run / "train_log.jsonl", progress)
+        for note in stats["notes"]:  # backend substitutions, patched kernels, resume
+            if progress is not None:
+                progress.console.print(f"  train: {note}", style="dim", markup=False, highlight=False, soft_wrap=True)
+        return stats
     if stage == "export":
         stats = export.run(cfg.export, cfg.train.student, run / "adapter",
                            run / f"model-{cfg.export.quant}.gguf", run / "export-work")
@@ -137,7 +151,9 @@ def run_stage(stage: str, cfg: config_mod.Config, run: RunDir, console, progress
 def summary(stage: str, s: dict) -> str:
     return {
         "seeds": lambda: f"{s['seeds']} seeds from {s['files']} files",
-        "generate": lambda: f"{s['pairs']} pairs, {s['rejected']} rejected, {s['tokens_per_second']} tokens/s",
+        "generate": lambda: f"{s['pairs']} pairs kept, {s['rejected']} rejected; {s['generated']} answered "
+                            f"now ({s['resumed_from']} earlier), {s['completion_tokens']} new tokens, "
+                            f"{s['tokens_per_second'] or '-'} tokens/s, {s['wall_seconds']} s",
         "clean": lambda: f"{s['kept']} kept of {s['pairs_in']} ({s['removed_by_reason'] or 'none removed'})",
         "train": lambda: f"{s['steps']} steps, loss {s['first_loss']:.3f} → {s['final_loss']:.3f}, "
                          f"{s['tokens_per_second']} tokens/s",
@@ -152,17 +168,21 @@ def summary(stage: str, s: dict) -> str:
 
 def preflight(cfg: config_mod.Config, stages: list[str]) -> None:
     """Fail on bad settings before anything is written into the run directory."""
-    from repro import engine, models, seeds
+    from repro import engine, generate, models, seeds, train
 
     if "seeds" in stages:
         seeds.check_settings(cfg.seeds)          # quotas, mode, counts
         seeds.resolve_sources(cfg.seeds.source)  # source kinds, and that each path exists
     if "generate" in stages:
-        engine.check_settings("generate", cfg.generate.backend, cfg.generate.parallel, cfg.generate.n_ctx)
-        models.resolve(cfg.generate.teacher)
+        generate.check(cfg.generate)             # settings, the teacher's file, the server
+    if "clean" in stages:
+        from repro import clean
+        clean.check_settings(cfg.clean)          # benchmark names and paths, methods, n-gram and dedup settings
     if "evaluate" in stages:
         engine.check_settings("evaluate", cfg.evaluate.backend, cfg.evaluate.parallel, cfg.evaluate.n_ctx)
-    if {"train", "export", "evaluate"} & set(stages):
+    if "train" in stages:
+        train.check_settings(cfg.train)         # backend, CUDA, packages, student, max_len vs template
+    if {"export", "evaluate"} & set(stages):
         models.resolve(cfg.train.student)
 
 

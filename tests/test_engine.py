@@ -1,5 +1,8 @@
 """The batched llama.cpp engine against the one-request-at-a-time reference, on the real models."""
 
+import ctypes
+import re
+
 import pytest
 
 from repro import models
@@ -83,3 +86,51 @@ def test_sampling_is_reproducible_per_request_seed(student):
 def test_bad_engine_settings_are_user_errors(args, msg):
     with pytest.raises(ReproError, match=msg.replace("(", r"\(").replace(".", r"\.")):
         check_settings("generate", *args)
+
+
+def test_json_schema_grammar_in_the_batched_engine_equals_the_reference():
+    """Per-sequence grammars in one batch: greedy answers as the high-level API's grammar sampler
+    gives them, and a sampled answer is held to the schema too."""
+    from repro.generate import ANSWER_SCHEMA, JSON_INSTRUCTION
+
+    teacher = models.resolve(TEACHER)
+    reqs = [Request(f"j{i}", messages=[{"role": "user", "content": q + JSON_INSTRUCTION}], max_tokens=28,
+                    json_schema=ANSWER_SCHEMA)
+            for i, q in enumerate(["Invent a tiny coding exercise about lists.", "Invent one about strings."])]
+    free = Request("free", messages=reqs[0].messages, max_tokens=6)  # no schema, in the same batch
+    ref, _ = _run("llama", teacher, reqs, n_ctx=512)
+    got, _ = _run("llama-batched", teacher, reqs + [free], n_ctx=512, parallel=3)
+    assert [got[r.key].text for r in reqs] == [ref[r.key].text for r in reqs]
+    assert all(re.match(r'\{\s*"problem"', got[r.key].text) for r in reqs)
+    hot = Request("hot", messages=reqs[0].messages, max_tokens=12, json_schema=ANSWER_SCHEMA, temperature=1.5, seed=3)
+    sampled, _ = _run("llama-batched", teacher, [hot], n_ctx=512)
+    assert re.match(r'\{\s*"problem"', sampled["hot"].text), sampled["hot"].text
+
+
+def test_the_json_grammar_allows_escapes_but_no_raw_control_characters():
+    """Strings as JSON has them: a line break inside one must be written as \\n."""
+    import llama_cpp.llama_cpp as C
+
+    from repro.engine import Tokenizer, grammar_of, load_vocab
+    from repro.generate import ANSWER_SCHEMA
+
+    vocab = load_vocab(models.resolve(TEACHER))
+    try:
+        tok = Tokenizer(vocab)
+        g = C.llama_sampler_init_grammar(vocab.vocab, grammar_of(ANSWER_SCHEMA).encode(), b"root")
+        for t in tok.tokenize('{"problem": "Sum'):
+            C.llama_sampler_accept(g, t)
+
+        def allowed(text):
+            (t,) = tok.tokenize(text)
+            cand = (C.llama_token_data * 1)()
+            cand[0].id, cand[0].logit = t, 0.0
+            C.llama_sampler_apply(g, ctypes.byref(C.llama_token_data_array(data=cand, size=1, selected=-1,
+                                                                           sorted=False)))
+            return cand[0].logit == 0.0
+
+        assert allowed(" two") and allowed("\\") and allowed('"')
+        assert not allowed("\n") and not allowed("\t")
+        C.llama_sampler_free(g)
+    finally:
+        vocab.close()

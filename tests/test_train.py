@@ -1,8 +1,20 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from repro import train
+from repro.artifacts import ReproError
 from repro.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ROWS = [{"problem": "write a function that adds two numbers", "solution": "def add ( x , y ) : return x + y"},
         {"problem": "reverse the string s", "solution": "return s [ :: -1 ]"}]
@@ -48,3 +60,282 @@ def test_lora_training_lowers_the_loss_and_leaves_base_weights(tiny_model, tiny_
     merged = model.merge_and_unload()
     changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and all(k.endswith("proj.weight") for k in changed)  # only LoRA-targeted layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: our kernels patched into the model
+
+
+def tiny_qwen2(vocab_size: int, init: float = 0.5):
+    """Qwen2 in miniature: SwiGLU and RMSNorm with offset 0, the teacher's family."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                      initializer_range=init)
+    return Qwen2ForCausalLM(cfg).float()
+
+
+def lora_grads(model, ids, labels, head=None):
+    model.zero_grad(set_to_none=True)
+    loss, _ = train.batch_loss(model, ids, labels, head)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("arch", ["gemma3", "qwen2"])
+def test_kernels_patched_in_give_the_same_loss_and_gradients(arch, impl, tiny_model, tiny_tokenizer):
+    """The patching logic on the CPU, in fp32: the kernels (their PyTorch references, or the Triton
+    kernels in Triton's interpreter) in place of the model's own RMSNorm, MLP activation, LoRA
+    projection and loss give the same loss and LoRA gradients."""
+    if impl == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton kernels on CPU tensors need TRITON_INTERPRET=1 (conftest sets it without a GPU)")
+    pytest.importorskip("triton")
+    model = tiny_model if arch == "gemma3" else tiny_qwen2(len(tiny_tokenizer))
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    model = train.add_lora(model, cfg)
+    for n, p in model.named_parameters():  # PEFT starts B at zero: make the LoRA path count
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    exs, _ = train.build_examples(tiny_tokenizer, ROWS, max_len=256)
+    ids, labels = train.collate(exs, "cpu")  # two rows of different lengths: padding included
+    loss, grads = lora_grads(model, ids, labels)
+
+    backend, counts = train.kernel_backend(model, "cpu", False, impl=impl)
+    # Gemma 3: 4 norms + q_norm + k_norm per layer, and the final norm; Qwen2: 2 per layer + final.
+    assert counts == {"rmsnorm": 13 if arch == "gemma3" else 5, "mlp": 2, "lora_linear": 14, "left_alone": {}}
+    patched_loss, patched_grads = lora_grads(model, ids, labels, backend.head)
+    torch.testing.assert_close(patched_loss, loss, rtol=1e-5, atol=1e-5)
+    assert patched_grads.keys() == grads.keys()
+    for n in grads:  # fp32 sums in another order: differences of float rounding, relative to the tensor
+        err = (patched_grads[n] - grads[n]).abs().max() / grads[n].abs().max()
+        assert err < (1e-5 if impl == "reference" else 1e-4), (n, err)
+
+
+def test_patched_lora_falls_back_to_peft_when_the_adapter_is_disabled(tiny_model, tiny_tokenizer):
+    base_logits = tiny_model(input_ids=torch.tensor([[2, 5, 6, 7]])).logits
+    model = train.add_lora(tiny_model, TrainConfig(lora_r=4, lora_dropout=0.0))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    train.kernel_backend(model, "cpu", False, impl="reference")
+    ids = torch.tensor([[2, 5, 6, 7]])
+    assert not torch.allclose(model(input_ids=ids).logits, base_logits, atol=1e-3)
+    with model.disable_adapter():
+        torch.testing.assert_close(model(input_ids=ids).logits, base_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_with_dropout_is_left_on_peft_and_counted(tiny_model):
+    from kernels.patch import patch_model
+
+    model = train.add_lora(tiny_model, TrainConfig(lora_r=4, lora_dropout=0.1))
+    counts = patch_model(model, impl="reference")
+    assert counts["lora_linear"] == 0 and counts["left_alone"] == {"lora.Linear: lora_dropout > 0": 14}
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one clear line before anything is written
+
+MORE_ROWS = ROWS + [
+    {"problem": "write a function that returns the string s", "solution": "def f ( s ) : return s"},
+    {"problem": "add the two numbers x and y", "solution": "return x + y"},
+    {"problem": "reverse s", "solution": "def reverse ( s ) : return s [ :: -1 ]"},
+    {"problem": "write a function of x", "solution": "def f ( x ) : return x"},
+    {"problem": "return two numbers", "solution": "return x , y"},
+]
+
+
+@pytest.fixture
+def student_dir(tmp_path, tiny_model, tiny_tokenizer):
+    d = tmp_path / "student"
+    tiny_model.save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d
+
+
+def write_clean(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"problem": [r["problem"] for r in rows], "solution": [r["solution"] for r in rows]},
+                            schema=pa.schema([("problem", pa.string()), ("solution", pa.string())])), path)
+    return path
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"backend": "jax"}, ["train.backend='jax' is unknown", "peft, triton, unsloth"]),
+    ({"backend": "unsloth"}, ["train.backend=unsloth needs a CUDA GPU; none found", "train.backend=peft"]),
+    ({"backend": "triton"}, ["train.backend=triton needs a CUDA GPU; none found", "train.backend=peft"]),
+    ({"max_len": 20}, ["train.max_len=20", "training template alone is"]),
+    ({"precision": "fp8"}, ["train.precision='fp8' is unknown"]),
+    ({"backend": "triton", "compile": True}, ["train.compile=true applies to the peft backend only"]),
+])
+def test_bad_train_settings_are_one_clear_error(student_dir, change, words):
+    if torch.cuda.is_available() and change.get("backend") in ("unsloth", "triton"):
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ReproError) as e:
+        train.check_settings(replace(TrainConfig(student=str(student_dir)), **change))
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_unsloth_missing_says_which_extra_to_install(student_dir, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("unsloth") is not None:
+        pytest.skip("unsloth is installed here")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the GPU is what cannot run here
+    with pytest.raises(ReproError) as e:
+        train.check_settings(TrainConfig(student=str(student_dir), backend="unsloth"))
+    assert "train.backend=unsloth needs the unsloth package; pip install -e '.[cuda]'" in str(e.value)
+
+
+def test_a_student_that_cannot_be_loaded_is_one_clear_error(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ReproError, match="train.student=.*broken: its config does not load"):
+        train.check_settings(TrainConfig(student=str(broken)))
+
+
+def test_an_empty_dataset_fails_before_anything_is_written(tmp_path, student_dir):
+    clean = write_clean(tmp_path / "run" / "clean.parquet", [])
+    cfg = TrainConfig(student=str(student_dir), device="cpu", precision="fp32")
+    with pytest.raises(ReproError, match="has no pairs"):
+        train.run(cfg, clean, tmp_path / "run" / "adapter", tmp_path / "run" / "train_log.jsonl")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["clean.parquet"]
+
+
+def repro(*args):
+    return subprocess.run([sys.executable, "-m", "repro.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_refuses_a_cuda_backend_without_touching_the_run_dir(tmp_path, student_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run_dir = tmp_path / "run"
+    r = repro("train", "--profile", "smoke", "--set", f"train.student={student_dir}", "--set",
+              "train.backend=unsloth", "--run-dir", str(run_dir))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: train.backend=unsloth needs a CUDA GPU; none found — use train.backend=peft"]
+    assert not run_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: kill -9, rerun, same result
+
+RESUME_SETTINGS = ["train.max_steps=8", "train.batch_size=2", "train.save_every=3", "train.lr=0.01",
+                   "train.warmup_steps=2", "train.lora_r=4", "train.lora_alpha=8",
+                   "train.lora_dropout=0.1",  # dropout draws from torch's RNG: its state must resume too
+                   "train.precision=fp32", "train.device=cpu", "train.max_len=256", "train.threads=1"]
+
+KILL_AT = """
+import os, signal, sys
+from pathlib import Path
+from repro import config, train
+run, overrides, kill_at = Path(sys.argv[1]), sys.argv[3:], int(sys.argv[2])
+cfg = config.load("smoke", overrides).train
+def crash(step):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+train.run(cfg, run / "clean.parquet", run / "adapter", run / "train_log.jsonl", after_step=crash)
+"""
+
+
+def adapter_tensors(d: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(d / "adapter_model.safetensors")
+
+
+def test_kill_9_then_rerun_resumes_to_the_same_adapter_and_loss_curve(tmp_path, student_dir):
+    settings = [f"train.student={student_dir}", *RESUME_SETTINGS]
+    sets = [a for s in settings for a in ("--set", s)]
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    for d in (whole, crashed):
+        write_clean(d / "clean.parquet", MORE_ROWS)
+
+    r = repro("train", "--profile", "smoke", *sets, "--run-dir", str(whole), "--quiet")
+    assert r.returncode == 0, r.stderr
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    k = subprocess.run([sys.executable, "-c", KILL_AT, str(crashed), "7", *settings], env=env,
+                       capture_output=True, text=True, cwd=ROOT)
+    assert k.returncode == -signal.SIGKILL, k.stderr
+    assert [p.name for p in (crashed / "train_ckpt").iterdir()] == ["step-0000006"]
+    assert len((crashed / "train_log.jsonl").read_text().splitlines()) == 7  # step 7 is redone
+    assert not (crashed / "adapter").exists()
+
+    r = repro("train", "--profile", "smoke", *sets, "--run-dir", str(crashed), "--quiet")
+    assert r.returncode == 0, r.stderr
+    stats = json.loads((crashed / "manifests" / "train.json").read_text())["stats"]
+    assert stats["resumed_from_step"] == 6 and not (crashed / "train_ckpt").exists()
+
+    a, b = adapter_tensors(whole / "adapter"), adapter_tensors(crashed / "adapter")
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    rows = [[json.loads(line) for line in (d / "train_log.jsonl").read_text().splitlines()] for d in (whole, crashed)]
+    same = ("step", "loss", "lr", "tokens")
+    assert [{k: r[k] for k in same} for r in rows[1]] == [{k: r[k] for k in same} for r in rows[0]]
+    assert [r["step"] for r in rows[1]] == list(range(1, 9))
+    assert all(r["tokens_per_second"] > 0 and r["peak_rss_mib"] > 0 for r in rows[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: the triton backend against eager PEFT
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["gemma3", "qwen2"])
+def test_triton_backend_matches_eager_peft_on_cuda(arch, tiny_model, tiny_tokenizer):
+    """bf16 on CUDA, as in training: from the same weights, the first batch's loss and LoRA
+    gradients agree to bf16 accuracy, and so do the losses of two optimizer steps."""
+    import copy
+
+    # Qwen2 at its usual init: at 0.5 its bf16 activations are extreme enough that HF's roundings
+    # (RMSNorm rounds before the weight, the activation before the product) move gradients ~7%.
+    template = (tiny_model if arch == "gemma3" else tiny_qwen2(len(tiny_tokenizer), init=0.02)).to(torch.bfloat16)
+    cfg = TrainConfig(max_steps=2, batch_size=4, micro_batch=4, lr=1e-3, warmup_steps=0, lora_r=4,
+                      lora_alpha=8, lora_dropout=0.0, precision="bf16", device="cuda", backend="triton")
+
+    def build(dtype=torch.bfloat16):
+        torch.manual_seed(1)  # the same LoRA initialisation for all
+        m = train.add_lora(copy.deepcopy(template).to(dtype).cuda(), cfg)
+        for n, p in m.named_parameters():  # PEFT starts B at zero: make the LoRA path count
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.5)
+        return m
+
+    exs, _ = train.build_examples(tiny_tokenizer, MORE_ROWS, max_len=256)
+    ids, labels = train.collate(exs[:4], "cuda")
+    eager, patched = build(), build()
+    eager_backend = train.Backend("peft", "cuda", True)
+    triton_backend, counts = train.kernel_backend(patched, "cuda", True)
+    assert counts["rmsnorm"] == (13 if arch == "gemma3" else 5) and counts["mlp"] == 2
+    assert counts["lora_linear"] == 14
+
+    # The yardstick is the same model in fp32 without autocast: bf16 eager PEFT itself is off
+    # from it by several percent on some tensors (measured on an H200: 14% between bf16 eager and
+    # bf16 triton on Qwen2's first q_proj lora_A), so the triton path must be about as close to
+    # fp32 as eager bf16 is. A wrong kernel is off by ~100%.
+    loss_r, grads_r = lora_grads(build(torch.float32), ids, labels)
+    with eager_backend.autocast():
+        loss_e, grads_e = lora_grads(eager, ids, labels)
+    with triton_backend.autocast():
+        loss_t, grads_t = lora_grads(patched, ids, labels, triton_backend.head)
+    assert abs(loss_t.item() - loss_r.item()) <= 2 * abs(loss_e.item() - loss_r.item()) + 1e-2 * abs(loss_r.item())
+    for n in grads_r:
+        ref = grads_r[n].float()
+        err_e = ((grads_e[n].float() - ref).norm() / ref.norm()).item()
+        err_t = ((grads_t[n].float() - ref).norm() / ref.norm()).item()
+        assert err_t <= 2 * err_e + 0.03, (n, err_t, err_e)
+
+    logs = {}
+    for name, model, backend in (("eager", eager, eager_backend), ("triton", patched, triton_backend)):
+        logs[name] = []
+        train.train_loop(model, exs, cfg, log=logs[name].append, backend=backend)
+    assert [r["loss"] for r in logs["triton"]] == pytest.approx([r["loss"] for r in logs["eager"]], rel=2e-2)
+    assert all("peak_cuda_mib" in r for r in logs["triton"])
