@@ -239,15 +239,9 @@ class Tokenizer:
 
 def load_vocab(gguf: Path):
     """The vocabulary and metadata of a GGUF without its weights (fast): for a Tokenizer."""
-    import llama_cpp.llama_cpp as C
-    from llama_cpp._internals import LlamaModel
+    from repro.models import llama_model
 
-    p = C.llama_model_default_params()
-    p.vocab_only = True
-    try:
-        return LlamaModel(path_model=str(gguf), params=p, verbose=False)
-    except ValueError as e:
-        raise ReproError(f"{gguf}: llama.cpp could not read its vocabulary ({e}); is it a valid GGUF file?") from None
+    return llama_model(gguf, vocab_only=True, what="read its vocabulary")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,22 +320,16 @@ class _Slot:
 class BatchedEngine(Engine):
     def __init__(self, gguf: Path, *, n_ctx: int, parallel: int, threads: int, n_batch: int):
         import llama_cpp.llama_cpp as C
-        from llama_cpp._internals import LlamaModel
         from llama_cpp._utils import suppress_stdout_stderr
 
-        from repro.models import _without_extra_buffer_types, choose_threads
+        from repro.models import choose_threads, llama_model
 
         self.C = C
         self.n_seq, self.n_ctx, self.n_batch = parallel, n_ctx, max(n_batch, parallel)
         self.threads = choose_threads(threads)
         self.stats = Stats()
         self.model_name = Path(gguf).name
-        with _without_extra_buffer_types():
-            try:
-                self.model = LlamaModel(path_model=str(gguf), params=C.llama_model_default_params(),
-                                        verbose=False)
-            except ValueError as e:
-                raise ReproError(f"{gguf}: llama.cpp could not load it ({e}); is it a valid GGUF file?") from None
+        self.model = llama_model(gguf)
         cp = C.llama_context_default_params()
         cp.n_ctx = n_ctx * parallel
         cp.n_batch = cp.n_ubatch = self.n_batch

@@ -225,6 +225,20 @@ def _without_extra_buffer_types():
             C.llama_model_default_params = orig
 
 
+def llama_model(path: Path, vocab_only: bool = False, what: str = "load it"):
+    """llama.cpp's low-level model from a GGUF, with the crash-safe settings; one line on failure."""
+    import llama_cpp.llama_cpp as C
+    from llama_cpp._internals import LlamaModel
+
+    with _without_extra_buffer_types():
+        params = C.llama_model_default_params()  # inside: the patched defaults
+        params.vocab_only = vocab_only
+        try:
+            return LlamaModel(path_model=str(path), params=params, verbose=False)
+        except ValueError as e:
+            raise ReproError(f"{path}: llama.cpp could not {what} ({e}); is it a valid GGUF file?") from None
+
+
 def load_llama(path: Path, n_ctx: int = 2048, threads: int = 0, seed: int = 42, **kw):
     """Load a GGUF into llama.cpp on the CPU with the crash-safe settings above."""
     from llama_cpp import Llama
