@@ -79,14 +79,19 @@ def stage_plan(stage: str, cfg: config_mod.Config):
     raise AssertionError(stage)
 
 
+def print_notes(stage: str, notes: list[str], progress) -> None:
+    """A stage's notes (what it skipped, counted or substituted), one dim line each."""
+    if progress is not None:
+        for note in notes:
+            progress.console.print(f"  {stage}: {note}", style="dim", markup=False, highlight=False, soft_wrap=True)
+
+
 def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) -> dict:
     from repro import clean, evaluate, export, generate, models, seeds, train
 
     if stage == "seeds":
         stats = seeds.run(cfg.seeds, run / "seeds.parquet", run / "corpus.parquet")
-        for note in stats["notes"]:  # filters, shortfalls, rebalancing: one line each
-            if progress is not None:
-                progress.console.print(f"  seeds: {note}", style="dim", markup=False, highlight=False, soft_wrap=True)
+        print_notes("seeds", stats["notes"], progress)  # filters, shortfalls, rebalancing: one line each
         return stats
     if stage == "generate":
         # Resumable by itself: answers already in the store under the same key are kept.
@@ -95,17 +100,13 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
     if stage == "clean":
         stats = clean.run(cfg.clean, run / "pairs.jsonl", run / "clean.parquet", run / "removed.parquet",
                           run / "decontamination.json", run / "decontamination.md")
-        for note in stats["notes"]:  # benchmarks not checked, an empty input: one line each
-            if progress is not None:
-                progress.console.print(f"  clean: {note}", style="dim", markup=False, highlight=False, soft_wrap=True)
+        print_notes("clean", stats["notes"], progress)  # benchmarks not checked, an empty input: one line each
         return stats
     if stage == "train":
         # A crashed run left run/train_ckpt/: train.run resumes from it (its manifest is missing,
         # so the stage is not skipped) and deletes it once the adapter is written.
         stats = train.run(cfg.train, run / "clean.parquet", run / "adapter", run / "train_log.jsonl", progress)
-        for note in stats["notes"]:  # backend substitutions, patched kernels, resume
-            if progress is not None:
-                progress.console.print(f"  train: {note}", style="dim", markup=False, highlight=False, soft_wrap=True)
+        print_notes("train", stats["notes"], progress)  # backend substitutions, patched kernels, resume
         return stats
     if stage == "export":
         stats = export.run(cfg.export, cfg.train.student, run / "adapter",

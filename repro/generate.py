@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro.artifacts import DATA_DIR, ReproError, append_jsonl, atomic_path
+from repro.artifacts import DATA_DIR, ReproError, append_jsonl, atomic_path, read_jsonl
 from repro.config import GenerateConfig
 
 PAPER_MAX_TOKENS = 2500
@@ -382,7 +382,7 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
                  "completion_tokens": st.completion_tokens, "prompt_tokens": st.prompt_tokens,
                  "decode_seconds": round(st.seconds, 1),
                  "tokens_per_second": round(st.tokens_per_second, 2) if st.tokens_per_second else None}
-    pairs, rejected = _rows(pairs_path), _rows(rejected_path)
+    pairs, rejected = read_jsonl(pairs_path), read_jsonl(rejected_path)
     stats["pairs"], stats["rejected"] = len(pairs), len(rejected)
     reasons: dict[str, int] = {}
     for r in rejected:
@@ -394,9 +394,3 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
                          f"the {len(pairs)} pairs and {len(rejected)} rejections so far are kept, the failures "
                          f"are listed in {errors_path}; rerun the same command to retry them")
     return stats
-
-
-def _rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
