@@ -14,6 +14,9 @@ PROFILE        ?= tiny
 
 # Busy-waiting OpenMP threads made CPU training 10x slower on a loaded 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
+# Benchmark files (MBPP+, HumanEval+, MBPP, DS-1000, GSM8K) for clean and evaluate: a folder of
+# them beside the checkout is used when there is one (see README, "Benchmark data").
+export REPRO_BENCHMARK_DIR ?= $(abspath $(wildcard ../shared/data))
 
 .PHONY: setup reproduce test doctor clean-runs
 

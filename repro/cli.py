@@ -48,7 +48,6 @@ def _prompt_hash(name: str) -> str:
 def stage_plan(stage: str, cfg: config_mod.Config):
     """(settings that define the result, input artifact names, output artifact names)."""
     from repro import models, seeds, train
-    from repro.benchmarks import humaneval_sha256
 
     quant_file = f"model-{cfg.export.quant}.gguf"
     if stage == "seeds":
@@ -69,14 +68,30 @@ def stage_plan(stage: str, cfg: config_mod.Config):
                  "template": digest(DATA_DIR / "prompts" / "train_template.txt")},
                 ["clean.parquet"], ["adapter", "train_log.jsonl"])
     if stage == "export":
+        lora = [f"adapter-{cfg.export.outtype}.gguf"] if cfg.export.lora_gguf else []
         return ({**cfg.section("export"), "student_id": models.model_id(cfg.train.student)},
-                ["adapter"], [quant_file, "export.json"])
+                ["adapter"], [quant_file, "export.json"] + lora)
     if stage == "evaluate":
+        from repro import evalplus_data
+        e = cfg.evaluate
+        data = {b: evalplus_data.load(b, path=getattr(e, f"{b}_path"), benchmark_dir=e.benchmark_dir,
+                                      fetch=e.fetch).sha256 for b in e.benchmarks}
         return ({**cfg.section("evaluate"), "base_id": models.model_id(cfg.train.student),
-                 "humaneval": humaneval_sha256(),
+                 "teacher_id": models.model_id(teacher_spec(cfg)) if "teacher" in e.models else "",
+                 "benchmark_data": data,
                  "prompts": [digest(DATA_DIR / "prompts" / n) for n in ("train_template.txt", "eval_instruct.txt")]},
                 [quant_file], ["eval/results.json"])
     raise AssertionError(stage)
+
+
+def teacher_spec(cfg: config_mod.Config) -> str:
+    """The teacher evaluated beside the students: evaluate.teacher, else the one that generated."""
+    spec = cfg.evaluate.teacher or cfg.generate.teacher
+    if not spec:
+        raise ReproError("evaluate.models names the teacher, but neither evaluate.teacher nor generate.teacher "
+                         "is set (an openai server's model cannot be evaluated here); set evaluate.teacher "
+                         "or drop teacher from evaluate.models")
+    return spec
 
 
 def print_notes(stage: str, notes: list[str], progress) -> None:
@@ -114,9 +129,11 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
         write_json(run / "export.json", stats)
         return stats
     if stage == "evaluate":
-        targets = {"base": (models.resolve(cfg.train.student), cfg.evaluate.base_prompt),
-                   "finetuned": (run / f"model-{cfg.export.quant}.gguf", cfg.evaluate.tuned_prompt)}
-        results = evaluate.run(cfg.evaluate, targets, run / "eval", fp, progress)
+        e = cfg.evaluate
+        every = {"base": lambda: (models.resolve(cfg.train.student), e.base_prompt),
+                 "finetuned": lambda: (run / f"model-{cfg.export.quant}.gguf", e.tuned_prompt),
+                 "teacher": lambda: (models.resolve(teacher_spec(cfg)), e.teacher_prompt)}
+        results = evaluate.run(e, {m: every[m]() for m in e.models}, run / "eval", progress)
         write_json(run / "eval" / "results.json", results)
         return results
     raise AssertionError(stage)
@@ -158,8 +175,13 @@ def summary(stage: str, s: dict) -> str:
         "clean": lambda: f"{s['kept']} kept of {s['pairs_in']} ({s['removed_by_reason'] or 'none removed'})",
         "train": lambda: f"{s['steps']} steps, loss {s['first_loss']:.3f} → {s['final_loss']:.3f}, "
                          f"{s['tokens_per_second']} tokens/s",
-        "export": lambda: f"{s['quant']} GGUF, {s['bytes'] / 2**20:.0f} MiB, loads in llama.cpp",
-        "evaluate": lambda: ", ".join(f"{k} {v['passed']}/{v['n']}" for k, v in s["models"].items()),
+        "export": lambda: f"{s['quant']} GGUF, {s['bytes'] / 2**20:.0f} MiB, loads in llama.cpp; greedy agreement "
+                          "with PyTorch: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in
+                                                      s.get("roundtrip", {}).get("agreement", {}).items()),
+        "evaluate": lambda: "; ".join(
+            f"{k} " + ", ".join(f"{b} {v[b]['base']['passed']}/{v[b]['n']}"
+                                + (f" (+ {v[b]['plus']['passed']})" if "plus" in v[b] else "")
+                                for b in s["benchmarks"]) for k, v in s["models"].items()),
     }[stage]()
 
 
@@ -180,18 +202,40 @@ def preflight(cfg: config_mod.Config, stages: list[str]) -> None:
         from repro import clean
         clean.check_settings(cfg.clean)          # benchmark names and paths, methods, n-gram and dedup settings
     if "evaluate" in stages:
-        engine.check_settings("evaluate", cfg.evaluate.backend, cfg.evaluate.parallel, cfg.evaluate.n_ctx)
+        e = cfg.evaluate
+        engine.check_settings("evaluate", e.backend, e.parallel, e.n_ctx)
+        if e.backend == "openai":
+            raise ReproError("evaluate.backend=openai: evaluation runs the GGUF files through llama.cpp; "
+                             "use llama-batched or llama")
+        unknown = [m for m in e.models if m not in ("base", "finetuned", "teacher")]
+        if unknown or not e.models:
+            raise ReproError(f"evaluate.models={','.join(e.models)}: choose from base, finetuned, teacher")
     if "train" in stages:
         train.check_settings(cfg.train)         # backend, CUDA, packages, student, max_len vs template
+    if "export" in stages:
+        from repro import export
+        export.check_settings(cfg.export)       # outtype, quant and round-trip types
     if {"export", "evaluate"} & set(stages):
         models.resolve(cfg.train.student)
+    if "evaluate" in stages:
+        from repro import evalplus_data
+        e = cfg.evaluate
+        if "teacher" in e.models:
+            models.resolve(teacher_spec(cfg))
+        for b in e.benchmarks:  # names, files and their hashes: before any work
+            evalplus_data.load(b, path=getattr(e, f"{b}_path", ""), benchmark_dir=e.benchmark_dir, fetch=e.fetch)
+
+
+def load_config(args) -> config_mod.Config:
+    full = ["evaluate.stride=1", "evaluate.limit=0"] if getattr(args, "full_eval", False) else []
+    return config_mod.load(args.profile, args.set + full)
 
 
 def cmd_stages(args, stages: list[str]) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    cfg = config_mod.load(args.profile, args.set)
+    cfg = load_config(args)
     run = RunDir(Path(args.run_dir) if args.run_dir else ROOT / "runs" / (args.name or cfg.profile))
     preflight(cfg, stages)
     console = Console(stderr=True, quiet=args.quiet)
@@ -213,12 +257,18 @@ def print_results(run: RunDir, console) -> None:
     m = run.manifest("evaluate")
     if not m:
         return
-    t = Table(title=f"HumanEval pass@1 ({run.path.name})")
-    for col in ("model", "prompt", "passed", "pass@1", "95% interval"):
-        t.add_column(col)
-    for label, r in m["stats"]["models"].items():
-        t.add_row(label, r["prompt_style"], f"{r['passed']}/{r['n']}", f"{100 * r['pass@1']:.1f}",
-                  f"{100 * r['ci95'][0]:.1f}–{100 * r['ci95'][1]:.1f}")
+    s = m["stats"]
+    t = Table(title=f"pass@1, % ({run.path.name}; 95% intervals in the report)")
+    t.add_column("model")
+    t.add_column("prompt")
+    cols = []
+    for b, info in s["benchmarks"].items():
+        for split in ("base", "plus") if info["plus"] else ("base",):
+            cols.append((b, split))
+            name = {"humaneval": "HumanEval", "mbpp": "MBPP"}.get(b, b) + ("+" if split == "plus" else "")
+            t.add_column(f"{name} ({info['n']})")
+    for label, r in s["models"].items():
+        t.add_row(label, r["prompt_style"], *(f"{100 * r[b][split]['pass@1']:.1f}" for b, split in cols))
     console.print(t)
     console.print(f"report: {run / 'report.md'}")
 
@@ -227,7 +277,7 @@ def cmd_doctor(args) -> int:
     import importlib.metadata as md
 
     from repro import models, versions
-    from repro.export import converter_dir
+    from repro.export import has_converter
     from repro.train import cpu_has_bf16
 
     ok = True
@@ -244,8 +294,7 @@ def cmd_doctor(args) -> int:
               f"(extra `{e.extra}`), {state}")
         if e.extra == "embedded-models" and installed < len(e.packages):
             ok = False
-    conv = converter_dir() / "convert_hf_to_gguf.py"
-    print(f"  GGUF converter: {'present' if conv.exists() else 'missing (run `repro fetch`)'}")
+    print(f"  GGUF converters (model, LoRA): {'present' if has_converter() else 'missing (run `repro fetch`)'}")
     print(f"cpu: {os.cpu_count()} cores, bf16 {'yes' if cpu_has_bf16() else 'no'}, "
           f"llama.cpp threads now {models.choose_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     try:
@@ -287,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--run-dir", help="run directory (overrides --name)")
         p.add_argument("--force", action="store_true", help="rerun even if up to date")
         p.add_argument("--quiet", action="store_true", help="no progress output")
+        p.add_argument("--full-eval", action="store_true",
+                       help="evaluate every problem of every benchmark (evaluate.stride=1, evaluate.limit=0)")
 
     stage_args(sub.add_parser("run", help="run every stage"))
     for s in STAGES:
@@ -297,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("config", help="print a profile's resolved settings")
     c.add_argument("--profile", default="tiny")
     c.add_argument("--set", action="append", default=[])
+    c.add_argument("--full-eval", action="store_true", help="as the stage commands' --full-eval")
 
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -310,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             return cmd_fetch(args)
         if args.command == "config":
-            print(json.dumps(asdict(config_mod.load(args.profile, args.set)), indent=2))
+            print(json.dumps(asdict(load_config(args)), indent=2))
             return 0
     except ReproError as e:
         if args.debug:

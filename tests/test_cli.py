@@ -67,3 +67,13 @@ def test_unknown_quant_type_lists_the_valid_ones(tmp_path):
     from repro import export
     with pytest.raises(ReproError, match="not a llama.cpp file type; choose one of: .*q4_k_m"):
         export.quantize(tmp_path / "in.gguf", tmp_path / "out.gguf", "q3_nope", tmp_path / "log")
+
+
+def test_full_eval_clears_the_profiles_subset():
+    import json
+
+    tiny = json.loads(repro("config", "--profile", "tiny").stdout)["evaluate"]
+    full = json.loads(repro("config", "--profile", "tiny", "--full-eval").stdout)["evaluate"]
+    assert tiny["stride"] == 6 and (full["stride"], full["limit"]) == (1, 0)
+    smoke = json.loads(repro("config", "--profile", "smoke", "--full-eval").stdout)["evaluate"]
+    assert smoke["limit"] == 0

@@ -1,8 +1,10 @@
 """The whole pipeline on the `smoke` profile with the real embedded models (a few minutes)."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -12,19 +14,26 @@ from repro.cli import STAGES
 pytestmark = pytest.mark.e2e
 
 
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    if not (SHARED / "MbppPlus-v0.2.0.jsonl.gz").exists() and not os.environ.get("REPRO_BENCHMARK_DIR"):
+        pytest.skip("needs the benchmark files: ../shared/data or $REPRO_BENCHMARK_DIR (MBPP+, HumanEval+)")
     run_dir = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "REPRO_BENCHMARK_DIR": os.environ.get("REPRO_BENCHMARK_DIR") or str(SHARED)}
     r = subprocess.run([sys.executable, "-m", "repro.cli", "run", "--profile", "smoke", "--run-dir", str(run_dir)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
 
 
 def test_every_stage_leaves_its_artifact_and_manifest(smoke_run):
     for name in ["seeds.parquet", "pairs.jsonl", "clean.parquet", "adapter/adapter_model.safetensors",
-                 "train_log.jsonl", "model-q4_k_m.gguf", "eval/base.jsonl", "eval/finetuned.jsonl",
-                 "eval/results.json", "report.md"]:
+                 "train_log.jsonl", "model-q4_k_m.gguf", "eval/results.json", "report.md"] + [
+                 f"eval/{m}/{b}/{f}" for m in ("base", "finetuned", "teacher") for b in ("humaneval", "mbpp")
+                 for f in ("samples.jsonl", "eval_results.json")]:
         assert (smoke_run / name).is_file(), name
     for stage in STAGES[:-1]:
         assert json.loads((smoke_run / "manifests" / f"{stage}.json").read_text())["stage"] == stage
@@ -36,14 +45,18 @@ def test_the_teacher_made_parsed_pairs_that_were_trained_on(smoke_run):
     assert n_clean >= 1 and train["examples"] == n_clean and train["steps"] == 2
 
 
-def test_report_has_counts_and_a_pass_at_1_table_for_both_students(smoke_run):
+def test_report_has_counts_and_a_pass_at_1_table_for_students_and_teacher(smoke_run):
     report = (smoke_run / "report.md").read_text()
     results = json.loads((smoke_run / "eval" / "results.json").read_text())
     assert "| seeds | " in report and "| clean | " in report
-    for label in ("base", "finetuned"):
+    assert "| model | prompt | HumanEval | HumanEval+ | MBPP | MBPP+ |" in report
+    for label, style in (("base", "completion"), ("finetuned", "instruct"), ("teacher", "chat")):
         r = results["models"][label]
-        assert r["n"] == 3
-        assert f"| {label} student | {r['prompt_style']} | {r['passed']}/3 |" in report
+        assert r["prompt_style"] == style and f"| {label} | {style} | " in report
+        for b in ("humaneval", "mbpp"):
+            assert r[b]["n"] == 2 and set(r[b]) >= {"base", "plus"}
+    assert len(results["comparisons"]) == 3 * 2 * 2  # 3 pairs of models x 2 benchmarks x base/plus
+    assert "| finetuned − base |" in report
 
 
 def test_exported_model_answers_in_llama_cpp(smoke_run):
@@ -52,8 +65,9 @@ def test_exported_model_answers_in_llama_cpp(smoke_run):
 
 
 def test_second_run_skips_every_stage(smoke_run):
+    env = {**os.environ, "REPRO_BENCHMARK_DIR": os.environ.get("REPRO_BENCHMARK_DIR") or str(SHARED)}
     r = subprocess.run([sys.executable, "-m", "repro.cli", "run", "--profile", "smoke", "--run-dir", str(smoke_run)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in STAGES[:-1]:
         assert f"{stage}: up to date, skipped" in r.stderr

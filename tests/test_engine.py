@@ -9,7 +9,9 @@ from repro import models
 from repro.artifacts import ReproError
 from repro.benchmarks import humaneval
 from repro.engine import Request, check_settings, open_engine
-from repro.evaluate import COMPLETION_STOPS
+from repro.evaluate import EOS_STOPS, EXTRA_STOPS
+
+COMPLETION_STOPS = EOS_STOPS + EXTRA_STOPS["humaneval"]
 
 STUDENT = "embedded:gemma-3-270m-q4_k_m"
 TEACHER = "embedded:qwen2.5-coder-0.5b-instruct-q4_k_m"
@@ -57,6 +59,21 @@ def test_batched_chat_equals_the_reference():
     one, stats = _run("llama-batched", teacher, reqs, n_ctx=512, parallel=1)
     assert [one[r.key].text for r in reqs] == [ref[r.key].text for r in reqs]
     assert 10 < stats.prompt_tokens_reused < one["c1"].prompt_tokens
+
+
+def test_a_prefilled_chat_answer_continues_the_prefill_in_both_engines():
+    """Magicoder's evaluation starts the answer with a code fence: the engines render the chat
+    template and append it; the returned text is what follows."""
+    teacher = models.resolve(TEACHER)
+    msg = [{"role": "user", "content": "Write a Python function `add(a, b)` that returns a + b."}]
+    reqs = [Request("p", messages=msg, prefill="```python\ndef add(a, b):\n", max_tokens=12, stop=["```"]),
+            Request("q", messages=msg, max_tokens=12)]
+    ref, _ = _run("llama", teacher, reqs, n_ctx=512)
+    got, _ = _run("llama-batched", teacher, reqs, n_ctx=512, parallel=2)
+    assert got["p"].text == ref["p"].text and got["q"].text == ref["q"].text
+    assert ref["p"].text.startswith("    ")  # the function's body: the answer went on from the prefill
+    assert not ref["q"].text.startswith("    ")  # without it, the answer starts from the top
+    assert got["p"].prompt_tokens > got["q"].prompt_tokens
 
 
 def test_stop_strings_length_and_a_prompt_too_long(student):

@@ -1,21 +1,25 @@
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from repro import evaluate, sandbox
-from repro.benchmarks import humaneval
+from repro.config import EvaluateConfig
+from repro.engine import Completion, Stats
+from repro.stats import paired_bootstrap, wilson
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+HE = {"task_id": "HumanEval/0", "entry_point": "add",
+      "prompt": 'def add(a, b):\n    """Add two numbers."""\n', "canonical_solution": "    return a + b\n"}
+MBPP = {"task_id": "Mbpp/2", "entry_point": "add",
+        "prompt": '"""\nWrite a function to add two numbers\nassert add(1, 2) == 3\n"""\n',
+        "canonical_solution": "\ndef add(a, b):\n  return a + b\n"}
 
 
-@pytest.mark.parametrize("i", [0, 1, 2])
-def test_canonical_solutions_pass(i):
-    p = humaneval()[i]
-    assert sandbox.run_python(evaluate.program(p, p["canonical_solution"])).status == "passed"
-
-
-def test_wrong_solution_fails():
-    p = humaneval()[2]  # truncate_number
-    res = sandbox.run_python(evaluate.program(p, "    return number\n"))
-    assert res.status == "failed" and "AssertionError" in res.output
+# ---------------------------------------------------------------------------------------------
+# Sandbox (the harness's tests are in test_harness.py)
 
 
 def test_infinite_loop_times_out_and_grandchildren_die(tmp_path):
@@ -34,15 +38,169 @@ def test_memory_limit_stops_a_memory_bomb():
     assert res.status == "failed" and "MemoryError" in res.output
 
 
-def test_instruct_prompt_prefills_the_function():
-    p = humaneval()[0]
-    text, stops = evaluate.build_prompt(p, "instruct")
-    assert "@@ Instruction" in text and text.endswith("@@ Response\n```python\n" + p["prompt"])
-    assert stops == ["```"]
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+
+def test_instruct_prompt_is_magicoders_instruction_with_a_prefilled_fence():
+    r = evaluate.build_request("humaneval", HE, "instruct")
+    assert "@@ Instruction" in r["prompt"] and r["prompt"].endswith("@@ Response\n")
+    assert "Write a solution to the following problem:\n```python\n" + HE["prompt"].strip() + "\n```" in r["prompt"]
+    assert r["prefill"] == "```python\n" + HE["prompt"].strip() and r["stop"] == ["```"]
+    assert r["head"] == HE["prompt"].strip()
+
+
+def test_mbpp_instruction_splits_the_sentence_from_the_assertion():
+    assert evaluate.mbpp_parts(MBPP["prompt"]) == ("Write a function to add two numbers.", "assert add(1, 2) == 3")
+    r = evaluate.build_request("mbpp", MBPP, "chat")
+    assert r["messages"] == [{"role": "user", "content": (
+        "Write a function to add two numbers. Your code should satisfy the following assertion:\n"
+        "```python\nassert add(1, 2) == 3\n```\nEnclose your solution in ```python and ```")}]
+    assert r["prefill"] == "```python\n" and r["head"] == ""
+
+
+def test_completion_prompts_and_stops_are_evalplus_direct_completion():
+    he = evaluate.build_request("humaneval", HE, "completion")
+    assert he["prompt"] == he["head"] == HE["prompt"] and "\ndef " in he["stop"] and "\nprint(" in he["stop"]
+    mb = evaluate.build_request("mbpp", MBPP, "completion")
+    assert mb["prompt"] == MBPP["prompt"].strip() + "\n" and '\n"""' in mb["stop"] and "\ndef " not in mb["stop"]
+    with pytest.raises(Exception, match="unknown"):
+        evaluate.build_request("humaneval", HE, "poetry")
+
+
+@pytest.mark.parametrize("head,answer,program", [
+    ('def f():\n    """x"""', "\n    return 1\n```\nsome prose", 'def f():\n    """x"""\n    return 1\n'),
+    ('def f():\n    """x"""', "    return 1", 'def f():\n    """x"""\n    return 1'),
+    ("", "def g():\n    return 2\n```", "def g():\n    return 2\n"),
+    ('def f():\n    """x"""\n', "    pass", 'def f():\n    """x"""\n    pass'),
+])
+def test_solution_is_the_given_head_and_the_code_up_to_the_fence(head, answer, program):
+    assert evaluate.solution(head, answer) == program
+
+
+def test_every_nth_problem_is_chosen_and_stated():
+    problems = {f"T/{i}": {} for i in range(10)}
+    cfg = EvaluateConfig(stride=3)
+    ids = evaluate.select(problems, cfg)
+    assert ids == ["T/0", "T/3", "T/6", "T/9"]
+    assert evaluate.subset_note(10, ids, cfg) == "4 of 10: one problem in every 3, in task order"
+    assert evaluate.subset_note(10, ["T/0", "T/1"], EvaluateConfig(limit=2)) == "2 of 10: the first 2 in task order"
+    assert evaluate.select(problems, EvaluateConfig(limit=2)) == ["T/0", "T/1"]
+    assert evaluate.subset_note(10, list(problems), EvaluateConfig()) == "all"
+
+
+# ---------------------------------------------------------------------------------------------
+# Intervals
 
 
 def test_wilson_interval_brackets_the_rate():
-    lo, hi = evaluate.wilson(0, 10)
+    lo, hi = wilson(0, 10)
     assert lo == 0.0 and 0.2 < hi < 0.35
-    lo, hi = evaluate.wilson(5, 10)
+    lo, hi = wilson(5, 10)
     assert lo < 0.5 < hi
+
+
+def test_paired_bootstrap_interval():
+    same = [True, False] * 20
+    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap([True] * 30, [False] * 30) == (1.0, 1.0, 1.0)
+    a = [i % 3 == 0 for i in range(60)]
+    b = [i % 4 == 0 for i in range(60)]
+    diff, lo, hi = paired_bootstrap(a, b, seed=1)
+    assert lo < diff < hi and abs(diff - (20 - 15) / 60) < 1e-12
+    assert paired_bootstrap(a, b, seed=1) == (diff, lo, hi)  # seeded
+    with pytest.raises(ValueError):
+        paired_bootstrap(a, b[:-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers: generated once, cached by model, data, prompt and decoding settings
+
+
+class FakeEngine:
+    """Answers each request with the canonical solution of the problem its prompt holds."""
+    calls: list = []
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers, self.threads, self.stats = answers, 1, Stats(completion_tokens=1, seconds=1.0)
+
+    def run(self, requests):
+        for r in requests:
+            text = r.prompt + r.prefill + "".join(m["content"] for m in r.messages or [])
+            key = next(k for k in self.answers if k in text)
+            FakeEngine.calls.append(key)
+            yield Completion(r.key, self.answers[key], "stop", 10, 5, 0.1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    import repro.engine
+
+    answers = {}
+    monkeypatch.setattr(repro.engine, "open_engine", lambda *a, **k: FakeEngine(answers))
+    FakeEngine.calls = []
+    return answers
+
+
+def test_answers_are_made_once_and_reused_until_a_setting_changes(tmp_path, fake_engine, monkeypatch):
+    monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
+    fake_engine[HE["prompt"].strip()] = "    return a + b\n"
+
+    class Bench:
+        sha256 = "0" * 64
+
+    cfg = EvaluateConfig()
+    problems = {"HumanEval/0": HE}
+    gguf = tmp_path / "m.gguf"
+
+    def answer(c):
+        path = evaluate.answers_path(evaluate.answer_key("abc", Bench, "instruct", c), tmp_path / "local.jsonl", c)
+        return path, evaluate.generate("m", gguf, [("humaneval", problems, ["HumanEval/0"], "instruct", path)], c)
+
+    path, first = answer(cfg)
+    assert first["generated"] == 1 and path.is_relative_to(tmp_path / "cache")
+    _, again = answer(cfg)
+    assert again == {**again, "generated": 0, "reused": 1} and len(FakeEngine.calls) == 1
+    _, other = answer(replace(cfg, max_tokens=256))  # another decoding budget: another answer
+    assert other["generated"] == 1
+    local, _ = answer(replace(cfg, cache=False))
+    assert local == tmp_path / "local.jsonl"
+
+
+@pytest.mark.skipif(not (SHARED / "HumanEvalPlus-v0.1.10.jsonl.gz").exists(),
+                    reason="needs ../shared/data/HumanEvalPlus-v0.1.10.jsonl.gz and MbppPlus-v0.2.0.jsonl.gz")
+def test_canonical_answers_score_everything_and_results_have_evalplus_shapes(tmp_path, fake_engine, monkeypatch):
+    """The stage end to end, llama.cpp replaced by canonical answers: base and plus all pass."""
+    import json
+
+    from repro import evalplus_data
+
+    monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
+    cfg = EvaluateConfig(benchmark_dir=str(SHARED), limit=3, models=["base", "teacher"])
+    for b in ("humaneval", "mbpp"):
+        bench = evalplus_data.load(b, benchmark_dir=str(SHARED))
+        for t in list(bench.problems)[:3]:
+            p = bench.problems[t]
+            # Text that both the completion prompt (`base`) and the instruction (`teacher`) hold.
+            key = p["prompt"].strip() if b == "humaneval" else evaluate.mbpp_parts(p["prompt"])[1]
+            fake_engine[key] = p["canonical_solution"] if b == "mbpp" else "\n" + p["canonical_solution"].lstrip("\n")
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    res = evaluate.run(cfg, {"base": (gguf, "completion"), "teacher": (gguf, "chat")}, tmp_path / "eval")
+    for label in ("base", "teacher"):
+        for b in ("humaneval", "mbpp"):
+            r = res["models"][label][b]
+            assert r["n"] == 3 and r["base"]["passed"] == 3 and r["plus"]["passed"] == 3, (label, b, r)
+            ev = json.loads((tmp_path / "eval" / label / b / "eval_results.json").read_text())
+            row = next(iter(ev["eval"].values()))[0]
+            assert {"task_id", "solution", "base_status", "plus_status"} <= set(row) and "hash" in ev
+            assert (tmp_path / "eval" / label / b / "samples.jsonl").is_file()
+    assert {(c["a"], c["b"], c["benchmark"], c["split"]) for c in res["comparisons"]} == {
+        ("teacher", "base", b, s) for b in ("humaneval", "mbpp") for s in ("base", "plus")}
+    assert all(c["diff"] == 0.0 for c in res["comparisons"])

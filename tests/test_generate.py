@@ -239,6 +239,6 @@ def test_a_truncated_model_file_is_one_line(tmp_path):
     with open(resolve(GenerateConfig().teacher), "rb") as f:
         part.write_bytes(f.read(1 << 20))  # a download cut short: the right magic, then nothing
     seeds = _seeds_file(tmp_path / "seeds.parquet", 1)
-    with pytest.raises(ReproError, match="could not load it"):
+    with pytest.raises(ReproError, match="truncated or damaged GGUF.*download or export it again"):
         generate.run(GenerateConfig(teacher=str(part)), seeds, tmp_path / "pairs.jsonl", tmp_path / "rejected.jsonl")
     assert not (tmp_path / "pairs.jsonl").exists()

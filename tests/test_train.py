@@ -49,6 +49,26 @@ def test_response_loss_equals_masked_full_cross_entropy(tiny_model, tiny_tokeniz
     torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_head_gives_the_full_logits_loss_and_gradient(softcap, autocast, monkeypatch):
+    monkeypatch.setattr(train._ChunkedHead, "rows_per_chunk_elements", 3 * 50)  # 3 rows a chunk: 4 chunks
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    targets = torch.randint(0, 50, (10,))
+    results = []
+    for fn in (train.logits_head, train.chunked_head):
+        h = (3 * torch.randn(10, 16, generator=torch.Generator().manual_seed(1))).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = fn(h, head, targets, softcap)
+        (0.5 * loss).backward()
+        results.append((loss.detach(), h.grad))
+    (ref, g_ref), (got, g_got) = results
+    tol = {"rtol": 2e-2, "atol": 2e-2} if autocast else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(got, ref, **tol)
+    torch.testing.assert_close(g_got, g_ref, **tol)
+
+
 def test_lora_training_lowers_the_loss_and_leaves_base_weights(tiny_model, tiny_tokenizer):
     exs, _ = train.build_examples(tiny_tokenizer, ROWS, max_len=256)
     cfg = TrainConfig(max_steps=40, batch_size=2, lr=1e-2, warmup_steps=2, lora_r=8, lora_alpha=16,
@@ -60,6 +80,32 @@ def test_lora_training_lowers_the_loss_and_leaves_base_weights(tiny_model, tiny_
     merged = model.merge_and_unload()
     changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and all(k.endswith("proj.weight") for k in changed)  # only LoRA-targeted layers
+
+
+def test_the_adapter_moves_greedy_output_to_the_training_target(tiny_model, tiny_tokenizer):
+    exs, _ = train.build_examples(tiny_tokenizer, ROWS, max_len=256)
+    cfg = TrainConfig(max_steps=120, batch_size=2, lr=2e-2, warmup_steps=2, lora_r=8, lora_alpha=16,
+                      lora_dropout=0.0, precision="fp32")
+    model = train.add_lora(tiny_model, cfg)
+    ex = exs[0]
+    n_prompt = next(i for i, label in enumerate(ex.labels) if label != -100)
+    target = ex.input_ids[n_prompt:]  # the solution's tokens and EOS
+
+    def greedy() -> list[int]:
+        model.eval()
+        out = model.generate(input_ids=torch.tensor([ex.input_ids[:n_prompt]]), max_new_tokens=len(target),
+                             do_sample=False, pad_token_id=tiny_tokenizer.pad_token_id,
+                             eos_token_id=tiny_tokenizer.eos_token_id)
+        return out[0, n_prompt:].tolist()
+
+    before = greedy()
+    train.train_loop(model, exs, cfg)
+    assert before != target and greedy() == target
+    fit = train.greedy_agreement(model, exs, train.Backend())
+    assert fit["tokens"] == sum(label != -100 for e in exs for label in e.labels[1:])
+    assert fit["adapter_on"] == 1.0 and fit["adapter_off"] < 0.5
+    with model.disable_adapter():
+        assert greedy() == before  # the base weights are untouched
 
 
 # ---------------------------------------------------------------------------------------------

