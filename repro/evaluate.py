@@ -25,11 +25,12 @@ paired-bootstrap intervals of each difference between models.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from repro.artifacts import DATA_DIR, ReproError, append_jsonl, fingerprint, read_jsonl, repair_jsonl, \
-    sha256_file, write_json
+    sha256_file, write_json, write_text
 from repro.config import EvaluateConfig
 from repro.stats import paired_bootstrap, wilson
 from repro.train import format_prompt
@@ -256,8 +257,4 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path,
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from repro.artifacts import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            append_jsonl(f, r)
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -357,68 +357,64 @@ def logits_head(h, lm_head, targets, softcap):
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-class _ChunkedHead:
-    """The loss head without the full [N, V] logits, in PyTorch ops (any device): the design of
-    kernels/cross_entropy.py. Rows go through in chunks; each chunk's logits give its loss and,
-    at once, its rows' gradient (softmax - onehot, times the softcap's derivative) @ W, so the
-    backward only scales what the forward stored. The head's weight gets no gradient: in a LoRA
-    student it is frozen (Gemma ties it to the embedding).
-
-    Why: with Gemma's 262K vocabulary the full logits of 600 response tokens are 630 MB in fp32,
-    and the cross-entropy's softmax and gradients hold several copies: on the CPU, 5.2 GB peak for
-    an 848-token example against 1.2 GB chunked (measured, tiny profile).
-    """
-    rows_per_chunk_elements = 2 ** 26  # a chunk's logits: ~256 MiB in fp32
-
-    @staticmethod
-    def apply(h, lm_head, targets, softcap):
-        import torch
-
-        class Fn(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, hidden):
-                w = lm_head.weight
-                dev = hidden.device.type
-                # Autocast's dtype for the matmul, cast once per call (autocast would cast the
-                # frozen weight again for every chunk).
-                dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
-                with torch.autocast(dev, enabled=False):
-                    wd, hd = w.to(dt), hidden.to(dt)
-                    chunk = max(1, _ChunkedHead.rows_per_chunk_elements // w.shape[0])
-                    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-                    grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-                    for s in range(0, hd.shape[0], chunk):
-                        z = (hd[s:s + chunk] @ wd.T).float()
-                        y = targets[s:s + chunk]
-                        t = None
-                        if softcap is not None:
-                            t = torch.tanh(z / softcap)
-                            z = softcap * t
-                        lse = torch.logsumexp(z, dim=-1)
-                        rows = torch.arange(z.shape[0], device=z.device)
-                        total += (lse - z[rows, y]).sum()
-                        if grad is not None:
-                            g = z.sub_(lse[:, None]).exp_()  # softmax, in place
-                            g[rows, y] -= 1.0
-                            if t is not None:
-                                g.mul_(1.0 - t * t)
-                            grad[s:s + chunk] = (g.to(dt) @ wd).to(grad.dtype)
-                ctx.save_for_backward(grad)
-                return total
-
-            @staticmethod
-            def backward(ctx, grad_out):
-                (grad,) = ctx.saved_tensors
-                return grad * grad_out.to(grad.dtype)
-
-        if lm_head.weight.requires_grad:  # a trained head: the plain path gives its gradient
-            return logits_head(h, lm_head, targets, softcap)
-        return Fn.apply(h)
+# Rows of a chunk in `chunked_head`: its logits make ~256 MiB in fp32.
+CHUNK_ELEMENTS = 2 ** 26
 
 
 def chunked_head(h, lm_head, targets, softcap):
-    """`logits_head`'s result and hidden-state gradient without the full logits (see _ChunkedHead)."""
-    return _ChunkedHead.apply(h, lm_head, targets, softcap)
+    """`logits_head`'s result and hidden-state gradient without the full [N, V] logits, in
+    PyTorch ops (any device): the design of kernels/cross_entropy.py. Rows go through in chunks;
+    each chunk's logits give its loss and, at once, its rows' gradient (softmax - onehot, times
+    the softcap's derivative) @ W, so the backward only scales what the forward stored. The
+    head's weight gets no gradient: in a LoRA student it is frozen (Gemma ties it to the
+    embedding); a trained head goes the plain way.
+
+    Why: with Gemma's 262K vocabulary the full logits of 600 response tokens are 630 MB in fp32,
+    and the cross-entropy's softmax and gradients hold several copies of them.
+    """
+    import torch
+
+    if lm_head.weight.requires_grad:
+        return logits_head(h, lm_head, targets, softcap)
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden):
+            w = lm_head.weight
+            dev = hidden.device.type
+            # Autocast's dtype for the matmul, cast once per call (autocast would cast the frozen
+            # weight again for every chunk).
+            dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
+            with torch.autocast(dev, enabled=False):
+                wd, hd = w.to(dt), hidden.to(dt)
+                chunk = max(1, CHUNK_ELEMENTS // w.shape[0])
+                total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+                grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+                for s in range(0, hd.shape[0], chunk):
+                    z = (hd[s:s + chunk] @ wd.T).float()
+                    y = targets[s:s + chunk]
+                    t = None
+                    if softcap is not None:
+                        t = torch.tanh(z / softcap)
+                        z = softcap * t
+                    lse = torch.logsumexp(z, dim=-1)
+                    rows = torch.arange(z.shape[0], device=z.device)
+                    total += (lse - z[rows, y]).sum()
+                    if grad is not None:
+                        g = z.sub_(lse[:, None]).exp_()  # softmax, in place
+                        g[rows, y] -= 1.0
+                        if t is not None:
+                            g.mul_(1.0 - t * t)
+                        grad[s:s + chunk] = (g.to(dt) @ wd).to(grad.dtype)
+            ctx.save_for_backward(grad)
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            (grad,) = ctx.saved_tensors
+            return grad * grad_out.to(grad.dtype)
+
+    return Fn.apply(h)
 
 
 def batch_loss(model, ids, labels, head: Callable | None = None):

@@ -52,7 +52,7 @@ def test_response_loss_equals_masked_full_cross_entropy(tiny_model, tiny_tokeniz
 @pytest.mark.parametrize("softcap", [None, 5.0])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_chunked_head_gives_the_full_logits_loss_and_gradient(softcap, autocast, monkeypatch):
-    monkeypatch.setattr(train._ChunkedHead, "rows_per_chunk_elements", 3 * 50)  # 3 rows a chunk: 4 chunks
+    monkeypatch.setattr(train, "CHUNK_ELEMENTS", 3 * 50)  # 3 rows a chunk: 4 chunks
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
     targets = torch.randint(0, 50, (10,))
