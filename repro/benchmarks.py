@@ -56,10 +56,6 @@ def humaneval() -> tuple[dict, ...]:
         return tuple(json.loads(line) for line in f if line.strip())
 
 
-def humaneval_sha256() -> str:
-    return sha256_file(humaneval_path())
-
-
 def docstring(prompt: str) -> str:
     """The natural-language part of a HumanEval prompt (its last triple-quoted string)."""
     for q in ('"""', "'''"):
