@@ -9,6 +9,7 @@ fingerprint (its config, its inputs' hashes) is skipped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -24,6 +25,22 @@ DATA_DIR = ROOT / "data"
 
 class ReproError(Exception):
     """A user-facing error: printed as one line naming the file or setting and the fix."""
+
+
+# A write that failed for want of room: the disk (or quota) is full, or the file outgrew a size limit.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full_error(path, e: OSError) -> ReproError:
+    """One line for a write to `path` that failed with ENOSPC, EDQUOT or EFBIG."""
+    if e.errno == errno.EFBIG:
+        why = ("no space for it under the file size limit (File too large: `ulimit -f` or the filesystem's "
+               "largest file)")
+    else:
+        why = "no space left on the device (disk full)" if e.errno == errno.ENOSPC else \
+            "no space left under the disk quota (disk full)"
+    return ReproError(f"{path}: cannot write it: {why}; free space there (or raise the limit) and rerun, "
+                      "or choose a --run-dir on another disk")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,6 +63,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         if path.exists() and path.is_dir():
             _remove(path)
         os.replace(tmp, path)
+    except OSError as e:
+        # A full disk is the user's to fix: one line naming the artifact, not the temporary name
+        # (which is removed below) nor a traceback from deep in pyarrow or json.
+        if e.errno in DISK_FULL:
+            raise disk_full_error(path, e) from e
+        raise
     finally:
         _remove(tmp)
 

@@ -35,12 +35,12 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from repro import sandbox
 from repro.artifacts import ReproError, atomic_path, write_json, write_text
 from repro.config import CleanConfig
 
@@ -94,10 +94,15 @@ def read_pairs(path: Path) -> list[dict]:
     """pairs.jsonl as dicts; a line that is not a JSON object is an error (a torn last line, left
     by an interrupted generate, is ignored as generate itself does)."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.endswith("\n"):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
                 break
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ReproError(f"{path}: line {i} is not UTF-8 (byte {e.start + 1}); the file is damaged — "
+                                 "rerun `repro generate --force`, or remove that line") from None
             if not line.strip():
                 continue
             try:
@@ -118,6 +123,10 @@ def validate(row: dict) -> str:
     for k in ("seed_id", "problem", "solution"):
         if not isinstance(row.get(k), str) or not row[k].strip():
             return f"missing or empty {k}"
+    if row.get("language") is not None and not isinstance(row["language"], str):
+        return "language is not a string"
+    if row.get("raw") is not None and not isinstance(row["raw"], str):
+        return "raw is not a string"
     if isinstance(row.get("raw"), str) and parse(row["raw"]) is None:
         return "the answer lacks [Problem Description] then [Solution]"
     return ""
@@ -154,23 +163,42 @@ def _first_error(text: str) -> str:
     return err[:200]
 
 
-def _run_files(argv, blocks: list[str], suffix: str, timeout: float, tool: str, retry=None) -> list[str]:
-    """Run a checker on each block in its own temp file, two at a time; '' = passed."""
+# The checkers read model-written code; hostile code can make a compiler hang or eat memory
+# (template recursion, `#include "/dev/zero"`), so they run in the sandbox like any generated program.
+# JVMs and node reserve far more address space than they use: they get heap flags instead of an
+# address-space limit.
+TOOL_LIMITS = dict(mem_bytes=4 << 30, nproc=256, nofile=256)
+
+
+def _tool(name: str) -> tuple[str, tuple[str, ...]]:
+    """(absolute path, folders to show in the sandbox) of a checker; rustup's proxy is resolved to
+    the toolchain's own rustc, which needs neither rustup's environment nor its home directory."""
+    path = os.path.realpath(shutil.which(name))
+    if name == "rustc" and os.path.basename(path) == "rustup":
+        sysroot = subprocess.run([shutil.which(name), "--print", "sysroot"], capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL).stdout.strip()
+        return os.path.join(sysroot, "bin", "rustc"), (sysroot,)
+    return path, (os.path.dirname(path),)
+
+
+def _run_files(argv, blocks: list[str], suffix: str, timeout: float, tool: str, retry=None,
+               limits: dict = TOOL_LIMITS) -> list[str]:
+    """Run a checker on each block in the sandbox, two at a time; '' = passed.
+
+    `argv(tool_path, file_name)` builds the command; `retry(output)` asks for a second try with the
+    block in a `.mjs` file (node: ES module syntax)."""
+    path, show = _tool(tool)
+
     def one(code: str) -> str:
-        with tempfile.TemporaryDirectory(prefix="repro-syntax-") as d:
-            f = Path(d) / f"snippet{suffix}"
-            f.write_text(code, encoding="utf-8")
-            try:
-                p = subprocess.run(argv(f, Path(d)), cwd=d, capture_output=True, text=True, timeout=timeout,
-                                   errors="replace", stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                return f"skipped: {tool} timed out after {timeout:g} s"
-            if p.returncode != 0 and retry is not None and retry(p.stderr):
-                g = f.with_suffix(".mjs")
-                f.rename(g)
-                p = subprocess.run(argv(g, Path(d)), cwd=d, capture_output=True, text=True, timeout=timeout,
-                                   errors="replace", stdin=subprocess.DEVNULL)
-            return "" if p.returncode == 0 else _first_error((p.stderr or p.stdout).replace(f"{d}/", ""))
+        name = f"snippet{suffix}"
+        r = sandbox.run(argv(path, name), files={name: code.encode("utf-8")}, timeout_s=timeout, show=show, **limits)
+        if r.status == "failed" and retry is not None and retry(r.output):
+            name = "snippet.mjs"
+            r = sandbox.run(argv(path, name), files={name: code.encode("utf-8")}, timeout_s=timeout, show=show,
+                            **limits)
+        if r.status == "timeout":
+            return f"skipped: {tool} timed out after {timeout:g} s"
+        return "" if r.status == "passed" else _first_error(r.output)
     with ThreadPoolExecutor(max_workers=2) as ex:
         return list(ex.map(one, blocks))
 
@@ -212,22 +240,18 @@ public class ParseCheck {
 
 
 def _java(blocks, timeout):
-    with tempfile.TemporaryDirectory(prefix="repro-syntax-") as d:
-        (Path(d) / "ParseCheck.java").write_text(JAVA_PARSER)
-        files = []
-        for i, code in enumerate(blocks):
-            (Path(d) / f"b{i}").mkdir()
-            files.append(str(Path(d) / f"b{i}" / "Snippet.java"))
-            Path(files[-1]).write_text(code, encoding="utf-8")
-        try:
-            p = subprocess.run(["java", "ParseCheck.java", *files], cwd=d, capture_output=True, text=True,
-                               timeout=timeout + 0.05 * len(blocks), errors="replace", stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return [f"skipped: java timed out after {timeout:g} s"] * len(blocks)
-        lines = p.stdout.split("\n")
-        if p.returncode != 0 or len(lines) < len(blocks):
-            return [f"skipped: the javac parser failed ({_first_error(p.stderr)})"] * len(blocks)
-        return [s[:200] for s in lines[:len(blocks)]]
+    java, show = _tool("java")
+    files = {"ParseCheck.java": JAVA_PARSER.encode()}
+    names = [f"b{i}.java" for i in range(len(blocks))]  # parsing only: the file name need not match the class
+    files.update({n: code.encode("utf-8") for n, code in zip(names, blocks)})
+    r = sandbox.run([java, "-Xmx512m", "-XX:-UsePerfData", "-XX:TieredStopAtLevel=1", "ParseCheck.java", *names],
+                    files=files, timeout_s=timeout + 0.05 * len(blocks), show=show, **{**TOOL_LIMITS, "mem_bytes": None})
+    if r.status == "timeout":
+        return [f"skipped: java timed out after {timeout:g} s"] * len(blocks)
+    lines = r.output.split("\n")
+    if r.status != "passed" or len(lines) < len(blocks):
+        return [f"skipped: the javac parser failed ({_first_error(r.output)})"] * len(blocks)
+    return [s[:200] for s in lines[:len(blocks)]]
 
 
 def _esm(stderr: str) -> bool:
@@ -237,15 +261,16 @@ def _esm(stderr: str) -> bool:
 # language -> (tools that must exist, checker(blocks, timeout) -> ['' or error or 'skipped: ...'])
 CHECKERS = {
     "python": ((), _python),
-    "javascript": (("node",), lambda b, t: _run_files(lambda f, d: ["node", "--check", str(f)], b, ".js", t, "node", _esm)),
-    "typescript": (("tsc",), lambda b, t: _run_files(lambda f, d: ["tsc", "--noEmit", "--pretty", "false", str(f)], b, ".ts", t, "tsc")),
-    "c": (("gcc",), lambda b, t: _run_files(lambda f, d: ["gcc", "-fsyntax-only", "-x", "c", str(f)], b, ".c", t, "gcc")),
-    "cpp": (("g++",), lambda b, t: _run_files(lambda f, d: ["g++", "-fsyntax-only", "-std=c++17", str(f)], b, ".cpp", t, "g++")),
+    "javascript": (("node",), lambda b, t: _run_files(lambda x, f: [x, "--max-old-space-size=512", "--check", f], b, ".js",
+                                                      t, "node", _esm, {**TOOL_LIMITS, "mem_bytes": None})),
+    "typescript": (("tsc",), lambda b, t: _run_files(lambda x, f: [x, "--noEmit", "--pretty", "false", f], b, ".ts", t,
+                                                     "tsc", None, {**TOOL_LIMITS, "mem_bytes": None})),
+    "c": (("gcc",), lambda b, t: _run_files(lambda x, f: [x, "-fsyntax-only", "-x", "c", f], b, ".c", t, "gcc")),
+    "cpp": (("g++",), lambda b, t: _run_files(lambda x, f: [x, "-fsyntax-only", "-std=c++17", f], b, ".cpp", t, "g++")),
     "java": (("java", "javac"), _java),
-    "rust": (("rustc",), lambda b, t: _run_files(lambda f, d: ["rustc", "--crate-type", "lib", "--emit=metadata",
-                                                              "--edition", "2021", "-o", str(d / "out.rmeta"), str(f)],
-                                                 b, ".rs", t, "rustc")),
-    "shell": (("bash",), lambda b, t: _run_files(lambda f, d: ["bash", "-n", str(f)], b, ".sh", t, "bash")),
+    "rust": (("rustc",), lambda b, t: _run_files(lambda x, f: [x, "--crate-type", "lib", "--emit=metadata", "--edition",
+                                                              "2021", "-o", "out.rmeta", f], b, ".rs", t, "rustc")),
+    "shell": (("bash",), lambda b, t: _run_files(lambda x, f: [x, "-n", f], b, ".sh", t, "bash")),
 }
 
 

@@ -102,7 +102,7 @@ def print_notes(stage: str, notes: list[str], progress) -> None:
 
 
 def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) -> dict:
-    from repro import clean, evaluate, export, generate, models, seeds, train
+    from repro import clean, engine, evaluate, export, generate, models, seeds, train
 
     if stage == "seeds":
         stats = seeds.run(cfg.seeds, run / "seeds.parquet", run / "corpus.parquet")
@@ -130,6 +130,14 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
         return stats
     if stage == "evaluate":
         e = cfg.evaluate
+        if "finetuned" in e.models:
+            finetuned = run / f"model-{cfg.export.quant}.gguf"
+            try:
+                engine.check_gguf(finetuned, "export")
+            except ReproError as err:
+                why = str(err).split(": ", 1)[-1].split("; ", 1)[0]  # check_gguf's fix is for a download
+                raise ReproError(f"{finetuned} (the export stage's output): {why}; rerun "
+                                 f"`repro export --profile {cfg.profile} --force` to make it again") from None
         every = {"base": lambda: (models.resolve(cfg.train.student), e.base_prompt),
                  "finetuned": lambda: (run / f"model-{cfg.export.quant}.gguf", e.tuned_prompt),
                  "teacher": lambda: (models.resolve(teacher_spec(cfg)), e.teacher_prompt)}
@@ -210,6 +218,8 @@ def preflight(cfg: config_mod.Config, stages: list[str]) -> None:
         unknown = [m for m in e.models if m not in ("base", "finetuned", "teacher")]
         if unknown or not e.models:
             raise ReproError(f"evaluate.models={','.join(e.models)}: choose from base, finetuned, teacher")
+    if {"train", "export", "evaluate"} & set(stages):
+        check_model_file(cfg.train.student, "train.student")  # a damaged GGUF: one line, before any work
     if "train" in stages:
         train.check_settings(cfg.train)         # backend, CUDA, packages, student, max_len vs template
     if "export" in stages:
@@ -221,9 +231,23 @@ def preflight(cfg: config_mod.Config, stages: list[str]) -> None:
         from repro import evalplus_data
         e = cfg.evaluate
         if "teacher" in e.models:
-            models.resolve(teacher_spec(cfg))
+            check_model_file(teacher_spec(cfg), "evaluate.teacher" if e.teacher else "generate.teacher")
         for b in e.benchmarks:  # names, files and their hashes: before any work
             evalplus_data.load(b, path=getattr(e, f"{b}_path", ""), benchmark_dir=e.benchmark_dir, fetch=e.fetch)
+
+
+def check_model_file(spec: str, setting: str) -> None:
+    """Resolve a model spec and, for a local GGUF, check its header: a corrupt or truncated file is
+    one line naming the setting before anything is written (llama.cpp would say less, later).
+    Embedded models are verified by their published hash instead; a checkpoint directory (a
+    train.student) is checked by train."""
+    from repro import engine, models
+
+    if not spec.startswith("embedded:") and Path(spec).expanduser().is_dir():
+        return
+    path = models.resolve(spec)
+    if not spec.startswith("embedded:"):
+        engine.check_gguf(path, setting)
 
 
 def load_config(args) -> config_mod.Config:
@@ -297,6 +321,10 @@ def cmd_doctor(args) -> int:
     print(f"  GGUF converters (model, LoRA): {'present' if has_converter() else 'missing (run `repro fetch`)'}")
     print(f"cpu: {os.cpu_count()} cores, bf16 {'yes' if cpu_has_bf16() else 'no'}, "
           f"llama.cpp threads now {models.choose_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    from repro.sandbox import isolation
+    iso = isolation()
+    print(f"sandbox: {iso['level']} isolation, {'an own uid per run' if iso['uid'] == 'own' else 'runs under our uid'}"
+          + (f" ({iso['why']})" if iso["why"] else ""))
     try:
         import torch
         print(f"cuda: {'yes, ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
@@ -321,6 +349,38 @@ def cmd_fetch(args) -> int:
             print(f"embedded:{name} → {models.assemble(name)}")
     print(f"GGUF converter → {export.fetch_converter()}")
     return 0
+
+
+def run_dir_of(args) -> Path | None:
+    """The run directory a stage command works in (what a failed write without a file name was in)."""
+    if getattr(args, "run_dir", None):
+        return Path(args.run_dir)
+    if args.command == "run" or args.command in STAGES:
+        return ROOT / "runs" / (args.name or args.profile)
+    return None
+
+
+def os_error_line(e: OSError, run_dir: Path | None) -> str:
+    """An OSError that reached the top as one line: the path, what went wrong, and the fix."""
+    import errno
+
+    from repro.artifacts import DISK_FULL, disk_full_error
+
+    path = e.filename if e.filename is not None else run_dir
+    if e.filename2 is not None:
+        path = f"{path} -> {e.filename2}"
+    where = str(path) if path is not None else "a file"
+    if e.errno in DISK_FULL:
+        return str(disk_full_error(where, e))
+    what = os.strerror(e.errno) if e.errno else (str(e).splitlines() or [type(e).__name__])[0]
+    fix = {errno.EACCES: "give this user access to it (chmod/chown), or point the setting or --run-dir elsewhere",
+           errno.EPERM: "give this user access to it (chmod/chown), or point the setting or --run-dir elsewhere",
+           errno.EROFS: "choose a --run-dir on a writable filesystem",
+           errno.ENOENT: "check the path in the settings (`repro config`) or run the stage that makes it",
+           errno.ENOTDIR: "check the path in the settings (`repro config`)",
+           errno.EISDIR: "check the path in the settings (`repro config`)"}.get(
+        e.errno, "rerun with --debug for the traceback")
+    return f"{where}: {what}; {fix}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if args.debug:
+            raise
+        print(f"error: {os_error_line(e, run_dir_of(args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)

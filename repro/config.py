@@ -215,7 +215,55 @@ def load(profile: str, overrides: list[str] | None = None) -> Config:
     cfg = PROFILES[profile]()
     for item in overrides or []:
         apply_override(cfg, item)
+    check_ranges(cfg)
     return cfg
+
+
+# Numeric settings that no stage checks itself, with the range they must lie in: (low, low is
+# allowed, high, high is allowed); None = unbounded. Out of range they crashed deep in a library
+# (AdamW's "Invalid learning rate", Dropout, MinHash LSH) or were silently misread (a negative
+# evaluate.limit dropped the last problem). Stages check the rest (counts, n-gram sizes, n_ctx...).
+RANGES = {
+    "seeds.max_files_per_language": (0, True, None, False),
+    "seeds.max_file_bytes": (1, True, None, False),
+    "seeds.max_avg_line_chars": (1, True, None, False),
+    "seeds.hf_files_per_language": (1, True, None, False),
+    "generate.temperature": (0, True, None, False),
+    "generate.top_p": (0, False, 1, True),
+    "generate.threads": (0, True, None, False),
+    "generate.timeout_s": (0, False, None, False),
+    "generate.retries": (0, True, None, False),
+    "clean.near_dup_ngram": (1, True, None, False),
+    "clean.near_dup_perms": (2, True, None, False),
+    "clean.syntax_timeout_s": (0, False, None, False),
+    "train.epochs": (0, False, None, False),
+    "train.max_steps": (0, True, None, False),
+    "train.lr": (0, False, None, False),
+    "train.warmup_steps": (0, True, None, False),
+    "train.lora_alpha": (0, False, None, False),
+    "train.lora_dropout": (0, True, 1, False),
+    "train.threads": (0, True, None, False),
+    "evaluate.stride": (1, True, None, False),
+    "evaluate.limit": (0, True, None, False),
+    "evaluate.max_tokens": (1, True, None, False),
+    "evaluate.threads": (0, True, None, False),
+    "evaluate.workers": (0, True, None, False),
+}
+
+
+def check_ranges(cfg: Config) -> None:
+    """One line for the first setting in RANGES outside its range (NaN is outside every range)."""
+    for key, (lo, lo_ok, hi, hi_ok) in RANGES.items():
+        section, name = key.split(".")
+        v = getattr(getattr(cfg, section), name)
+        if (lo is None or v > lo or (lo_ok and v == lo)) and (hi is None or v < hi or (hi_ok and v == hi)):
+            continue
+        want = " and ".join(w for w in (
+            None if lo is None else f"{'>=' if lo_ok else '>'} {lo}",
+            None if hi is None else f"{'<=' if hi_ok else '<'} {hi}") if w)
+        default = getattr(type(getattr(Config(), section))(), name)
+        raise ReproError(f"{key}={v}: must be {want} (the default is {default}); "
+                         f"fix the --set, see `repro config --profile {cfg.profile}`")
 
 
 def apply_override(cfg: Config, item: str) -> None:

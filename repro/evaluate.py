@@ -203,7 +203,10 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path,
     benches = {b: evalplus_data.load(b, path=getattr(cfg, f"{b}_path"), benchmark_dir=cfg.benchmark_dir,
                                      fetch=cfg.fetch) for b in cfg.benchmarks}
     chosen = {b: select(bench.problems, cfg) for b, bench in benches.items()}
+    from repro.sandbox import isolation
+
     results = {"max_tokens": cfg.max_tokens, "backend": cfg.backend, "parallel": cfg.parallel,
+               "sandbox": isolation(),  # how contained the programs were (repro/sandbox.py)
                "benchmarks": {b: {"version": x.version, "sha256": x.sha256, "path": x.path, "plus": x.plus,
                                   "note": x.note, "n": len(chosen[b]), "of": len(x.problems),
                                   "subset": subset_note(len(x.problems), chosen[b], cfg), "task_ids": chosen[b]}

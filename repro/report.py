@@ -103,6 +103,11 @@ def _evaluation(ev: dict | None) -> list[str]:
     lines += [f"Greedy, at most {ev['max_tokens']} new tokens, one answer per problem, through llama.cpp on the "
               "GGUF files (the students quantized), judged with EvalPlus's rules; pass@1 in % with its 95% Wilson "
               "interval. A plus pass needs the base tests too.", ""]
+    if iso := ev.get("sandbox"):
+        lines += [f"Every program ran in our sandbox, {iso['level']} isolation"
+                  + (", each run under its own uid" if iso["uid"] == "own" else "")
+                  + (f" ({iso['why']})" if iso["why"] else "")
+                  + " — what that contains and what it does not: README, section Sandbox.", ""]
     for b, info in ev["benchmarks"].items():
         lines.append(f"- {BENCH_NAMES.get(b, b)}: {'all problems' if info['subset'] == 'all' else info['subset']}; "
                      f"{info['version']}, "

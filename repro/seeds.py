@@ -187,7 +187,15 @@ def resolve_sources(source: str | list[str]) -> list[Source]:
             p = Path(spec).expanduser()
             if p.is_dir():
                 p = p.resolve()
-                out.append(Source("dir", str(p), spec, gitignore=(p / ".git").exists()))
+                try:  # a directory this user may not list or enter: one line, not a traceback later
+                    with os.scandir(p) as entries:  # opens it and reads one batch, not the whole listing
+                        next(entries, None)
+                    gitignore = (p / ".git").exists()
+                except OSError as e:
+                    raise ReproError(f"seeds.source={spec!r}: cannot read this directory ({e.strerror}); "
+                                     "give this user read access to it (chmod) or point seeds.source "
+                                     "elsewhere") from None
+                out.append(Source("dir", str(p), spec, gitignore=gitignore))
             elif p.is_file() and p.suffix.lower() == ".zip":
                 out.append(Source("zip", str(p.resolve()), spec))
             elif p.is_file() and p.suffix.lower() in (".parquet", ".jsonl", ".ndjson"):

@@ -2,6 +2,7 @@ import gzip
 import json
 import os
 import sysconfig
+import time
 from pathlib import Path
 
 import duckdb
@@ -162,6 +163,9 @@ def test_syntax_column_per_language(tmp_path, monkeypatch):
         "cpp-bad": ("cpp", "```cpp\nint main() { return 0 }\n```", "error (cpp)"),
         "java-bad": ("java", "```java\nclass A { void f() { int x = ; } }\n```", "error (java)"),
         "java-ok": ("java", "```java\nclass A { List<String> f() { return new ArrayList<>(); } }\n```", "ok"),
+        "c-bad": ("c", "```c\nint main(void) { return 0 }\n```", "error (c)"),
+        "rs-ok": ("rust", "```rust\npub fn f(x: i32) -> i32 { x + 1 }\n```", "ok"),
+        "rs-bad": ("rust", "```rust\npub fn f(x: i32) -> i32 { x + }\n```", "error (rust)"),
         "none": ("python", "Just prose.", "skipped: no code block"),
         "other": ("python", "```text\noutput\n```", "skipped: no checker for text"),
     }
@@ -177,6 +181,15 @@ def test_syntax_column_per_language(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no tools at all
     assert clean.check_syntax([clean.code_blocks("```rust\nfn main() {}\n```", "rust")], 10) == \
         [("skipped: rustc not installed", None)]
+
+
+def test_a_hostile_block_cannot_hang_or_exhaust_a_compiler():
+    """g++ reading /dev/zero grows until the sandbox's limits stop it; the stage goes on."""
+    if not clean.shutil.which("g++"):
+        pytest.skip("g++ not installed")
+    t0 = time.monotonic()
+    [(status, ok)] = clean.check_syntax([clean.code_blocks('```cpp\n#include "/dev/zero"\n```', "cpp")], 5)
+    assert time.monotonic() - t0 < 30 and ok is not True, status
 
 
 def test_paper_mode_keeps_syntax_errors_and_the_flag_drops_them(tmp_path):
