@@ -53,6 +53,17 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
                 pass
 
 
+def test_a_second_command_on_a_locked_run_is_one_line_and_writes_nothing(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("".join(f"x{i} = {i}\n" for i in range(30)))
+    run = RunDir(tmp_path / "run")
+    with run.locked():  # as if another `repro` were working there
+        r = repro("seeds", "--profile", "smoke", "--set", f"seeds.source={src}", "--run-dir", str(run.path))
+    assert_one_line_error(r, str(run.path), "another repro process")
+    assert not (run.path / "seeds.parquet").exists() and not run.manifest_path("seeds").exists()
+
+
 def test_a_finished_stage_is_skipped_and_a_changed_setting_reruns_it(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
