@@ -18,7 +18,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # them beside the checkout is used when there is one (see README, "Benchmark data").
 export REPRO_BENCHMARK_DIR ?= $(abspath $(wildcard ../shared/data))
 
-.PHONY: setup reproduce test doctor clean-runs
+.PHONY: setup toolchains reproduce test doctor clean-runs
 
 setup: $(STAMP)
 
@@ -30,7 +30,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/pip install -e ".[$(EXTRAS)]"
 	$(BIN)/repro fetch
+	-$(MAKE) --no-print-directory toolchains
 	touch $(STAMP)
+
+# MultiPL-E's PHP and the javatuples jar every Java prompt imports, from Debian's registry. Only as
+# root with apt-get (CI, containers); elsewhere evaluation marks those languages "not run" and says
+# what to install. Swift is not in Debian's registry: always "not run" unless installed by hand.
+toolchains:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  need=""; command -v php >/dev/null || need="$$need php-cli"; \
+	  [ -f /usr/share/java/javatuples.jar ] || need="$$need libjavatuples-java"; \
+	  if [ -n "$$need" ]; then echo "installing$$need (MultiPL-E toolchains)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null) \
+	      || echo "note: could not install$$need; those MultiPL-E languages will be reported as not run"; fi; \
+	else echo "note: not root: MultiPL-E languages without a toolchain here will be reported as not run"; fi
 
 reproduce: setup
 	$(BIN)/repro run --profile $(PROFILE)

@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -170,24 +169,13 @@ def _first_error(text: str) -> str:
 TOOL_LIMITS = dict(mem_bytes=4 << 30, nproc=256, nofile=256)
 
 
-def _tool(name: str) -> tuple[str, tuple[str, ...]]:
-    """(absolute path, folders to show in the sandbox) of a checker; rustup's proxy is resolved to
-    the toolchain's own rustc, which needs neither rustup's environment nor its home directory."""
-    path = os.path.realpath(shutil.which(name))
-    if name == "rustc" and os.path.basename(path) == "rustup":
-        sysroot = subprocess.run([shutil.which(name), "--print", "sysroot"], capture_output=True, text=True,
-                                 stdin=subprocess.DEVNULL).stdout.strip()
-        return os.path.join(sysroot, "bin", "rustc"), (sysroot,)
-    return path, (os.path.dirname(path),)
-
-
 def _run_files(argv, blocks: list[str], suffix: str, timeout: float, tool: str, retry=None,
                limits: dict = TOOL_LIMITS) -> list[str]:
     """Run a checker on each block in the sandbox, two at a time; '' = passed.
 
     `argv(tool_path, file_name)` builds the command; `retry(output)` asks for a second try with the
     block in a `.mjs` file (node: ES module syntax)."""
-    path, show = _tool(tool)
+    path, show = sandbox.tool(tool)
 
     def one(code: str) -> str:
         name = f"snippet{suffix}"
@@ -240,7 +228,7 @@ public class ParseCheck {
 
 
 def _java(blocks, timeout):
-    java, show = _tool("java")
+    java, show = sandbox.tool("java")
     files = {"ParseCheck.java": JAVA_PARSER.encode()}
     names = [f"b{i}.java" for i in range(len(blocks))]  # parsing only: the file name need not match the class
     files.update({n: code.encode("utf-8") for n, code in zip(names, blocks)})

@@ -5,9 +5,12 @@
     repro doctor                                # what is installed, cached and missing
     repro fetch                                 # assemble embedded models, fetch the GGUF converter
     repro config --profile smoke                # print the resolved configuration
+    repro report smoke                          # rebuild runs/smoke/report.md and its dataset card
 
 A stage whose inputs and settings are unchanged since it last finished is skipped. Errors meant
-for the user are one line and exit status 2; `--debug` shows the traceback.
+for the user are one line and exit status 2; `--debug` shows the traceback. Everything a stage
+command prints, progress every half minute, and its errors are appended to runs/<name>/log.txt;
+`--quiet` silences the console but not the log.
 """
 
 from __future__ import annotations
@@ -23,12 +26,21 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
+import shlex  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from rich.console import Console  # noqa: E402
+from rich.control import Control  # noqa: E402
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,  # noqa: E402
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text  # noqa: E402
 
 from repro import config as config_mod  # noqa: E402
 from repro.artifacts import DATA_DIR, ROOT, ReproError, RunDir, digest, fingerprint, write_json  # noqa: E402
@@ -105,7 +117,8 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
     from repro import clean, engine, evaluate, export, generate, models, seeds, train
 
     if stage == "seeds":
-        stats = seeds.run(cfg.seeds, run / "seeds.parquet", run / "corpus.parquet")
+        with busy(progress, "seeds: read the sources, cut seeds"):
+            stats = seeds.run(cfg.seeds, run / "seeds.parquet", run / "corpus.parquet")
         print_notes("seeds", stats["notes"], progress)  # filters, shortfalls, rebalancing: one line each
         return stats
     if stage == "generate":
@@ -113,8 +126,9 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
         return generate.run(cfg.generate, run / "seeds.parquet", run / "pairs.jsonl", run / "rejected.jsonl",
                             progress)
     if stage == "clean":
-        stats = clean.run(cfg.clean, run / "pairs.jsonl", run / "clean.parquet", run / "removed.parquet",
-                          run / "decontamination.json", run / "decontamination.md")
+        with busy(progress, "clean: validate, decontaminate, deduplicate"):
+            stats = clean.run(cfg.clean, run / "pairs.jsonl", run / "clean.parquet", run / "removed.parquet",
+                              run / "decontamination.json", run / "decontamination.md")
         print_notes("clean", stats["notes"], progress)  # benchmarks not checked, an empty input: one line each
         return stats
     if stage == "train":
@@ -124,8 +138,9 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
         print_notes("train", stats["notes"], progress)  # backend substitutions, patched kernels, resume
         return stats
     if stage == "export":
-        stats = export.run(cfg.export, cfg.train.student, run / "adapter",
-                           run / f"model-{cfg.export.quant}.gguf", run / "export-work")
+        with busy(progress, "export: merge, convert, quantize, compare"):
+            stats = export.run(cfg.export, cfg.train.student, run / "adapter",
+                               run / f"model-{cfg.export.quant}.gguf", run / "export-work")
         write_json(run / "export.json", stats)
         return stats
     if stage == "evaluate":
@@ -147,27 +162,60 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
     raise AssertionError(stage)
 
 
+@contextlib.contextmanager
+def busy(progress, description: str):
+    """A task with no count for a stage that reports no per-item progress: elapsed time on the
+    console, a line in log.txt every half minute and at its end."""
+    task = progress.add_task(description, total=None, busy=True) if progress is not None else None
+    yield
+    if task is not None:
+        progress.update(task, total=1, completed=1)
+
+
+# Which stage makes each input of a later stage.
+PRODUCER = {"seeds.parquet": "seeds", "pairs.jsonl": "generate", "clean.parquet": "clean", "adapter": "train"}
+
+
 def run_stage(stage: str, cfg: config_mod.Config, run: RunDir, console, progress, force: bool = False) -> dict:
-    from repro import report
+    from repro import card, report
 
     if stage == "report":  # cheap, and reflects whatever is on disk now
-        report.run(run, run / "report.md")
-        console.print(f"[green]✓[/] report → {run / 'report.md'}")
-        return {}
+        stats = {"report": str(run / "report.md"), "card": None}
+        with busy(progress, "report and dataset card"):
+            report.run(run, run / "report.md", cfg.report)
+            if (run / "clean.parquet").exists():  # the dataset card (and clean.jsonl) beside the dataset
+                stats["card"] = str(card.write_card(run))
+        made = f"dataset card → {stats['card']}" if stats["card"] else "[dim]no dataset card: no clean.parquet yet[/]"
+        console.print(f"[green]✓[/] report → {run / 'report.md'}; {made}", soft_wrap=True)
+        return stats
     settings, inputs, outputs = stage_plan(stage, cfg)
     for name in inputs:
         if not (run / name).exists():
-            prev = {"seeds.parquet": "seeds", "pairs.jsonl": "generate", "clean.parquet": "clean",
-                    "adapter": "train"}.get(name, "export")
+            prev = PRODUCER.get(name, "export")
             raise ReproError(f"{run / name} is missing; run `repro {prev} --profile {cfg.profile}` first "
                              f"(or `repro run --profile {cfg.profile}`)")
     input_digests = {name: digest(run / name) for name in inputs}
+    for name, d in input_digests.items():
+        # An input its own stage did not finish (a killed generate leaves a partial pairs.jsonl) is
+        # used, since users may bring their own inputs, but not silently.
+        maker = PRODUCER.get(name)
+        m = run.manifest(maker) if maker else None
+        if maker and (m is None or m.get("outputs", {}).get(name) != d):
+            console.print(f"[yellow]note[/]: {run / name} was not finished by `repro {maker}` (an interrupted "
+                          f"or outside input); rerun `repro {maker} --profile {cfg.profile}` to complete it",
+                          soft_wrap=True)
     fp = fingerprint(stage, settings, input_digests)
     if not force and run.is_done(stage, fp, outputs):
         console.print(f"[dim]↷ {stage}: up to date, skipped[/]")
         return run.manifest(stage)["stats"]
+    if isinstance(console, TeeConsole):  # the log only: on the console, an error stays one line
+        console.log_file.write(f"→ {stage}: started")
     t0 = time.perf_counter()
-    stats = execute(stage, cfg, run, fp, progress)
+    try:
+        stats = execute(stage, cfg, run, fp, progress)
+    finally:
+        if isinstance(progress, LoggedProgress):
+            progress.log_open_tasks()  # where each of the stage's tasks got to, done or not
     seconds = time.perf_counter() - t0
     run.write_manifest(stage, fp, settings, input_digests, outputs, stats, seconds)
     console.print(f"[green]✓[/] {stage} ({seconds:.1f} s): {summary(stage, stats)}")
@@ -194,12 +242,169 @@ def summary(stage: str, s: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# The console, progress, and runs/<name>/log.txt
+
+LOG_EVERY_S = 30.0  # a progress line per running task in log.txt this often
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class RunLog:
+    """`runs/<name>/log.txt`: lines appended with a timestamp, from any thread. It is a record for
+    people, not an artifact: no stage reads it, and a kill may leave its last line torn."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            for line in text.splitlines():
+                if line.strip():
+                    self._f.write(f"{_stamp()} {line.rstrip()}\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def log_error(args, line: str) -> None:
+    """A command's last line (its error) into the run directory's log.txt, after the command line
+    when the command failed before writing it; never creates the directory (bad settings leave
+    nothing behind)."""
+    run_dir = run_dir_of(args)
+    if run_dir is None or not Path(run_dir).is_dir():
+        return
+    with contextlib.suppress(OSError):
+        log = RunLog(Path(run_dir) / "log.txt")
+        if not getattr(args, "logged", False):
+            log.write(command_line(args))
+        log.write(line)
+        log.close()
+
+
+def command_line(args) -> str:
+    return "$ repro " + " ".join(shlex.quote(a) for a in args.argv)
+
+
+class TeeConsole(Console):
+    """The console (stderr; silent with --quiet), every line printed to it also in log.txt as
+    plain text. Live-display redraws are not lines and are not logged."""
+
+    def __init__(self, log: RunLog, **kwargs):
+        super().__init__(**kwargs)
+        self.log_file = log
+        self._plain = Console(width=160, color_system=None, highlight=False, emoji=False, soft_wrap=True)
+
+    def print(self, *objects, **kwargs) -> None:
+        super().print(*objects, **kwargs)
+        if objects and not any(isinstance(o, Control) for o in objects):
+            with self._plain.capture() as cap:
+                self._plain.print(*objects, **kwargs)
+            self.log_file.write(cap.get())
+
+
+def _rate(speed: float | None) -> str:
+    if not speed:
+        return "-"
+    return f"{speed:.2f}/s" if speed >= 1 else f"{1 / speed:.1f} s each"
+
+
+class RateColumn(ProgressColumn):
+    """Items per second (or seconds per item, for slow items such as the teacher's answers)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(_rate(task.finished_speed or task.speed), style="progress.data.speed")
+
+
+class LoggedProgress(Progress):
+    """rich's Progress (hidden with --quiet), and in log.txt each task's count, rate, elapsed time
+    and ETA every LOG_EVERY_S seconds while it runs and once when it ends."""
+
+    def __init__(self, *columns, log: RunLog, every: float = LOG_EVERY_S, **kwargs):
+        super().__init__(*columns, **kwargs)
+        self._log, self._every = log, every
+        self._first: dict = {}  # task -> its count when added (a resumed stage starts above 0)
+        self._ended: set = set()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def add_task(self, description: str, *args, **kwargs):
+        task_id = super().add_task(description, *args, **kwargs)
+        self._first[task_id] = self._tasks[task_id].completed
+        return task_id
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        self._end_if_finished(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._end_if_finished(task_id)
+
+    def _end_if_finished(self, task_id) -> None:
+        if task_id not in self._ended and self._tasks[task_id].finished:
+            self.snapshot(task_id, final=True)
+
+    def snapshot(self, task_id, final: bool = False) -> None:
+        with self._lock:
+            t = self._tasks.get(task_id)
+            if t is None or task_id in self._ended:
+                return
+            if final:
+                self._ended.add(task_id)
+            elapsed = t.finished_time if t.finished_time is not None else (t.elapsed or 0.0)
+            if t.fields.get("busy"):  # no count to show
+                state = "done" if t.finished else "stopped before the end" if final else "running"
+                line = f"  {t.description}: {state}, elapsed {_clock(elapsed)}"
+            else:
+                done_now = t.completed - self._first.get(task_id, 0)
+                speed = done_now / elapsed if final and elapsed > 0 else t.speed
+                eta = "" if t.finished or t.total is None else \
+                    f", eta {_clock(t.time_remaining) if t.time_remaining is not None else '?'}"
+                total = "?" if t.total is None else f"{t.total:g}"
+                line = (f"  {t.description}: {t.completed:g}/{total} done, {_rate(speed)}, elapsed {_clock(elapsed)}"
+                        f"{eta}" + ("" if not final or t.finished else " (stopped before the end)"))
+        self._log.write(line)
+
+    def log_open_tasks(self) -> None:
+        for task_id in list(self._tasks):
+            self.snapshot(task_id, final=True)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self._every):
+            for task_id in list(self._tasks):
+                self.snapshot(task_id)
+
+    def start(self) -> None:
+        super().start()
+        self._stop.clear()
+        self._ticker = threading.Thread(target=self._tick, name="progress-log", daemon=True)
+        self._ticker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        super().stop()
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+
+# ---------------------------------------------------------------------------------------------
 # Commands
 
 
 def preflight(cfg: config_mod.Config, stages: list[str]) -> None:
     """Fail on bad settings before anything is written into the run directory."""
-    from repro import engine, generate, models, seeds, train
+    from repro import engine, evaluate, generate, models, seeds, train
 
     if "seeds" in stages:
         seeds.check_settings(cfg.seeds)          # quotas, mode, counts
@@ -234,6 +439,7 @@ def preflight(cfg: config_mod.Config, stages: list[str]) -> None:
             check_model_file(teacher_spec(cfg), "evaluate.teacher" if e.teacher else "generate.teacher")
         for b in e.benchmarks:  # names, files and their hashes: before any work
             evalplus_data.load(b, path=getattr(e, f"{b}_path", ""), benchmark_dir=e.benchmark_dir, fetch=e.fetch)
+        evaluate.multilingual_sets(e, probe=False)  # MultiPL-E and DS-1000: names, files and hashes too
 
 
 def check_model_file(spec: str, setting: str) -> None:
@@ -251,27 +457,39 @@ def check_model_file(spec: str, setting: str) -> None:
 
 
 def load_config(args) -> config_mod.Config:
-    full = ["evaluate.stride=1", "evaluate.limit=0"] if getattr(args, "full_eval", False) else []
+    full = ["evaluate.stride=1", "evaluate.limit=0", "evaluate.multilingual_stride=1"] if getattr(args, "full_eval", False) else []
     return config_mod.load(args.profile, args.set + full)
 
 
 def cmd_stages(args, stages: list[str]) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     cfg = load_config(args)
     run = RunDir(Path(args.run_dir) if args.run_dir else ROOT / "runs" / (args.name or cfg.profile))
     preflight(cfg, stages)
-    console = Console(stderr=True, quiet=args.quiet)
     with run.locked():
-        write_json(run / "run.json", {"profile": cfg.profile, "config": asdict(cfg)})
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-        with Progress(*columns, console=console, transient=True, disable=args.quiet) as progress:
-            for stage in stages:
-                run_stage(stage, cfg, run, console, progress, force=args.force)
-    if "evaluate" in stages or "report" in stages:
-        print_results(run, console)
+        log = RunLog(run / "log.txt")
+        try:
+            log.write(command_line(args))
+            args.logged = True
+            console = TeeConsole(log, stderr=True, quiet=args.quiet)
+            if stages != ["report"]:  # rebuilding a report leaves the run's own settings alone
+                write_json(run / "run.json", {"profile": cfg.profile, "config": asdict(cfg)})
+            # Items done/total, items per second (the stages put tokens/s in the description), ETA.
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                       TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+            t0, ran = time.perf_counter(), []
+            # A 5-minute window for the rate: the teacher's answers can take a minute each.
+            with LoggedProgress(*columns, log=log, console=console, transient=True, disable=args.quiet,
+                                speed_estimate_period=300) as progress:
+                for stage in stages:
+                    before = run.manifest(stage)
+                    run_stage(stage, cfg, run, console, progress, force=args.force)
+                    ran.append(stage if stage == "report" or run.manifest(stage) != before else f"{stage} (skipped)")
+            if "evaluate" in stages or "report" in stages:
+                print_results(run, console)
+            console.print(f"done in {time.perf_counter() - t0:.1f} s: {', '.join(ran)}; log: {run / 'log.txt'}",
+                          style="dim", highlight=False, soft_wrap=True)
+        finally:
+            log.close()
     return 0
 
 
@@ -351,6 +569,15 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def find_run(spec: str) -> Path:
+    """`repro report RUN`: RUN is a directory, else a name under runs/."""
+    for p in (Path(spec).expanduser(), ROOT / "runs" / spec):
+        if p.is_dir():
+            return p
+    raise ReproError(f"repro report {spec}: no such run directory (neither {Path(spec).expanduser().resolve()} "
+                     f"nor {ROOT / 'runs' / spec}); give a name under runs/ or a run's directory")
+
+
 def run_dir_of(args) -> Path | None:
     """The run directory a stage command works in (what a failed write without a file name was in)."""
     if getattr(args, "run_dir", None):
@@ -395,13 +622,20 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--name", help="run name (default: the profile's name) → runs/<name>/")
         p.add_argument("--run-dir", help="run directory (overrides --name)")
         p.add_argument("--force", action="store_true", help="rerun even if up to date")
-        p.add_argument("--quiet", action="store_true", help="no progress output")
+        p.add_argument("--quiet", action="store_true",
+                       help="print nothing but errors (runs/<name>/log.txt still gets everything)")
         p.add_argument("--full-eval", action="store_true",
-                       help="evaluate every problem of every benchmark (evaluate.stride=1, evaluate.limit=0)")
+                       help="evaluate every problem of every benchmark "
+                            "(evaluate.stride=1, evaluate.multilingual_stride=1, evaluate.limit=0)")
 
     stage_args(sub.add_parser("run", help="run every stage"))
     for s in STAGES:
-        stage_args(sub.add_parser(s, help=f"run the {s} stage"))
+        p = sub.add_parser(s, help=f"run the {s} stage")
+        stage_args(p)
+        if s == "report":
+            p.add_argument("run", nargs="?", metavar="RUN",
+                           help="rebuild this run's report and dataset card from its artifacts, rerunning "
+                                "nothing: a name under runs/ or a directory")
     sub.add_parser("doctor", help="report what is installed, cached and missing")
     f = sub.add_parser("fetch", help="assemble the embedded models and fetch the GGUF converter")
     f.add_argument("--all", action="store_true", help="also the optional 1.5B teacher")
@@ -411,8 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--full-eval", action="store_true", help="as the stage commands' --full-eval")
 
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore")
     try:
+        if args.command == "report" and args.run:
+            if args.run_dir or args.name:
+                raise ReproError(f"repro report {args.run}: name the run once, as RUN or with --name/--run-dir")
+            args.run_dir, args.force = str(find_run(args.run)), True
         if args.command == "run":
             return cmd_stages(args, STAGES)
         if args.command in STAGES:
@@ -425,18 +664,26 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(asdict(load_config(args)), indent=2))
             return 0
     except ReproError as e:
+        log_error(args, f"error: {e}")
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
+        line = os_error_line(e, run_dir_of(args))
+        log_error(args, f"error: {line}")
         if args.debug:
             raise
-        print(f"error: {os_error_line(e, run_dir_of(args))}", file=sys.stderr)
+        print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+        line = "interrupted: finished work is kept; rerun the same command to resume"
+        log_error(args, line)
+        print(line, file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: the traceback goes to the terminal, one line to the log
+        log_error(args, f"crashed: {type(e).__name__}: {e}")
+        raise
     return 1
 
 

@@ -145,6 +145,20 @@ class EvaluateConfig:
     tuned_prompt: str = "instruct"   # the fine-tuned one gets the training template
     teacher_prompt: str = "chat"     # the teacher its GGUF's chat template
     cache: bool = True              # reuse answers made earlier with the same model, data and settings
+    # The paper's other axes: MultiPL-E (HumanEval in other languages) and DS-1000, completion
+    # prompts for every model (as the bigcode harness the paper used). Files in benchmark_dir.
+    multilingual: list[str] = field(default_factory=lambda: ["multipl-e", "ds1000"])
+    multipl_e_langs: list[str] = field(default_factory=lambda: ["java", "js", "cpp", "php", "swift", "rs"])
+    multilingual_stride: int = 1    # every Nth HumanEval number (MultiPL-E) / DS-1000 problem
+
+
+@dataclass
+class ReportConfig:
+    # The paper's category analysis (repro/report.py): auto = the teacher's embeddings where its GGUF
+    # is here, else TF-IDF | embedding (falls back to TF-IDF, with the reason, where it cannot) | tfidf
+    categories: str = "auto"
+    category_samples: int = 100     # pairs categorized at most (a fixed random subset); embeddings are
+                                    # cached in the run dir, so a rebuilt report embeds only new text
 
 
 @dataclass
@@ -156,6 +170,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def section(self, name: str) -> dict:
         return dataclasses.asdict(getattr(self, name))
@@ -171,6 +186,7 @@ def _smoke() -> Config:
     c.train.max_len = 512
     c.evaluate.limit = 2
     c.evaluate.max_tokens = 128
+    c.evaluate.multipl_e_langs = ["js"]  # one language, the quickest to run, exercises the path
     return c
 
 
@@ -182,6 +198,9 @@ def _tiny() -> Config:
     # 3 models x (164 + 378) problems would take ~3 h here; every 6th problem (28 HumanEval, 63
     # MBPP) keeps evaluation near half an hour. `repro run --full-eval` runs them all.
     c.evaluate.stride = 6
+    # MultiPL-E's 5 runnable languages and DS-1000 would add ~2 h at the same stride: every 24th
+    # (7 problems a language, 42 DS-1000 problems) gives the tables, with wide intervals.
+    c.evaluate.multilingual_stride = 24
     return c
 
 
@@ -245,9 +264,11 @@ RANGES = {
     "train.threads": (0, True, None, False),
     "evaluate.stride": (1, True, None, False),
     "evaluate.limit": (0, True, None, False),
+    "evaluate.multilingual_stride": (1, True, None, False),
     "evaluate.max_tokens": (1, True, None, False),
     "evaluate.threads": (0, True, None, False),
     "evaluate.workers": (0, True, None, False),
+    "report.category_samples": (1, True, None, False),
 }
 
 

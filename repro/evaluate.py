@@ -17,6 +17,13 @@ benchmark file's sha256, the prompt style and its texts, and the decoding settin
 student's and the teacher's answers are made once and reused by every later run (the fine-tuned
 student's file changes with each training). Programs run only after every answer is decoded.
 
+The paper's other axes (`evaluate.multilingual`): MultiPL-E's HumanEval in Java, JavaScript, C++,
+PHP, Swift and Rust (repro/multipl_e.py; a completion prompt for every model, as the bigcode harness
+the paper used) and DS-1000 (repro/ds1000.py; completion for a base model, Magicoder's
+instruction split for the others). Their programs run after the answers, in the same sandbox; a
+language whose toolchain is missing, or a DS-1000 library that does not import here, is "not run"
+with the reason, never a zero. Verdicts in `eval/<model>/<name>/verdicts.jsonl`.
+
 Outputs, per model and benchmark, in EvalPlus's shapes so its users can read them:
 `eval/<model>/<benchmark>/samples.jsonl` ({task_id, solution} + our fields) and
 `eval_results.json`; and `eval/results.json`: pass@1 base and plus with 95% Wilson intervals, and
@@ -26,9 +33,11 @@ paired-bootstrap intervals of each difference between models.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
+from repro import evalplus_data, multipl_e
 from repro.artifacts import DATA_DIR, ReproError, append_jsonl, fingerprint, read_jsonl, repair_jsonl, \
     sha256_file, write_json, write_text
 from repro.config import EvaluateConfig
@@ -59,6 +68,18 @@ def mbpp_parts(prompt: str) -> tuple[str, str]:
 def build_request(bench: str, problem: dict, style: str) -> dict:
     """Request fields (prompt or messages, prefill, stop) and the code that goes before the answer
     in the solution EvalPlus runs."""
+    if bench.startswith("multipl-e/"):  # completion for every model, cut at the row's own stops
+        return {"prompt": multipl_e.prompt_of(problem), "stop": problem["stop_tokens"], "head": ""}
+    if bench == "ds1000":  # as Magicoder: completion for a base model, else its instruction split
+        from repro import ds1000
+        if style == "completion":
+            text, stop = ds1000.completion_prompt(problem)
+            return {"prompt": text, "stop": stop, "head": ""}
+        instruction, response = ds1000.instruct_prompt(problem)
+        if style == "instruct":
+            return {"prompt": format_prompt(instruction), "prefill": response, "stop": ["```"], "head": ""}
+        return {"messages": [{"role": "user", "content": instruction}], "prefill": response, "stop": ["```"],
+                "head": ""}
     prompt = problem["prompt"]
     if style == "completion":
         text = prompt if bench == "humaneval" else prompt.strip() + "\n"
@@ -197,7 +218,7 @@ def _rate(passed: list[bool]) -> dict:
 
 def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path, progress=None) -> dict:
     """`models`: label -> (GGUF path, prompt style)."""
-    from repro import evalplus_data, harness
+    from repro import harness
 
     out_dir.mkdir(parents=True, exist_ok=True)
     benches = {b: evalplus_data.load(b, path=getattr(cfg, f"{b}_path"), benchmark_dir=cfg.benchmark_dir,
@@ -211,7 +232,9 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path,
                                   "note": x.note, "n": len(chosen[b]), "of": len(x.problems),
                                   "subset": subset_note(len(x.problems), chosen[b], cfg), "task_ids": chosen[b]}
                               for b, x in benches.items()},
-               "models": {}, "comparisons": []}
+               "multilingual": {}, "models": {}, "comparisons": []}
+    extra = multilingual_sets(cfg)
+    results["multilingual"] = {name: {k: v for k, v in x.items() if k != "problems"} for name, x in extra.items()}
     # 1. Answers, model by model (one llama.cpp model in memory at a time).
     answers = {}
     for label, (gguf, style) in models.items():
@@ -222,6 +245,13 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path,
             path = answers_path(answer_key(sha, bench, style, cfg), local, cfg)
             jobs.append((b, bench.problems, chosen[b], style, path))
             answers[label, b] = path
+        for name, x in extra.items():
+            if x["task_ids"]:
+                st = style if name == "ds1000" else "completion"  # MultiPL-E: completion for every model
+                local = out_dir / label / name / "answers.jsonl"
+                path = answers_path(answer_key(sha, x["ref"], st, cfg), local, cfg)
+                jobs.append((name, x["problems"], x["task_ids"], st, path))
+                answers[label, name] = path
         counts = generate(label, gguf, jobs, cfg, progress)
         results["models"][label] = {"gguf": str(gguf), "sha256": sha, "prompt_style": style, **counts}
     # 2. Programs, once no model is decoding: a program sharing the 2 cores with llama.cpp's
@@ -245,9 +275,15 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path,
                                           if progress else None)
             write_json(d / "eval_results.json", ev)
             results["models"][label][b] = _summary(ev, chosen[b])
+    for name, x in extra.items():
+        if x["task_ids"]:
+            for label in models:
+                by_id = {r["task_id"]: r["answer"] for r in read_jsonl(answers[label, name])}
+                results["models"][label][name] = judge_multilingual(name, x, by_id, out_dir / label / name, cfg,
+                                                                    progress, label)
     # 3. Differences between models on the same problems.
     labels = list(models)
-    for b in benches:
+    for b in [*benches, *(n for n, x in extra.items() if x["task_ids"])]:
         for i, a in enumerate(labels):
             for c in labels[:i]:
                 for split in ("base", "plus"):
@@ -257,6 +293,108 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path,
                         results["comparisons"].append({"a": a, "b": c, "benchmark": b, "split": split,
                                                        "diff": diff, "ci95": [lo, hi]})
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# MultiPL-E and DS-1000
+
+
+def multilingual_sets(cfg: EvaluateConfig, probe: bool = True) -> dict[str, dict]:
+    """name ("multipl-e/<lang>", "ds1000") -> {title, path, sha256, of, n, subset, task_ids, not_run,
+    problems, ref}. A language whose toolchain is missing here gets no task ids and says why; so do
+    DS-1000 problems whose libraries do not import here (`probe=False` skips that check, which
+    imports each library in the sandbox: the CLI's preflight only checks names and files)."""
+    from types import SimpleNamespace
+
+    out = {}
+    stride = max(1, cfg.multilingual_stride)
+    if unknown := [m for m in cfg.multilingual if m not in ("multipl-e", "ds1000")]:
+        raise ReproError(f"evaluate.multilingual: {', '.join(unknown)} unknown; choose among multipl-e, ds1000 "
+                         "(or [] for none)")
+    if "multipl-e" in cfg.multilingual:
+        for lang in cfg.multipl_e_langs:
+            if not multipl_e.find(lang, cfg.benchmark_dir):  # no data here: not run, never an error
+                out[f"multipl-e/{lang}"] = {
+                    "title": f"MultiPL-E {multipl_e.LANGS[lang].title}", "path": "", "sha256": "", "of": 0, "n": 0,
+                    "task_ids": [], "subset": "", "problems": {}, "ref": None,
+                    "not_run": f"humaneval-{lang}-reworded.jsonl not found: set evaluate.benchmark_dir (or "
+                               "REPRO_BENCHMARK_DIR) to a folder holding multipl-e/ (../shared/data/README.md)"}
+                continue
+            p = multipl_e.load(lang, cfg.benchmark_dir)
+            problems = {n: {**row, "task_id": n} for n, row in p.rows.items()}
+            why = multipl_e.missing_tools(lang)
+            ids = [] if why else multipl_e.select(p, stride, cfg.limit)
+            out[f"multipl-e/{lang}"] = {
+                "title": f"MultiPL-E {multipl_e.LANGS[lang].title}", "path": p.path, "sha256": p.sha256,
+                "of": len(p.rows), "n": len(ids), "task_ids": ids, "not_run": why,
+                "subset": "not run" if why else _stride_note(len(p.rows), len(ids), stride, cfg.limit,
+                                                             "HumanEval number"),
+                "problems": problems, "ref": SimpleNamespace(sha256=p.sha256)}
+    folder = cfg.benchmark_dir or os.environ.get("REPRO_BENCHMARK_DIR", "")
+    if "ds1000" in cfg.multilingual and not any((Path(folder) / f).is_file() for f in ("ds1000.jsonl.gz", "ds1000.jsonl")
+                                                if folder):
+        out["ds1000"] = {"title": "DS-1000", "path": "", "sha256": "", "of": 0, "n": 0, "task_ids": [], "subset": "",
+                         "problems": {}, "ref": None,
+                         "not_run": "ds1000.jsonl.gz not found: set evaluate.benchmark_dir (or REPRO_BENCHMARK_DIR) "
+                                    "to its folder (../shared/data/README.md)"}
+    elif "ds1000" in cfg.multilingual:
+        from repro import ds1000
+
+        d = ds1000.load(benchmark_dir=cfg.benchmark_dir)
+        problems = d.problems
+        ids, why = list(problems), {}
+        if probe:  # which libraries import here (tensorflow does not): the others' problems run
+            needs = {t: ds1000.required_modules(p) for t, p in problems.items()}
+            status = ds1000.module_status(sorted({m for ms in needs.values() for m in ms}), cfg.workers)
+            why = {t: "; ".join(status[m] for m in ms if status[m]) for t, ms in needs.items()}
+            ids = [t for t in problems if not why[t]]
+        chosen = ids[::stride][: cfg.limit or None]
+        skipped: dict[str, int] = {}
+        for t, w in why.items():
+            if w:
+                skipped[f"{problems[t]['library']}: {w}"] = skipped.get(f"{problems[t]['library']}: {w}", 0) + 1
+        out["ds1000"] = {"title": "DS-1000", "path": d.path, "sha256": d.sha256, "of": len(problems),
+                         "n": len(chosen), "task_ids": chosen,
+                         "not_run": "; ".join(f"{k} ({v} problems)" for k, v in skipped.items()),
+                         "subset": _stride_note(len(ids), len(chosen), stride, cfg.limit, "problem that runs here"),
+                         "problems": problems, "ref": SimpleNamespace(sha256=d.sha256)}
+    return out
+
+
+def _stride_note(n_all: int, n: int, stride: int, limit: int, unit: str) -> str:
+    if n == n_all:
+        return "all"
+    return f"{n} of {n_all}: every {stride}th {unit}" + (f", the first {limit}" if limit else "")
+
+
+def judge_multilingual(name: str, x: dict, answers: dict[str, str], d: Path, cfg: EvaluateConfig, progress,
+                       label: str) -> dict:
+    """Run one model's programs for a MultiPL-E language or DS-1000; writes verdicts.jsonl beside
+    the answers; returns the summary (pass@1 as `base`, the only split these have)."""
+    ids = x["task_ids"]
+    task = progress.add_task(f"run {label}'s {x['title']} programs", total=len(ids)) if progress else None
+    tick = (lambda done, total: progress.update(task, completed=done)) if progress else None
+    if name.startswith("multipl-e/"):
+        p = multipl_e.Problems(name.split("/", 1)[1], x["path"], x["sha256"], x["problems"])
+        verdicts = multipl_e.judge(p, {t: answers[t] for t in ids}, workers=cfg.workers, progress=tick)
+    else:
+        from repro import ds1000
+
+        samples = [{"task_id": t, "solution": ds1000.postprocess(answers[t])} for t in ids]
+        vs = ds1000.judge(x["problems"], samples, workers=cfg.workers)
+        verdicts = {v.task_id: {"status": v.status, "reason": v.reason, "seconds": v.seconds} for v in vs}
+        if tick:
+            tick(len(ids), len(ids))
+    d.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(d / "verdicts.jsonl", [{"task_id": t, "answer": answers[t], **verdicts[t]} for t in ids])
+    passed = [verdicts[t]["status"] == "pass" for t in ids]
+    out = {"n": len(ids), "base": _rate(passed), "timeouts": sum(verdicts[t]["status"] == "timeout" for t in ids)}
+    if name == "ds1000":
+        libs: dict[str, list[bool]] = {}
+        for t, ok in zip(ids, passed):
+            libs.setdefault(x["problems"][t]["library"], []).append(ok)
+        out["per_library"] = {lib: _rate(v) for lib, v in libs.items()}
+    return out
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -1,16 +1,46 @@
-"""Step 6: `report.md` — what went in and out of every stage, how long it took, and pass@1.
+"""Step 7: the report — `report.md` and a self-contained `report.html` for one run directory.
+
+    repro report --profile tiny          # rebuild runs/tiny/report.{md,html} from what is on disk
 
 Everything is read from the stage manifests and artifacts on disk, so the report can be rebuilt
-alone (`repro report`).
+alone, at any point of a run: a section whose stage has not run says "not run yet". Sections:
+a summary for newcomers; the pipeline funnel (rows in and out, removal reasons, wall time, peak
+memory, throughput); the seeds' languages and licences and the solutions' languages; length
+histograms; the paper's category analysis; TF-IDF similarity to HumanEval; the training loss;
+pass@1 with intervals beside the paper's Table 1; the environment.
+
+The category analysis (the paper's Figure 2) assigns each pair (problem + solution) the nearest
+of ten categories, each described by a sentence of ours that is embedded the same way. The
+embeddings are the teacher's own, through llama.cpp: the hidden state of the last token of a
+prompt asking for the text's topic (the paper used INSTRUCTOR, which is not here offline), for at
+most `report.category_samples` pairs, cached in the run dir by content hash; without the
+teacher's GGUF, or with `report.categories=tfidf`, TF-IDF over identifier-split words stands in.
+Either is a rough picture of a small sample, not a classifier anyone validated.
+
+Figures are matplotlib PNGs (Agg backend): files under `report-figures/` for the Markdown, base64
+data URIs inside the HTML (no external CSS, JS or images). `report.json` records what the category
+analysis used and found, and which tokenizer counted the lengths.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
+import io
 import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 from repro import versions
-from repro.artifacts import RunDir, write_text
+from repro.artifacts import ReproError, RunDir, atomic_path, read_jsonl, write_json, write_text
+from repro.clean import PAPER_SIMILARITY
+from repro.config import ReportConfig
 
 # The paper's own numbers (Magicoder README, EvalPlus pass@1, greedy): 7B models trained on the
 # full 75K OSS-Instruct set — a scale reference, not something a 270M student can reach.
@@ -20,124 +50,980 @@ PAPER_ROWS = [  # HumanEval, HumanEval+, MBPP, MBPP+
     ("Magicoder-DS-6.7B (paper)", 66.5, 60.4, 75.4, 61.9),
     ("Magicoder-S-DS-6.7B (paper)", 76.8, 70.7, 75.7, 64.4),
 ]
+PAPER_PAIRS = 75_000  # OSS-Instruct's size in the paper (75K pairs)
 BENCH_NAMES = {"humaneval": "HumanEval", "mbpp": "MBPP"}
 
 STAGE_ORDER = ["seeds", "generate", "clean", "train", "export", "evaluate"]
 
+# The paper's ten categories (its Figure 2), each described by one sentence of ours. The same
+# sentence is embedded like a pair (embedding method) or matched word by word (TF-IDF), so it
+# names the words such code uses as well as the topic.
+CATEGORIES = {
+    "Algorithms & data structures": "Algorithms and data structures: sort and search an array or list, binary "
+        "search, recursion, dynamic programming, graph traversal, tree, linked list, stack, queue, heap, hash map.",
+    "Math": "Mathematical and computational problems: arithmetic, numbers, integer, prime, factorial, fibonacci, "
+        "sum, geometry, matrix, equation, probability, calculate a formula.",
+    "Database & SQL": "Databases and SQL: query a table with select, insert, update, delete, join, where, group by; "
+        "rows, columns, schema, index, transaction; sqlite, postgres, mysql, ORM model.",
+    "System design": "System design and architecture: services, modules, interfaces, configuration, logging, "
+        "message queue, plugin, operating system, processes, files, file system, kernel, driver.",
+    "Security": "Security and cryptography: authentication, authorization, password, hash, encrypt, decrypt, "
+        "token, certificate, key, permission, sanitize input, vulnerability.",
+    "Performance": "Performance and optimization: speed, memory usage, profiling, concurrency, thread, parallel, "
+        "async, lock, cache results, benchmark, efficient code.",
+    "Web": "Web development and frameworks: web app route, view, HTTP get or post request and response, REST API "
+        "endpoint, jsonify, server, URL, HTML, CSS, browser, Flask, Django, Express, React.",
+    "Domain-specific": "Domain-specific problems: finance, bank, science, physics, biology, chemistry, game, audio, "
+        "music, image processing, hardware device, network protocol, MIDI.",
+    "UI & apps": "User interface and application design: GUI window, button, widget, event, click handler, "
+        "layout, menu, dialog, mobile or desktop application, command-line interface.",
+    "Data science & ML": "Data science and machine learning: dataset, pandas dataframe, numpy array, statistics, "
+        "train a model, neural network, regression, classification, plot, CSV data.",
+}
+EMBED_CHARS = 600    # each pair is embedded from the first 600 characters of problem + solution
+# A decoder model's last hidden state after this prompt sums up the text (PromptEOL, Jiang et al.
+# 2023). Mean pooling the teacher's states instead put 18 of 42 tiny-run pairs in one category
+# (Database & SQL) with generic list tasks among them; this prompt spread them plausibly (measured).
+EMBED_PROMPT = 'This programming task:\n"""\n{}\n"""\nis mainly about the topic of'
 
-def _funnel(m: dict[str, dict]) -> list[tuple[str, str, str, str]]:
-    rows = []
-    if s := m.get("seeds", {}).get("stats"):
+CACHE_FILE = "report-embeddings.npz"
+FIGURE_DIR = "report-figures"
+NOT_RUN = "not run yet"
+
+
+# ---------------------------------------------------------------------------------------------
+# The run on disk
+
+
+class _Run:
+    """The run directory's manifests, settings and artifacts, each read once when first needed."""
+
+    def __init__(self, run: RunDir):
+        self.run, self.path, self._memo = run, run.path, {}
+        self.m = {s: run.manifest(s) or {} for s in STAGE_ORDER}
+        try:
+            self.run_json = json.loads((run.path / "run.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            self.run_json = {}
+
+    def stats(self, stage: str) -> dict:
+        return self.m[stage].get("stats") or {}
+
+    def setting(self, section: str, key: str):
+        """A setting of the run: run.json (the last command's config), else the stage's manifest,
+        else the default (a run with neither ran nothing that used it)."""
+        from repro import config
+
+        if (v := self.run_json.get("config", {}).get(section, {}).get(key)) is not None:
+            return v
+        if (v := self.m.get(section, {}).get("config", {}).get(key)) is not None:
+            return v
+        return getattr(getattr(config.Config(), section), key)
+
+    def table(self, name: str) -> list[dict] | None:
+        """The rows of a parquet artifact (None when the stage has not written it)."""
+        if name not in self._memo:
+            p = self.path / name
+            if not p.exists():
+                self._memo[name] = None
+            else:
+                import pyarrow.parquet as pq
+                self._memo[name] = pq.read_table(p).to_pylist()
+        return self._memo[name]
+
+    def teacher(self) -> str:
+        return self.setting("generate", "teacher") or ""
+
+    def student(self) -> str:
+        return self.setting("train", "student") or ""
+
+
+def _sql_path(p: Path) -> str:
+    return "'" + str(p).replace("'", "''") + "'"
+
+
+def _counts(query: str) -> list[tuple[str, int]]:
+    import duckdb
+
+    return [(str(k), int(n)) for k, n in duckdb.connect().execute(query).fetchall()]
+
+
+def model_title(spec: str) -> str:
+    from repro import models
+
+    if spec.startswith("embedded:") and spec.removeprefix("embedded:") in models.EMBEDDED:
+        return models.EMBEDDED[spec.removeprefix("embedded:")].title
+    return Path(spec).name if spec else "(none)"
+
+
+def local_gguf(spec: str) -> Path | None:
+    """The model's GGUF if it is on this machine without a download, else None (never raises)."""
+    from repro import models
+
+    if not spec or spec.startswith("hf://"):
+        return None  # the hub would need a network; the report must not
+    try:
+        return models.resolve(spec)
+    except (ReproError, OSError):
+        return None
+
+
+def _model_sha(spec: str) -> str:
+    from repro import models
+
+    name = spec.removeprefix("embedded:")
+    return models.EMBEDDED[name].sha256 if spec.startswith("embedded:") and name in models.EMBEDDED else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Token counts
+
+
+def token_counter(specs: list[str]):
+    """(count(text) -> int, what it counts): the first of `specs` whose GGUF is here, its
+    vocabulary only (no weights, well under a second); else a stated regex."""
+    from repro import models
+
+    for spec in specs:
+        if (path := local_gguf(spec)) is None:
+            continue
+        try:
+            vocab = models.llama_model(path, vocab_only=True, what="read its vocabulary")
+        except ReproError:
+            continue
+        return ((lambda t: len(vocab.tokenize(t.encode("utf-8"), False, False))),
+                f"tokens of the {model_title(spec)} tokenizer (llama.cpp, no BOS)")
+    pattern = re.compile(r"\w+|[^\w\s]")
+    return ((lambda t: len(pattern.findall(t))),
+            "regex tokens (runs of word characters and single punctuation marks, `\\w+|[^\\w\\s]`): "
+            "no tokenizer GGUF on this machine")
+
+
+# ---------------------------------------------------------------------------------------------
+# Categories
+
+
+def _words(text: str) -> list[str]:
+    # Identifiers split at underscores, digits and camelCase humps, so `bubble_sort` and
+    # `bubbleSort` both say "sort"; single letters (i, x, a) say nothing.
+    return [w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", text) if len(w) > 1]
+
+
+def _tfidf(texts: list[str], labels: list[str]) -> list[str | None]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    descriptions = list(CATEGORIES.values())
+    vec = TfidfVectorizer(tokenizer=_words, lowercase=False, token_pattern=None, sublinear_tf=True)
+    vec.fit(texts + descriptions)
+    sims = (vec.transform(texts) @ vec.transform(descriptions).T).toarray()
+    # A text that shares no word with any description is left unassigned, not given the first.
+    return [labels[int(row.argmax())] if row.max() > 0 else None for row in sims]
+
+
+def _key(model_key: str, text: str) -> str:
+    return hashlib.sha256(f"{model_key}\0last\0{text}".encode()).hexdigest()
+
+
+def embed(texts: list[str], gguf: Path, cache: Path | None, model_key: str) -> tuple[list, int]:
+    """Last-token, L2-normalized llama.cpp embeddings of `texts` (vectors, how many were computed
+    now). Vectors are cached in `cache` by sha256 of model, pooling and text; the model is loaded
+    only when a text is missing from it."""
+    import numpy as np
+
+    keys = [_key(model_key, t) for t in texts]
+    have: dict[str, np.ndarray] = {}
+    if cache is not None and cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                have = dict(zip(z["keys"].tolist(), z["vectors"]))
+        except (OSError, ValueError, KeyError):
+            have = {}  # a damaged cache is only a slower report
+    todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in have))
+    if todo:
+        import llama_cpp
+
+        from repro import models
+
+        # A few texts share one decode. llama.cpp keeps logits for every token of a batch (2048 tokens:
+        # 1.2 GB with a 152K vocabulary), so the batch is small; one text is at most ~300 tokens.
+        n_ctx = 512
+        llm = models.load_llama(gguf, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, embedding=True,
+                                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST)
+        try:
+            vectors = llm.embed(todo, normalize=True, truncate=True)
+        finally:
+            llm.close()
+        for t, v in zip(todo, vectors):
+            have[_key(model_key, t)] = np.asarray(v, np.float32)
+    if cache is not None and todo:
+        used = list(dict.fromkeys(keys))  # only what this report uses: the cache cannot grow without end
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, keys=np.array(used), vectors=np.stack([have[k] for k in used]))
+    return [have[k] for k in keys], len(todo)
+
+
+def categorize(texts: list[str], method: str = "tfidf", gguf: Path | None = None, cache: Path | None = None,
+               model_key: str = "") -> dict:
+    """Assign each text the nearest of CATEGORIES (cosine of embeddings, or of TF-IDF vectors).
+
+    method "embedding" needs `gguf` (any llama.cpp model; `model_key` names it in the cache);
+    returns {"method", "assigned": [category or None], "embedded_now", "seconds"}.
+    """
+    labels = list(CATEGORIES)
+    t0 = time.perf_counter()
+    if method == "tfidf":
+        return {"method": "tfidf", "assigned": _tfidf(texts, labels), "embedded_now": 0,
+                "seconds": round(time.perf_counter() - t0, 2)}
+    import numpy as np
+
+    prompts = [EMBED_PROMPT.format(t) for t in list(CATEGORIES.values()) + texts]
+    vecs, now = embed(prompts, gguf, cache, model_key or str(gguf))
+    cats, docs = np.stack(vecs[:len(labels)]), np.stack(vecs[len(labels):]) if texts else np.zeros((0, 1))
+    assigned = [labels[int(i)] for i in (docs @ cats.T).argmax(axis=1)] if texts else []
+    return {"method": "embedding", "assigned": assigned, "embedded_now": now,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _figure(draw, size=(8, 3.2)) -> bytes:
+    """A PNG of `draw(fig)` (matplotlib's Agg backend: no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=size, dpi=110)
+    try:
+        draw(fig)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _fig(name: str, png: bytes, caption: str) -> tuple:
+    return ("fig", name, png, caption)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections: each returns its blocks — ("p", text), ("table", header, rows), ("ul", items),
+# ("pre", text) or ("fig", name, png, caption) — rendered to Markdown and HTML below.
+
+
+def _not_run(stage: str, artifact: str) -> tuple:
+    return ("p", f"The {stage} stage has {NOT_RUN} (no `{artifact}`).")
+
+
+def _funnel(r: _Run) -> list[tuple[str, str, str, str]]:
+    m, rows = r.m, []
+    if s := r.stats("seeds"):
         rows.append(("seeds", f"{s.get('files', 0)} files", f"{s.get('seeds', 0)} seeds",
                      ", ".join(f"{k.removeprefix('skipped_')}: {v}" for k, v in s.items()
                                if k.startswith("skipped_")) or "-"))
-    if s := m.get("generate", {}).get("stats"):
-        rows.append(("generate", f"{s['seeds']} seeds", f"{s['pairs']} pairs",
+    if s := r.stats("generate"):
+        rows.append(("generate", f"{s.get('seeds', '?')} seeds", f"{s.get('pairs', '?')} pairs",
                      ", ".join(f"{k}: {v}" for k, v in s.get("rejected_by_reason", {}).items()) or "-"))
-    if s := m.get("clean", {}).get("stats"):
-        rows.append(("clean", f"{s['pairs_in']} pairs", f"{s['kept']} pairs",
+    if s := r.stats("clean"):
+        rows.append(("clean", f"{s.get('pairs_in', '?')} pairs", f"{s.get('kept', '?')} pairs",
                      ", ".join(f"{k}: {v}" for k, v in s.get("removed_by_reason", {}).items()) or "-"))
-    if s := m.get("train", {}).get("stats"):
-        rows.append(("train", f"{s['examples']} examples", f"{s['steps']} steps, loss "
-                     f"{s['first_loss']:.3f} → {s['final_loss']:.3f}",
-                     f"truncated: {s['truncated']}, prompt too long: {s['dropped_prompt_too_long']}"))
-    if s := m.get("export", {}).get("stats"):
-        rows.append(("export", "adapter + student", f"{s['quant']} GGUF, {s['bytes'] / 2**20:.0f} MiB", "-"))
-    if s := m.get("evaluate", {}).get("stats"):
-        rows.append(("evaluate", ", ".join(f"{v['n']} {k}" for k, v in s["benchmarks"].items()) + " problems",
-                     f"{len(s['models'])} models", "-"))
-    return rows
+    if s := r.stats("train"):
+        first, final = s.get("first_loss"), s.get("final_loss")
+        loss = (f", loss {first:.3f} → {final:.3f}"
+                if isinstance(first, (int, float)) and isinstance(final, (int, float)) else "")
+        rows.append(("train", f"{s.get('examples', '?')} examples", f"{s.get('steps', '?')} steps{loss}",
+                     f"truncated: {s.get('truncated', '-')}, prompt too long: {s.get('dropped_prompt_too_long', '-')}"))
+    if s := r.stats("export"):
+        rows.append(("export", "adapter + student",
+                     f"{s.get('quant', '?')} GGUF, {s.get('bytes', 0) / 2**20:.0f} MiB", "-"))
+    if s := r.stats("evaluate"):
+        rows.append(("evaluate", ", ".join(f"{v.get('n', '?')} {k}" for k, v in s.get("benchmarks", {}).items())
+                     + " problems", f"{len(s.get('models', {}))} models", "-"))
+    done = {row[0] for row in rows}
+    order = {s: i for i, s in enumerate(STAGE_ORDER)}
+    rows += [(s, NOT_RUN, "-", "-") for s in STAGE_ORDER if s not in done]
+    return sorted(rows, key=lambda row: order[row[0]])
 
 
-def build(run: RunDir) -> str:
-    m = {s: run.manifest(s) or {} for s in STAGE_ORDER}
-    lines = [f"# magicoder-repro report: `{run.path.name}`", ""]
-    if (run.path / "run.json").exists():
-        lines += [f"Profile: `{json.loads((run.path / 'run.json').read_text())['profile']}`", ""]
+def _throughput(r: _Run, stage: str) -> str:
+    s, secs = r.stats(stage), r.m[stage].get("seconds")
+    if not s or not secs:
+        return "-"
+    if stage == "generate" and s.get("tokens_per_second"):
+        return f"{s['tokens_per_second']} tokens/s"
+    if stage == "train" and s.get("tokens_per_second"):
+        return f"{s['tokens_per_second']} tokens/s"
+    if stage == "evaluate":
+        answers = sum(v.get("n", 0) for v in s.get("benchmarks", {}).values()) * len(s.get("models", {}))
+        work = (answers, "answers judged")
+    else:
+        work = {"seeds": (s.get("files"), "files"), "generate": (s.get("seeds"), "seeds"),
+                "clean": (s.get("pairs_in"), "pairs"), "train": (s.get("examples"), "examples"),
+                "export": ((s.get("bytes") or 0) / 2**20, "MiB of GGUF")}[stage]
+    rate = work[0] / secs if work[0] else 0
+    return f"{rate:.0f} {work[1]}/s" if rate >= 100 else f"{rate:.3g} {work[1]}/s" if rate else "-"
 
-    lines += ["## Pipeline", "", "| stage | in | out | removed / notes | seconds | peak RSS so far, MiB |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for stage, cin, cout, notes in _funnel(m):
-        lines.append(f"| {stage} | {cin} | {cout} | {notes} | {m[stage].get('seconds', '-')} | "
-                     f"{m[stage].get('peak_rss_mib', '-')} |")
-    total = sum(m[s].get("seconds", 0) for s in STAGE_ORDER)
-    lines += ["", f"Total stage time: {total / 60:.1f} min.", ""]
 
-    if g := m.get("generate", {}).get("stats"):
-        lines += [f"Teacher throughput: {g.get('tokens_per_second')} tokens/s over "
-                  f"{g.get('completion_tokens')} generated tokens, {g.get('backend', 'llama')} backend with "
-                  f"{g.get('parallel', 1)} sequences at a time and {g.get('threads', '?')} llama.cpp "
-                  "threads (this run's new answers).", ""]
-    if (c := m.get("clean", {}).get("stats")) and "benchmarks" in c:  # details: decontamination.md
-        lines += ["Decontamination (pairs flagged, see `decontamination.md`): " + "; ".join(
-                      f"{b} {v if isinstance(v, str) else v.get('either', 0)}" for b, v in c["benchmarks"].items())
-                  + f". TF-IDF similarity to HumanEval (mean of each pair's maximum): "
-                  f"{c.get('humaneval_similarity_mean')} (paper: OSS-Instruct 0.105).", ""]
-    if t := m.get("train", {}).get("stats"):
-        lines += [f"Training: {t['tokens_per_second']} tokens/s, {t['precision']}, "
-                  f"{t['trainable_parameters']:,} LoRA parameters, {t['threads']} threads."
-                  + (f" Greedy next-token agreement with the targets of {g['examples']} training examples: "
-                     f"{100 * g['adapter_off']:.1f}% without the adapter, {100 * g['adapter_on']:.1f}% with it."
-                     if (g := t.get("greedy_agreement")) else ""), ""]
+def sec_pipeline(r: _Run) -> list:
+    m = r.m
+    rows = [[stage, cin, cout, notes, str(m[stage].get("seconds", "-")), str(m[stage].get("peak_rss_mib", "-")),
+             _throughput(r, stage)] for stage, cin, cout, notes in _funnel(r)]
+    out = [("p", "Rows in and out of every stage, with what was removed and why. Peak RSS is the process's peak "
+                 "resident memory when the stage finished: where stages ran in one `repro run`, it includes what "
+                 "earlier stages needed. Throughput is tokens/s where the stage counts tokens, else items/s over "
+                 "the stage's wall time."),
+           ("table", ["stage", "in", "out", "removed / notes", "seconds", "peak RSS so far, MiB", "throughput"], rows)]
+    times = [(s, m[s]["seconds"]) for s in STAGE_ORDER if isinstance(m[s].get("seconds"), (int, float))]
+    if times:
+        total = sum(t for _, t in times)
+        out.append(("p", f"Total stage time: {total / 60:.1f} min."))
 
-    if (x := m.get("export", {}).get("stats")) and (rt := x.get("roundtrip")):
-        lines += [f"Export round trip ({rt['text_tokens']}-token text, llama.cpp against the merged PyTorch model): "
-                  f"tokenizer ids {'match' if rt['tokenizer_match'] else 'DIFFER'}; greedy next-token agreement "
-                  + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rt["agreement"].items())
-                  + (f". LoRA GGUF: `{x['lora_gguf']}`." if x.get("lora_gguf") else "."), ""]
-    lines += _evaluation(m.get("evaluate", {}).get("stats"))
-    lines += ["", "## Environment", "", "```", json.dumps(versions(), indent=1), "```", ""]
+        def draw(fig):
+            ax = fig.add_subplot()
+            ax.barh([s for s, _ in times][::-1], [t / 60 for _, t in times][::-1], color="#4c72b0")
+            for i, (_, t) in enumerate(times[::-1]):
+                ax.text(t / 60, i, f" {t / 60:.1f} min" if t >= 60 else f" {t:.0f} s", va="center", fontsize=8)
+            ax.set_xlabel("wall time, minutes")
+            ax.set_xlim(0, max(t for _, t in times) / 60 * 1.2 or 1)
+        out.append(_fig("wall_time", _figure(draw, (8, 2.6)), "Wall time per stage (from the stage manifests)."))
+    if g := r.stats("generate"):
+        out.append(("p", f"Teacher throughput: {g.get('tokens_per_second')} tokens/s over "
+                         f"{g.get('completion_tokens')} generated tokens, {g.get('backend', 'llama')} backend with "
+                         f"{g.get('parallel', 1)} sequences at a time and {g.get('threads', '?')} llama.cpp "
+                         "threads (this run's new answers)."))
+    if (c := r.stats("clean")) and "benchmarks" in c:  # details: decontamination.md
+        out.append(("p", "Decontamination (pairs flagged, see `decontamination.md`): " + "; ".join(
+            f"{b} {v if isinstance(v, str) else v.get('either', 0)}" for b, v in c["benchmarks"].items()) + "."))
+    if t := r.stats("train"):
+        g = t.get("greedy_agreement")
+        out.append(("p", f"Training: {t.get('tokens_per_second')} tokens/s, {t.get('precision')}, "
+                         f"{t.get('trainable_parameters', 0):,} LoRA parameters, {t.get('threads')} threads."
+                         + (f" Greedy next-token agreement with the targets of {g['examples']} training examples: "
+                            f"{100 * g['adapter_off']:.1f}% without the adapter, {100 * g['adapter_on']:.1f}% with it."
+                            if g else "")))
+    if (x := r.stats("export")) and (rt := x.get("roundtrip")):
+        out.append(("p", f"Export round trip ({rt['text_tokens']}-token text, llama.cpp against the merged PyTorch "
+                         f"model): tokenizer ids {'match' if rt['tokenizer_match'] else 'DIFFER'}; greedy next-token "
+                         "agreement " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in rt["agreement"].items())
+                         + (f". LoRA GGUF: `{x['lora_gguf']}`." if x.get("lora_gguf") else ".")))
+    return out
+
+
+def sec_data(r: _Run) -> list:
+    out = []
+    seeds = r.path / "seeds.parquet"
+    if seeds.exists():
+        # Seeds per language and per detected licence, most first.
+        langs = _counts(f"SELECT language, count(*) AS n FROM read_parquet({_sql_path(seeds)}) "
+                        "GROUP BY language ORDER BY n DESC, language")
+        lic = _counts(f"SELECT coalesce(license, 'unknown') AS l, count(*) AS n FROM read_parquet({_sql_path(seeds)}) "
+                      "GROUP BY l ORDER BY n DESC, l")
+        n = sum(k for _, k in langs)
+        out += [("p", f"**Seeds**: {n} snippets in {len(langs)} languages, with the licence detected for their file "
+                      "(`unknown`: none found; the paper's seeds are permissively licensed The Stack files)."),
+                ("table", ["licence", "seeds"], [[k, str(v)] for k, v in lic[:12]]
+                 + ([[f"{len(lic) - 12} others", str(sum(v for _, v in lic[12:]))]] if len(lic) > 12 else []))]
+    else:
+        langs = []
+        out.append(_not_run("seeds", "seeds.parquet"))
+    clean = r.path / "clean.parquet"
+    if clean.exists():
+        # Kept pairs per seed language, and the solutions' fenced code blocks per declared language.
+        pairs = dict(_counts(f"SELECT language, count(*) FROM read_parquet({_sql_path(clean)}) GROUP BY language"))
+        blocks = dict(_counts(f"SELECT coalesce(nullif(b.language, ''), 'unlabelled'), count(*) FROM "
+                              f"(SELECT unnest(code_blocks) AS b FROM read_parquet({_sql_path(clean)})) GROUP BY 1"))
+        names = list(dict.fromkeys([k for k, _ in langs] + sorted(pairs, key=lambda k: -pairs[k])
+                                   + sorted(blocks, key=lambda k: -blocks[k])))
+        out += [("p", f"**Generated problems**: {sum(pairs.values())} pairs kept by the clean stage. By language: the "
+                      "seeds, the kept pairs (by their seed's language), and the fenced code blocks of the solutions "
+                      "by the language their fence declares (a teacher may answer a C seed in Python)."),
+                ("table", ["language", "seeds", "kept pairs", "code blocks in solutions"],
+                 [[k, str(dict(langs).get(k, 0)), str(pairs.get(k, 0)), str(blocks.get(k, 0))] for k in names])]
+    else:
+        if langs:
+            out.append(("table", ["language", "seeds"], [[k, str(v)] for k, v in langs]))
+        out.append(_not_run("clean", "clean.parquet"))
+    return out
+
+
+def sec_lengths(r: _Run, count, counted: str) -> list:
+    series = []
+    if (seeds := r.table("seeds.parquet")) is not None:
+        series.append(("seeds", [count(x["seed"] or "") for x in seeds]))
+    if (clean := r.table("clean.parquet")) is not None:
+        series.append(("problems", [count(x["problem"] or "") for x in clean]))
+        series.append(("solutions", [count(x["solution"] or "") for x in clean]))
+    if not series:
+        return [_not_run("seeds", "seeds.parquet")]
+
+    def draw(fig):
+        for i, (name, xs) in enumerate(series, 1):
+            ax = fig.add_subplot(1, len(series), i)
+            if xs:
+                ax.hist(xs, bins=min(20, max(1, len(set(xs)))), color="#55a868")
+                med = sorted(xs)[len(xs) // 2]
+                ax.axvline(med, color="k", ls="--", lw=1, label=f"median {med}")
+                ax.legend(fontsize=7)
+            ax.set_title(f"{name} (n={len(xs)})", fontsize=9)
+            ax.set_xlabel("tokens", fontsize=8)
+            ax.tick_params(labelsize=7)
+        fig.axes[0].set_ylabel("count", fontsize=8)
+    out = [("table", ["text", "n", "median", "mean", "max"],
+            [[name, str(len(xs)), str(sorted(xs)[len(xs) // 2]), f"{sum(xs) / len(xs):.0f}", str(max(xs))]
+             for name, xs in series if xs]),
+           _fig("lengths", _figure(draw, (9, 2.8)),
+                f"Lengths in {counted}: the seed snippets, and the kept pairs' problems and solutions.")]
+    if clean is None:
+        out.append(_not_run("clean", "clean.parquet"))
+    return out
+
+
+def sec_categories(r: _Run, cfg: ReportConfig, facts: dict) -> list:
+    clean = r.table("clean.parquet")
+    if clean is None:
+        return [_not_run("clean", "clean.parquet")]
+    if not clean:
+        return [("p", "No pairs were kept, so there is nothing to categorize.")]
+    idx = list(range(len(clean)))
+    if len(idx) > cfg.category_samples:
+        idx = sorted(random.Random(0).sample(idx, cfg.category_samples))
+    texts = [((clean[i]["problem"] or "") + "\n" + (clean[i]["solution"] or ""))[:EMBED_CHARS] for i in idx]
+    why, teacher = "", r.teacher()
+    method = cfg.categories
+    if method not in ("auto", "embedding", "tfidf"):
+        why, method = f"report.categories={cfg.categories} is not auto, embedding or tfidf", "tfidf"
+    gguf = local_gguf(teacher) if method != "tfidf" else None
+    if method != "tfidf" and gguf is None:
+        why = f"the teacher's GGUF ({teacher or 'none set'}) is not on this machine"
+        method = "tfidf"
+    res = None
+    if method != "tfidf":
+        try:
+            res = categorize(texts, "embedding", gguf, r.path / CACHE_FILE, _model_sha(teacher) or str(gguf))
+        except Exception as e:  # llama.cpp failing here must not cost the rest of the report
+            why = f"embedding failed ({type(e).__name__}: {e})"
+    if res is None:
+        res = categorize(texts, "tfidf")
+    counts = {c: res["assigned"].count(c) for c in CATEGORIES}
+    unassigned = res["assigned"].count(None)
+    how = (f"embeddings of the teacher ({model_title(teacher)}, llama.cpp: the last token's hidden state after a "
+           f"prompt asking for the topic, cosine), "
+           f"{res['embedded_now']} of {len(texts) + len(CATEGORIES)} texts (the pairs and the ten descriptions) "
+           f"embedded by this build, the others read from the cache `{CACHE_FILE}`"
+           if res["method"] == "embedding" else
+           "TF-IDF over identifier-split words (cosine)" + (f", because {why}" if why else ""))
+    facts["categories"] = {"method": res["method"], "why_fallback": why or None, "cap": cfg.category_samples,
+                           "samples": len(idx), "of": len(clean), "seconds": res["seconds"],
+                           "embedded_now": res["embedded_now"],
+                           "model": teacher if res["method"] == "embedding" else None,
+                           "counts": counts, "unassigned": unassigned,
+                           "assigned": {clean[i].get("seed_id") or str(i): c for i, c in zip(idx, res["assigned"])}}
+
+    def draw(fig):
+        ax = fig.add_subplot()
+        names = list(CATEGORIES)[::-1]
+        ax.barh(names, [counts[c] for c in names], color="#8172b2")
+        for i, c in enumerate(names):
+            ax.text(counts[c], i, f" {counts[c]}", va="center", fontsize=8)
+        ax.set_xlabel("pairs")
+        ax.set_xlim(0, max(counts.values() or [1]) * 1.15 + 0.5)
+    sample = (f"all {len(idx)} kept pairs" if len(idx) == len(clean) else
+              f"{len(idx)} of {len(clean)} kept pairs (a fixed random sample; cap report.category_samples="
+              f"{cfg.category_samples})")
+    return [("p", f"The paper's category analysis (its Figure 2): each pair (the first {EMBED_CHARS:,} characters of "
+                  f"problem + solution) gets the nearest of ten categories, each described by one sentence of ours "
+                  f"(`repro/report.py`, CATEGORIES). Method: {how}. Sample: {sample}, categorized in "
+                  f"{res['seconds']} s." + (f" {unassigned} pairs share no word with any description and are left "
+                                              "unassigned." if unassigned else "")
+                  + " A rough picture of a small sample, not a validated classifier."),
+            _fig("categories", _figure(draw, (8, 3.2)),
+                 f"Pairs per category ({'teacher embeddings' if res['method'] == 'embedding' else 'TF-IDF'}, "
+                 f"{len(idx)} pairs).")]
+
+
+def sec_similarity(r: _Run) -> list:
+    clean = r.table("clean.parquet")
+    if clean is None:
+        return [_not_run("clean", "clean.parquet")]
+    sims = [x["humaneval_similarity"] for x in clean if x.get("humaneval_similarity") is not None]
+    if not sims:
+        return [("p", "No per-pair similarity in `clean.parquet` (clean.similarity=false, or no pairs kept).")]
+    mean = sum(sims) / len(sims)
+
+    def draw(fig):
+        ax = fig.add_subplot()
+        ax.hist(sims, bins=20, range=(0, max(0.5, max(sims))), color="#c0c0c0", edgecolor="#808080")
+        ax.axvline(mean, color="k", lw=2, label=f"this run: mean {mean:.3f}")
+        for (name, v), color in zip(PAPER_SIMILARITY.items(), ("#4c72b0", "#dd8452", "#c44e52")):
+            ax.axvline(v, color=color, ls="--", lw=1.5, label=f"paper, {name}: {v}")
+        ax.set_xlabel("maximum TF-IDF cosine similarity to a HumanEval problem")
+        ax.set_ylabel("pairs")
+        ax.legend(fontsize=7)
+    return [("p", f"Each kept pair's maximum TF-IDF cosine similarity to a HumanEval problem (prompt + canonical "
+                  f"solution), as computed by the clean stage (`humaneval_similarity`). Mean {mean:.3f} over "
+                  f"{len(sims)} pairs; the paper's means: " + ", ".join(f"{k} {v}" for k, v in PAPER_SIMILARITY.items())
+                  + ". Our TF-IDF is fit on our few pairs plus HumanEval, so its vocabulary and weights differ from "
+                    "the paper's; compare the shapes more than the third decimal."),
+            _fig("similarity", _figure(draw, (8, 3.2)),
+                 "Similarity to HumanEval, with the paper's three reference means as dashed lines.")]
+
+
+def sec_training(r: _Run) -> list:
+    log = read_jsonl(r.path / "train_log.jsonl")
+    steps = [x for x in log if isinstance(x.get("loss"), (int, float)) and "step" in x]
+    if not steps:
+        return [_not_run("train", "train_log.jsonl")]
+    t = r.stats("train")
+
+    def draw(fig):
+        ax = fig.add_subplot()
+        ax.plot([x["step"] for x in steps], [x["loss"] for x in steps], "o-", ms=3, color="#c44e52", label="loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss (per target token)")
+        lines = ax.get_lines()
+        if any("lr" in x for x in steps):
+            ax2 = ax.twinx()
+            lines += ax2.plot([x["step"] for x in steps], [x.get("lr", 0) for x in steps], ":", color="#4c72b0",
+                              label="learning rate (right axis)")
+            ax2.set_ylabel("learning rate")
+            ax2.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=8)
+    tps = [x["tokens_per_second"] for x in steps if x.get("tokens_per_second")]
+    return [("p", f"{len(steps)} optimizer steps from `train_log.jsonl`"
+                  + (f" ({t.get('backend')} on {t.get('device')}, {t.get('precision')})" if t else "")
+                  + f"; loss {steps[0]['loss']:.3f} at the first step, {steps[-1]['loss']:.3f} at the last"
+                  + (f"; {sum(tps) / len(tps):.1f} tokens/s on average" if tps else "") + ". A training loss "
+                    "says the student fits its pairs, not that it codes better: see pass@1 below."),
+            _fig("loss", _figure(draw, (8, 3)), "Training loss and learning rate per optimizer step.")]
+
+
+def _pct(x: dict) -> str:
+    return f"{100 * x['pass@1']:.1f} ({100 * x['ci95'][0]:.0f}–{100 * x['ci95'][1]:.0f})"
+
+
+def _columns(ev: dict) -> list[tuple[str, str, str]]:
+    return [(b, split, BENCH_NAMES.get(b, b) + ("+" if split == "plus" else ""))
+            for b, info in ev.get("benchmarks", {}).items()
+            for split in (("base", "plus") if info.get("plus") else ("base",))]
+
+
+def sec_evaluation(r: _Run) -> list:
+    ev = r.stats("evaluate")
+    paper = [("p", "For scale, **the paper's 7B models** (Table 1 of the paper: full fine-tuning on 75K OSS-Instruct "
+                   "pairs, S = plus Evol-Instruct; EvalPlus pass@1, greedy; from the Magicoder README) — the paper's "
+                   "numbers, not this run's, and not comparable with a small student trained on a few dozen pairs:"),
+             ("table", ["model", "HumanEval", "HumanEval+", "MBPP", "MBPP+"],
+              [[row[0]] + [str(x) for x in row[1:]] for row in PAPER_ROWS])]
+    if not ev:
+        return [("p", f"The evaluate stage has {NOT_RUN} (no `manifests/evaluate.json`).")] + paper
+    cols = _columns(ev)
+    out = [("p", f"Greedy, at most {ev.get('max_tokens')} new tokens, one answer per problem, through llama.cpp on the "
+                 "GGUF files (the students quantized), judged with EvalPlus's rules; pass@1 in % with its 95% Wilson "
+                 "interval. A plus pass needs the base tests too.")]
+    if iso := ev.get("sandbox"):
+        out.append(("p", f"Every program ran in our sandbox, {iso['level']} isolation"
+                         + (", each run under its own uid" if iso.get("uid") == "own" else "")
+                         + (f" ({iso['why']})" if iso.get("why") else "")
+                         + " — what that contains and what it does not: README, section Sandbox."))
+    out.append(("ul", [f"{BENCH_NAMES.get(b, b)}: "
+                       f"{'all problems' if info.get('subset') == 'all' else info.get('subset')}; "
+                       f"{info.get('version')}, sha256 `{(info.get('sha256') or '')[:16]}…`"
+                       + (f" ({info['note']})" if info.get("note") else "")
+                       for b, info in ev.get("benchmarks", {}).items()]))
+    out.append(("table", ["model", "prompt"] + [c[2] for c in cols] + ["answers decoded now / reused"],
+                [[label, res.get("prompt_style", "-")] + [_pct(res[b][s]) if s in res.get(b, {}) else "-"
+                                                          for b, s, _ in cols]
+                 + [f"{res.get('generated', '-')} / {res.get('reused', '-')}"] for label, res in ev["models"].items()]))
+    if ev.get("comparisons"):
+        pairs = dict.fromkeys((c["a"], c["b"]) for c in ev["comparisons"])
+        by = {(c["a"], c["b"], c["benchmark"], c["split"]): c for c in ev["comparisons"]}
+        rows = []
+        for a, b in pairs:
+            cells = []
+            for bench, split, _ in cols:
+                c = by.get((a, b, bench, split))
+                cells.append(f"{100 * c['diff']:+.1f} ({100 * c['ci95'][0]:+.0f} to {100 * c['ci95'][1]:+.0f})"
+                             if c else "-")
+            rows.append([f"{a} − {b}"] + cells)
+        out += [("p", "Differences on the same problems, in points, with a paired bootstrap 95% interval (an interval "
+                      "holding 0 is no evidence of a difference):"),
+                ("table", ["difference"] + [c[2] for c in cols], rows)]
+
+    def draw(fig):
+        import numpy as np
+
+        ax = fig.add_subplot()
+        models = list(ev["models"])
+        width = 0.8 / max(1, len(models))
+        x = np.arange(len(cols))
+        for i, label in enumerate(models):
+            res = [ev["models"][label].get(b, {}).get(s) for b, s, _ in cols]
+            p = [100 * v["pass@1"] if v else 0 for v in res]
+            err = [[100 * (v["pass@1"] - v["ci95"][0]) if v else 0 for v in res],
+                   [100 * (v["ci95"][1] - v["pass@1"]) if v else 0 for v in res]]
+            ax.bar(x + (i - (len(models) - 1) / 2) * width, p, width, yerr=err, capsize=3, label=label)
+        ax.set_xticks(x, [c[2] for c in cols])
+        ax.set_ylabel("pass@1, %")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=8)
+    out.append(_fig("pass_at_1", _figure(draw, (8, 3.4)),
+                    "pass@1 of each model with its 95% Wilson interval (this run's problems only)."))
+    return out + paper
+
+
+# MultiPL-E's language keys -> the language names the seeds and pairs use.
+PAIR_LANGUAGE = {"java": "java", "js": "javascript", "cpp": "cpp", "php": "php", "swift": "swift", "rs": "rust"}
+
+
+def sec_multilingual(r: _Run) -> list:
+    """MultiPL-E per language and DS-1000 per library, each model with its interval, beside the
+    share of training pairs in each language (the paper's ablation: non-Python seeds raised MultiPL-E)."""
+    ev = r.stats("evaluate")
+    if not ev:
+        return [("p", f"The evaluate stage has {NOT_RUN} (no `manifests/evaluate.json`).")]
+    sets = ev.get("multilingual") or {}
+    if not sets:
+        return [("p", "Not evaluated in this run (`evaluate.multilingual` was empty).")]
+    models = list(ev["models"])
+    out = []
+    langs = [n for n in sets if n.startswith("multipl-e/")]
+    if langs:
+        try:
+            pairs = r.table("clean.parquet") or []
+        except Exception:  # a damaged clean.parquet costs its own sections; here only the pair counts
+            pairs = []
+        by_lang: dict[str, int] = {}
+        for row in pairs:
+            by_lang[row.get("language") or "?"] = by_lang.get(row.get("language") or "?", 0) + 1
+        non_py = sum(v for k, v in by_lang.items() if k != "python")
+        out.append(("p", "**MultiPL-E** (HumanEval translated; a completion prompt for every model, as the bigcode "
+                         "harness the paper used; pass@1 in % with its 95% Wilson interval). The paper trained on "
+                         "seeds of nine languages and found that the non-Python pairs alone raised the MultiPL-E "
+                         "average (CodeLlama-Python-7B: 29.6 base, 38.3 with the non-Python pairs only, 37.8 with "
+                         "all 75K). Here, " + (f"{non_py} of {len(pairs)} training pairs ({100 * non_py / len(pairs):.0f}%) "
+                                                "are not Python" if pairs else "no training pairs are on disk yet")
+                         + "; the last column is how many are in each language."))
+        rows = []
+        for n in langs:
+            x = sets[n]
+            key = n.split("/", 1)[1]
+            cells = []
+            for m in models:
+                res = ev["models"][m].get(n)
+                cells.append(_pct(res["base"]) if res else "not run")
+            diff = next((c for c in ev.get("comparisons", []) if c["benchmark"] == n and
+                         {c["a"], c["b"]} == {"finetuned", "base"}), None)
+            sign = 1 if diff and diff["a"] == "finetuned" else -1
+            d = (f"{100 * sign * diff['diff']:+.1f} ({100 * min(sign * diff['ci95'][0], sign * diff['ci95'][1]):+.0f} "
+                 f"to {100 * max(sign * diff['ci95'][0], sign * diff['ci95'][1]):+.0f})") if diff else "-"
+            what = x["subset"] if not x.get("not_run") else f"not run: {x['not_run']}"
+            rows.append([x["title"].removeprefix("MultiPL-E "), what] + cells + [d, str(by_lang.get(PAIR_LANGUAGE[key], 0))])
+        out.append(("table", ["language", "problems"] + models + ["fine-tuned − base", "training pairs"], rows))
+    if ds := sets.get("ds1000"):
+        out.append(("p", "**DS-1000** (data-science problems, run with each problem's own test context; completion "
+                         "for the base student, Magicoder's instruction split for the others): pass@1 per library "
+                         "over the problems evaluated. "
+                         + (f"Not run here: {ds['not_run']}." if ds.get("not_run") else "")))
+        libs = sorted({lib for m in models for lib in (ev["models"][m].get("ds1000") or {}).get("per_library", {})})
+        rows = []
+        for lib in libs + ["all"]:
+            row = [lib]
+            for m in models:
+                res = ev["models"][m].get("ds1000")
+                v = (res or {}).get("per_library", {}).get(lib) if lib != "all" else (res or {}).get("base")
+                row.append(_pct(v) + f" of {len(v['per_task'])}" if v else "-")
+            rows.append(row)
+        out.append(("table", ["library"] + models, rows) if libs else ("p", f"DS-1000: {ds.get('subset') or 'not run'}."))
+    return out
+
+
+def _machine() -> list[list[str]]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        total = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
+        kib = int(total.split()[1])
+        mem = f"{kib / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    gpu = "none found (no nvidia-smi)"
+    if shutil.which("nvidia-smi"):
+        try:
+            gpu = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout.strip() \
+                or "nvidia-smi lists none"
+        except (OSError, subprocess.SubprocessError):
+            gpu = "nvidia-smi failed"
+    return [["CPU", f"{cpu}, {os.cpu_count()} logical cores"], ["memory", mem], ["GPU", gpu]]
+
+
+def sec_environment(r: _Run) -> list:
+    here = versions()
+    at_run = {}
+    for s in STAGE_ORDER:
+        for k, v in (r.m[s].get("versions") or {}).items():
+            at_run.setdefault(k, set()).add(str(v))
+    out = [("p", "Library versions where this report was built, and those the stage manifests recorded "
+                 "(a difference means the artifacts were made with other versions):"),
+           ("table", ["package", "here", "in the manifests"],
+            [[k, str(v), ", ".join(sorted(at_run.get(k, []))) or "-"] for k, v in here.items()]),
+           ("p", "The machine building this report (the manifests do not record the run's CPU):"),
+           ("table", ["part", "this machine"], _machine())]
+    if t := r.stats("train"):
+        out.append(("p", f"Training ran on {t.get('device', '?')} with the {t.get('backend', '?')} backend, "
+                         f"{t.get('threads', '?')} threads, {t.get('precision', '?')}."))
+    ev = r.stats("evaluate").get("models", {})
+    roles = [("teacher", r.teacher(), _model_sha(r.teacher()) or ev.get("teacher", {}).get("sha256", "")),
+             ("student (base)", r.student(), _model_sha(r.student()) or ev.get("base", {}).get("sha256", "")),
+             ("fine-tuned student", "export: " + (r.stats("export").get("quant") or "-") + " GGUF",
+              r.stats("export").get("sha256") or ev.get("finetuned", {}).get("sha256", ""))]
+    out.append(("table", ["model", "spec", "sha256"],
+                [[role, f"{model_title(spec)} (`{spec}`)" if spec and not spec.startswith("export") else spec or "-",
+                  f"`{sha}`" if sha else "-"] for role, spec, sha in roles]))
+    times = [f"{s} {r.m[s]['seconds']:.0f} s" for s in STAGE_ORDER if isinstance(r.m[s].get("seconds"), (int, float))]
+    out.append(("p", "Wall time per stage: " + (", ".join(times) if times else NOT_RUN) + "."))
+    return out
+
+
+def sec_summary(r: _Run, facts: dict) -> list:
+    s, g, c, t, ev = (r.stats(x) for x in ("seeds", "generate", "clean", "train", "evaluate"))
+    if not any((s, g, c, t, ev)):
+        return [("p", f"Nothing has run in `{r.path.name}` yet: every stage is {NOT_RUN}. Start with "
+                      "`repro run --profile tiny`.")]
+    teacher, student = model_title(r.teacher()), model_title(r.student())
+    made = []
+    if s:
+        langs = sorted(((k.removeprefix("seeds_"), v) for k, v in s.items() if k.startswith("seeds_") and v),
+                       key=lambda kv: -kv[1])
+        made.append(f"took {s.get('seeds', '?')} seed snippets of real code"
+                    + (f" in {len(langs)} languages ({', '.join(f'{k} {v}' for k, v in langs[:4])}"
+                       f"{', …' if len(langs) > 4 else ''})" if langs else ""))
+    if g:
+        made.append(f"had the teacher {teacher} write {g.get('pairs', '?')} problem–solution pairs from them "
+                    f"({g.get('rejected', 0)} answers rejected)")
+    if c:
+        made.append(f"kept {c.get('kept', '?')} after validation, decontamination and deduplication")
+    if t:
+        made.append(f"LoRA-fine-tuned the student {student} on them for {t.get('steps', '?')} steps")
+    text = [f"This run (`{r.path.name}`, profile `{r.run_json.get('profile', '?')}`) " + _join(made) + "."]
+    if not g:
+        text.append(f"Generation has {NOT_RUN}.")
+    if ev and "finetuned" in ev.get("models", {}) and "base" in ev.get("models", {}):
+        by = {(x["a"], x["b"], x["benchmark"], x["split"]): x for x in ev.get("comparisons", [])}
+        parts, verdicts = [], []
+        for b, info in ev.get("benchmarks", {}).items():
+            ft, base = ev["models"]["finetuned"].get(b, {}).get("base"), ev["models"]["base"].get(b, {}).get("base")
+            d = by.get(("finetuned", "base", b, "base"))
+            if not ft or not base:
+                continue
+            name = BENCH_NAMES.get(b, b)
+            parts.append(f"on {name} ({info.get('n', '?')} of {info.get('of', '?')} problems) the fine-tuned student "
+                         f"passes {100 * ft['pass@1']:.1f}% against the base model's {100 * base['pass@1']:.1f}%"
+                         + (f", a difference of {100 * d['diff']:+.1f} points (95% interval {100 * d['ci95'][0]:+.0f} "
+                            f"to {100 * d['ci95'][1]:+.0f})" if d else ""))
+            if d:
+                verdicts.append((name, "better" if d["ci95"][0] > 0 else "worse" if d["ci95"][1] < 0 else None))
+        text += [p[:1].upper() + p[1:] + "." for p in parts]
+        better = [n for n, v in verdicts if v == "better"]
+        worse = [n for n, v in verdicts if v == "worse"]
+        if verdicts and not better and not worse:
+            text.append("Every interval holds 0: at this size the run shows no measurable effect of the fine-tuning, "
+                        "up or down. It shows that the pipeline works end to end, not that OSS-Instruct helps.")
+        else:
+            if better:
+                text.append(f"The fine-tuned student is measurably better on {_join(better)} "
+                            "(its interval excludes 0).")
+            if worse:
+                text.append(f"The fine-tuned student is measurably worse on {_join(worse)} (its interval excludes 0): "
+                            "the pairs taught it something that costs it there.")
+        if (tr := ev["models"].get("teacher")) and (he := next(iter(ev.get("benchmarks", {})), None)):
+            if tr.get(he, {}).get("base"):
+                text.append(f"The teacher itself passes {100 * tr[he]['base']['pass@1']:.1f}% on "
+                            f"{BENCH_NAMES.get(he, he)}: the ceiling its data could carry.")
+        ml = {n: x for n, x in (ev.get("multilingual") or {}).items() if x.get("task_ids")}
+        if ml and (ft := ev["models"].get("finetuned")) and (bs := ev["models"].get("base")):
+            def mean(res):
+                vals = [res[n]["base"]["pass@1"] for n in ml if n in res]
+                return 100 * sum(vals) / len(vals) if vals else 0.0
+            text.append(f"On the other axes ({len([n for n in ml if n.startswith('multipl-e/')])} MultiPL-E languages"
+                        + (" and DS-1000" if "ds1000" in ml else "") + f"; a few problems each, see below) the "
+                        f"fine-tuned student averages {mean(ft):.1f}% against the base's {mean(bs):.1f}%"
+                        + (f" and the teacher's {mean(tr):.1f}%" if (tr := ev["models"].get("teacher")) else "") + ".")
+    elif not ev:
+        text.append(f"Evaluation has {NOT_RUN}, so there is no pass@1 yet.")
+    kept = c.get("kept") if c else None
+    cmp = ("**Compared with the paper**: it fine-tunes 7B models on 75K OSS-Instruct pairs and reports 60.4–76.8% "
+           "HumanEval pass@1 (its Table 1, reproduced below)")
+    if isinstance(kept, int):
+        cmp += (f"; this run has {kept} pairs ({100 * kept / PAPER_PAIRS:.2f}% of that) and a far smaller student, "
+                "so its pass@1 is not comparable with the paper's")
+    if c and c.get("humaneval_similarity_mean") is not None:
+        cmp += (f". What can be compared is the data's distance from the benchmark: mean TF-IDF similarity to "
+                f"HumanEval {c['humaneval_similarity_mean']:.3f} here against the paper's "
+                f"{PAPER_SIMILARITY['OSS-Instruct']} "
+                f"for OSS-Instruct")
+    if (cat := facts.get("categories")) and cat["samples"]:
+        top = sorted(cat["counts"].items(), key=lambda kv: -kv[1])[:2]
+        cmp += (f"; the most frequent categories here are {_join([f'{k} ({v})' for k, v in top])} "
+                f"({'teacher embeddings' if cat['method'] == 'embedding' else 'TF-IDF'})")
+    return [("p", " ".join(text)), ("p", cmp + ".")]
+
+
+def _join(items: list[str]) -> str:
+    items = [i for i in items if i]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _md_cell(x) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(title: str, sections: list[tuple[str, list]], figure_dir: str) -> str:
+    lines = [f"# {title}", ""]
+    for head, blocks in sections:
+        lines += [f"## {head}", ""]
+        for b in blocks:
+            if b[0] == "p":
+                lines += [b[1], ""]
+            elif b[0] == "ul":
+                lines += [f"- {x}" for x in b[1]] + [""]
+            elif b[0] == "pre":
+                lines += ["```", b[1], "```", ""]
+            elif b[0] == "table":
+                lines += ["| " + " | ".join(_md_cell(h) for h in b[1]) + " |",
+                          "| " + " | ".join("---" for _ in b[1]) + " |"]
+                lines += ["| " + " | ".join(_md_cell(x) for x in row) + " |" for row in b[2]] + [""]
+            elif b[0] == "fig":
+                lines += [f"![{b[3]}]({figure_dir}/{b[1]}.png)", "", f"*{b[3]}*", ""]
     return "\n".join(lines)
 
 
-def _pct(r: dict) -> str:
-    return f"{100 * r['pass@1']:.1f} ({100 * r['ci95'][0]:.0f}–{100 * r['ci95'][1]:.0f})"
+def _inline(text: str) -> str:
+    """The Markdown our own sentences use — `code` and **bold** — as HTML, everything else escaped."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
 
 
-def _evaluation(ev: dict | None) -> list[str]:
-    lines = ["## pass@1: HumanEval(+) and MBPP(+)", ""]
-    if not ev:
-        return lines + ["Not evaluated yet."]
-    cols = [(b, split) for b, info in ev["benchmarks"].items() for split in (("base", "plus") if info["plus"] else ("base",))]
-    name = {(b, s): BENCH_NAMES.get(b, b) + ("+" if s == "plus" else "") for b, s in cols}
-    lines += [f"Greedy, at most {ev['max_tokens']} new tokens, one answer per problem, through llama.cpp on the "
-              "GGUF files (the students quantized), judged with EvalPlus's rules; pass@1 in % with its 95% Wilson "
-              "interval. A plus pass needs the base tests too.", ""]
-    if iso := ev.get("sandbox"):
-        lines += [f"Every program ran in our sandbox, {iso['level']} isolation"
-                  + (", each run under its own uid" if iso["uid"] == "own" else "")
-                  + (f" ({iso['why']})" if iso["why"] else "")
-                  + " — what that contains and what it does not: README, section Sandbox.", ""]
-    for b, info in ev["benchmarks"].items():
-        lines.append(f"- {BENCH_NAMES.get(b, b)}: {'all problems' if info['subset'] == 'all' else info['subset']}; "
-                     f"{info['version']}, "
-                     f"sha256 `{info['sha256'][:16]}…`" + (f" ({info['note']})" if info.get("note") else ""))
-    lines += ["", "| model | prompt | " + " | ".join(name[c] for c in cols) + " | answers decoded now / reused |",
-              "| --- | --- | " + " | ".join("---" for _ in cols) + " | --- |"]
-    for label, r in ev["models"].items():
-        lines.append(f"| {label} | {r['prompt_style']} | " + " | ".join(_pct(r[b][s]) for b, s in cols)
-                     + f" | {r.get('generated', '-')} / {r.get('reused', '-')} |")
-    if ev.get("comparisons"):
-        lines += ["", "Differences on the same problems, in points, with a paired bootstrap 95% interval "
-                  "(an interval holding 0 is no evidence of a difference):", "",
-                  "| difference | " + " | ".join(name[c] for c in cols) + " |", "| --- | " + " | ".join("---" for _ in cols) + " |"]
-        pairs = dict.fromkeys((c["a"], c["b"]) for c in ev["comparisons"])
-        by = {(c["a"], c["b"], c["benchmark"], c["split"]): c for c in ev["comparisons"]}
-        for a, b in pairs:
-            cells = []
-            for bench, split in cols:
-                c = by.get((a, b, bench, split))
-                cells.append(f"{100 * c['diff']:+.1f} ({100 * c['ci95'][0]:+.0f} to {100 * c['ci95'][1]:+.0f})" if c else "-")
-            lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
-    lines += ["", "For scale, the paper's 7B models (full fine-tuning on 75K OSS-Instruct pairs, S = plus "
-              "Evol-Instruct; EvalPlus pass@1, greedy; from the Magicoder README) — not comparable with a 270M "
-              "student trained on a few dozen pairs:", "",
-              "| model | HumanEval | HumanEval+ | MBPP | MBPP+ |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {row[0]} | " + " | ".join(str(x) for x in row[1:]) + " |" for row in PAPER_ROWS]
-    return lines
+CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; max-width: 1000px;
+       margin: 2em auto; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .88em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
+code { background: #f1f1f1; padding: 0 .25em; border-radius: 3px; font-size: .92em; }
+pre { background: #f6f6f6; padding: .6em; overflow-x: auto; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .88em; color: #555; }
+nav ol { columns: 2; font-size: .92em; }
+"""
 
 
-def run(run_dir: RunDir, out: Path) -> dict:
-    text = build(run_dir)
+def render_html(title: str, sections: list[tuple[str, list]]) -> str:
+    anchors = [re.sub(r"[^a-z0-9]+", "-", head.lower()).strip("-") for head, _ in sections]
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style></head><body>",
+             f"<h1>{_inline(title)}</h1>",
+             "<nav><ol>" + "".join(f'<li><a href="#{a}">{html.escape(h)}</a></li>'
+                                   for a, (h, _) in zip(anchors, sections)) + "</ol></nav>"]
+    for anchor, (head, blocks) in zip(anchors, sections):
+        parts.append(f'<h2 id="{anchor}">{html.escape(head)}</h2>')
+        for b in blocks:
+            if b[0] == "p":
+                parts.append(f"<p>{_inline(b[1])}</p>")
+            elif b[0] == "ul":
+                parts.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b[1]) + "</ul>")
+            elif b[0] == "pre":
+                parts.append(f"<pre>{html.escape(b[1])}</pre>")
+            elif b[0] == "table":
+                parts.append("<table><thead><tr>" + "".join(f"<th>{_inline(str(h))}</th>" for h in b[1])
+                             + "</tr></thead><tbody>"
+                             + "".join("<tr>" + "".join(f"<td>{_inline(str(x))}</td>" for x in row) + "</tr>"
+                                       for row in b[2]) + "</tbody></table>")
+            elif b[0] == "fig":
+                data = base64.b64encode(b[2]).decode("ascii")
+                parts.append(f'<figure><img alt="{html.escape(b[3])}" src="data:image/png;base64,{data}">'
+                             f"<figcaption>{_inline(b[3])}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def settings_of(run: RunDir) -> ReportConfig:
+    """The report settings of the run's last command (run.json), else the defaults."""
+    try:
+        d = json.loads((run.path / "run.json").read_text()).get("config", {}).get("report") or {}
+    except (OSError, json.JSONDecodeError):
+        d = {}
+    known = ReportConfig.__dataclass_fields__
+    return ReportConfig(**{k: v for k, v in d.items() if k in known})
+
+
+def build(run: RunDir, cfg: ReportConfig | None = None) -> tuple[str, list[tuple[str, list]], dict]:
+    """(title, sections, facts): every section from what is on disk now. A section that fails on
+    an artifact it does not expect says so in place; the rest of the report still appears."""
+    cfg = cfg or settings_of(run)
+    r, facts = _Run(run), {}
+    count, counted = token_counter([r.teacher(), r.student()])
+    facts["tokens"] = counted
+    title = f"magicoder-repro report: `{run.path.name}`"
+    parts = [("Pipeline", lambda: sec_pipeline(r)),
+             ("Seeds and generated problems", lambda: sec_data(r)),
+             ("Lengths", lambda: sec_lengths(r, count, counted)),
+             ("Categories", lambda: sec_categories(r, cfg, facts)),
+             ("Similarity to HumanEval", lambda: sec_similarity(r)),
+             ("Training", lambda: sec_training(r)),
+             ("pass@1: HumanEval(+) and MBPP(+)", lambda: sec_evaluation(r)),
+             ("Other languages and data science: MultiPL-E and DS-1000", lambda: sec_multilingual(r)),
+             ("Environment", lambda: sec_environment(r))]
+    sections = []
+    for head, make in parts:
+        try:
+            sections.append((head, make()))
+        except Exception as e:  # an old or damaged artifact costs its section, never the report
+            sections.append((head, [("p", f"This section could not be built: {type(e).__name__}: {e}.")]))
+    try:
+        summary = sec_summary(r, facts)
+    except Exception as e:
+        summary = [("p", f"The summary could not be built: {type(e).__name__}: {e}.")]
+    return title, [("Summary", summary)] + sections, facts
+
+
+def run(run_dir: RunDir, out: Path, cfg: ReportConfig | None = None) -> dict:
+    """Write `out` (report.md), its figures beside it, `report.html` (self-contained) and
+    `report.json` (what the category analysis used and found). Each file is written atomically."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    title, sections, facts = build(run_dir, cfg)
+    figures = [b for _, blocks in sections for b in blocks if b[0] == "fig"]
+    figure_dir = out.parent / FIGURE_DIR
+    with atomic_path(figure_dir) as tmp:
+        tmp.mkdir()
+        for b in figures:
+            (tmp / f"{b[1]}.png").write_bytes(b[2])
+    text = render_markdown(title, sections, FIGURE_DIR)
+    page = render_html(title, sections)
     write_text(out, text)
-    return {"bytes": len(text)}
+    write_text(out.with_suffix(".html"), page)
+    facts.update(figures=[b[1] for b in figures], sections=[h for h, _ in sections],
+                 seconds=round(time.perf_counter() - t0, 2))
+    write_json(out.parent / "report.json", facts)
+    return {"bytes": len(text), "html_bytes": len(page), "figures": len(figures), "seconds": facts["seconds"],
+            "categories": (facts.get("categories") or {}).get("method")}

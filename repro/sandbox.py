@@ -209,6 +209,22 @@ def run_python(code: str, timeout_s: float = 10.0, mem_bytes: int | None = 2 << 
                fsize_bytes=fsize_bytes)
 
 
+def tool(name: str) -> tuple[str, tuple[str, ...]]:
+    """(absolute path, folders to `show`) of a compiler or interpreter found on our PATH, for `run`:
+    the run's PATH holds only the system folders, and home directories are hidden from it.
+    rustup's proxy is resolved to the toolchain's own rustc, which needs neither rustup's
+    environment nor its home directory."""
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(name)
+    path = os.path.realpath(found)
+    if name == "rustc" and os.path.basename(path) == "rustup":
+        sysroot = subprocess.run([found, "--print", "sysroot"], capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL).stdout.strip()
+        return os.path.join(sysroot, "bin", "rustc"), (sysroot,)
+    return path, (os.path.dirname(path),)
+
+
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """The command line: bad input gets one clear line, exit status 2, and nothing in the run directory."""
 
+import json
 import subprocess
 import sys
 
@@ -88,3 +89,15 @@ def test_full_eval_clears_the_profiles_subset():
     assert tiny["stride"] == 6 and (full["stride"], full["limit"]) == (1, 0)
     smoke = json.loads(repro("config", "--profile", "smoke", "--full-eval").stdout)["evaluate"]
     assert smoke["limit"] == 0
+
+
+def test_an_input_its_stage_did_not_finish_is_used_with_a_note(tmp_path):
+    """A killed generate leaves a partial pairs.jsonl; `repro clean` alone says so (and runs)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    row = {"seed_id": "a", "language": "python", "seed": "x = 1", "problem": "Add two numbers.",
+           "solution": "```python\ndef add(a, b):\n    return a + b\n```"}
+    (run / "pairs.jsonl").write_text(json.dumps(row) + "\n")
+    r = repro("clean", "--profile", "smoke", "--run-dir", str(run), "--set", "clean.benchmarks=humaneval")
+    assert r.returncode == 0, r.stderr
+    assert "was not finished by `repro generate`" in r.stderr + r.stdout

@@ -55,8 +55,23 @@ def test_report_has_counts_and_a_pass_at_1_table_for_students_and_teacher(smoke_
         assert r["prompt_style"] == style and f"| {label} | {style} | " in report
         for b in ("humaneval", "mbpp"):
             assert r[b]["n"] == 2 and set(r[b]) >= {"base", "plus"}
-    assert len(results["comparisons"]) == 3 * 2 * 2  # 3 pairs of models x 2 benchmarks x base/plus
+    # 3 pairs of models x (2 benchmarks x base/plus + MultiPL-E JavaScript + DS-1000)
+    assert len(results["comparisons"]) == 3 * (2 * 2 + 2)
+    for label in ("base", "finetuned", "teacher"):
+        assert results["models"][label]["multipl-e/js"]["n"] == 2 and results["models"][label]["ds1000"]["n"] == 2
     assert "| finetuned − base |" in report
+
+
+def test_the_html_report_of_a_real_run_has_every_section_and_figure(smoke_run):
+    from test_report import FIGURES, SECTIONS, _images
+
+    md, page = (smoke_run / "report.md").read_text(), (smoke_run / "report.html").read_text()
+    assert "could not be built" not in md and "not run yet" not in md
+    assert all(f"## {head}\n" in md for head in SECTIONS)
+    assert len(_images(page)) == len(FIGURES)
+    c = json.loads((smoke_run / "report.json").read_text())["categories"]
+    assert c["method"] == "embedding" and c["samples"] == c["of"] >= 1
+    assert (smoke_run / "README.md").is_file() and (smoke_run / "log.txt").is_file()  # dataset card, log
 
 
 def test_exported_model_answers_in_llama_cpp(smoke_run):

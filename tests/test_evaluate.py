@@ -162,7 +162,7 @@ def test_canonical_answers_score_everything_and_results_have_evalplus_shapes(tmp
     from repro import evalplus_data
 
     monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
-    cfg = EvaluateConfig(benchmark_dir=str(SHARED), limit=3, models=["base", "teacher"])
+    cfg = EvaluateConfig(benchmark_dir=str(SHARED), limit=3, models=["base", "teacher"], multilingual=[])
     for b in ("humaneval", "mbpp"):
         bench = evalplus_data.load(b, benchmark_dir=str(SHARED))
         for t in list(bench.problems)[:3]:
@@ -184,3 +184,56 @@ def test_canonical_answers_score_everything_and_results_have_evalplus_shapes(tmp
     assert {(c["a"], c["b"], c["benchmark"], c["split"]) for c in res["comparisons"]} == {
         ("teacher", "base", b, s) for b in ("humaneval", "mbpp") for s in ("base", "plus")}
     assert all(c["diff"] == 0.0 for c in res["comparisons"])
+
+
+@pytest.mark.skipif(not (SHARED / "multipl-e").is_dir(), reason="needs ../shared/data/multipl-e/")
+def test_multipl_e_through_the_stage_scores_each_model_on_the_same_problems(tmp_path, fake_engine, monkeypatch):
+    """JavaScript, HumanEval numbers 0, 53, 106, 159: one right answer (53), the rest wrong."""
+    monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
+    fake_engine["function add(x, y){"] = "\n  return x + y;\n}\n"
+    fake_engine["function "] = "\n  return undefined_name;\n}\n"
+    cfg = EvaluateConfig(benchmark_dir=str(SHARED), models=["base", "teacher"], benchmarks=["humaneval"], limit=0,
+                         stride=164, multilingual=["multipl-e"], multipl_e_langs=["js", "swift"],
+                         multilingual_stride=53)
+    fake_engine[evaluate.evalplus_data.load("humaneval", benchmark_dir=str(SHARED)).problems["HumanEval/0"]["prompt"]
+                .strip()] = "    return False\n"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setattr(evaluate.multipl_e, "missing_tools", lambda lang: "swiftc not installed" if lang == "swift" else "")
+    res = evaluate.run(cfg, {"base": (gguf, "completion"), "teacher": (gguf, "chat")}, tmp_path / "eval")
+    js = res["multilingual"]["multipl-e/js"]
+    assert js["task_ids"] == ["HumanEval_0_has_close_elements", "HumanEval_53_add", "HumanEval_106_f",
+                              "HumanEval_159_eat"] and js["not_run"] == ""
+    assert res["multilingual"]["multipl-e/swift"]["not_run"] == "swiftc not installed"
+    assert "multipl-e/swift" not in res["models"]["base"]  # not run is not a zero
+    for label in ("base", "teacher"):
+        r = res["models"][label]["multipl-e/js"]
+        assert r["base"]["per_task"] == [False, True, False, False], r
+        rows = (tmp_path / "eval" / label / "multipl-e/js" / "verdicts.jsonl").read_text().splitlines()
+        assert len(rows) == 4 and '"status": "pass"' in rows[1]
+    assert ("teacher", "base", "multipl-e/js", "base") in {(c["a"], c["b"], c["benchmark"], c["split"])
+                                                           for c in res["comparisons"]}
+
+
+@pytest.mark.skipif(not (SHARED / "ds1000.jsonl.gz").exists(), reason="needs ../shared/data/ds1000.jsonl.gz")
+def test_ds1000_through_the_stage_runs_the_reference_answers_and_reports_libraries(tmp_path, fake_engine,
+                                                                                   monkeypatch):
+    from repro import ds1000
+
+    monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
+    bench = ds1000.load(benchmark_dir=str(SHARED))
+    cfg = EvaluateConfig(benchmark_dir=str(SHARED), models=["base"], benchmarks=["humaneval"], stride=164,
+                         multilingual=["ds1000"], multilingual_stride=300, limit=0)
+    he = evaluate.evalplus_data.load("humaneval", benchmark_dir=str(SHARED)).problems["HumanEval/0"]
+    fake_engine[he["prompt"].strip()] = "    return False\n"
+    for p in bench.problems.values():
+        fake_engine[p["prompt"]] = p["reference_code"] + "\n</code>\n"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    res = evaluate.run(cfg, {"base": (gguf, "completion")}, tmp_path / "eval")
+    x = res["multilingual"]["ds1000"]
+    assert len(x["task_ids"]) == 4 and x["task_ids"][0] == "DS1000/0", x["task_ids"]
+    assert "tensorflow" in x["not_run"]  # not installed here: not run, and said so
+    r = res["models"]["base"]["ds1000"]
+    assert r["base"]["passed"] == 4, (tmp_path / "eval" / "base" / "ds1000" / "verdicts.jsonl").read_text()[:2000]
+    assert sum(v["passed"] for v in r["per_library"].values()) == 4

@@ -1,0 +1,214 @@
+"""MultiPL-E: HumanEval translated to Java, JavaScript, C++, PHP, Swift and Rust, run as MultiPL-E runs it.
+
+Data: the "reworded" files (MultiPL-E's standard variant), `humaneval-<lang>-reworded.jsonl`, in
+`evaluate.benchmark_dir/multipl-e/` (else `$REPRO_BENCHMARK_DIR/multipl-e/`), each checked against
+its sha256 (../shared/data/README.md says where they come from). These are the files Magicoder's
+evaluation used (bigcode-evaluation-harness at the revision it pinned; same problems and counts).
+MultiPL-E's licence forbids training on them: evaluation (and decontamination) only.
+
+Protocol (bigcode-evaluation-harness `multiple.py` + MultiPL-E's `eval_<lang>.py`):
+- the model continues `prompt.strip()` (a completion prompt, for every model);
+- its output is cut at the first of the row's `stop_tokens`;
+- the program is the prompt + that output + "\\n" + the row's `tests`; it passes if it compiles and
+  exits with status 0 (for PHP, a "PHP Parse error" on stdout is a failure whatever the status).
+- Java needs the javatuples jar (every prompt imports org.javatuples) and `-ea` (the tests are
+  `assert` statements); the default Rust edition (2015, no Cargo); C++17 with GCC's bits/stdc++.h.
+
+A language whose toolchain is missing is "not run" with the reason, never scored as 0. Problems
+HumanEval/32, 38 and 50 (and a few more per language) do not translate and are absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from repro import sandbox
+from repro.artifacts import ReproError
+
+TIMEOUT_S = 15.0  # MultiPL-E's per-program limit (its containers' --timeout default), compile included
+JAVATUPLES = ("/usr/share/java/javatuples.jar",)  # Debian's libjavatuples-java (javatuples 1.2)
+
+
+@dataclass(frozen=True)
+class Lang:
+    title: str
+    file: str  # the program's file name
+    sha256: str  # of humaneval-<key>-reworded.jsonl
+    tools: tuple[str, ...]  # commands that must exist
+    install: str  # how to get what is missing, for the "not run" line
+
+
+LANGS = {
+    "java": Lang("Java", "Problem.java", "a38a4fab2136b0b7d03236f2c423d2182b2d4a182edd0fa9639305c3afb733a5",
+                 ("javac", "java"), "apt-get install default-jdk-headless libjavatuples-java"),
+    "js": Lang("JavaScript", "program.js", "47536b7f7a0221586cdecc16c900ff8e7ba7dd60cc4bab3bddbbc4e866e0cef8",
+               ("node",), "apt-get install nodejs"),
+    "cpp": Lang("C++", "program.cpp", "4910aa71c605754136ec9c95efcf458704967d21b3d09ed2a141eaca5a1903a2",
+                ("g++",), "apt-get install g++"),
+    "php": Lang("PHP", "program.php", "588a969eb171a380c4ef4e2dcf461fc2617648bc85c25b2ff497b341c5cc6d86",
+                ("php",), "apt-get install php-cli"),
+    "swift": Lang("Swift", "program.swift", "4de14494655de7d4bf294a5902fe8088839fd2011bde392470ae1ab642b79f8b",
+                  ("swiftc",), "a Swift toolchain from swift.org, not in Debian's registry"),
+    "rs": Lang("Rust", "program.rs", "3e528744b7b6dcbc8054b489f3928b88901386911ba9bcf908b4f2b53c5bcc87",
+               ("rustc",), "rustup, or apt-get install rustc"),
+}
+SUBDIR = "multipl-e"
+SETTING = "evaluate.benchmark_dir"
+
+
+@dataclass
+class Problems:
+    lang: str
+    path: str
+    sha256: str
+    rows: dict[str, dict]  # name (HumanEval_<id>_<entry>) -> row
+
+
+def humaneval_id(name: str) -> int:
+    """HumanEval_23_strlen -> 23: problems are chosen by their HumanEval number in every language."""
+    return int(name.split("_")[1])
+
+
+def find(lang: str, benchmark_dir: str = "") -> Path | None:
+    """Where the language's file is (benchmark_dir, else $REPRO_BENCHMARK_DIR, each + multipl-e/)."""
+    if lang not in LANGS:
+        raise ReproError(f"evaluate.multipl_e_langs: {lang!r} is unknown; choose among {', '.join(LANGS)}")
+    folder = benchmark_dir or os.environ.get("REPRO_BENCHMARK_DIR", "")
+    path = Path(folder) / SUBDIR / f"humaneval-{lang}-reworded.jsonl" if folder else None
+    return path if path is not None and path.is_file() else None
+
+
+def load(lang: str, benchmark_dir: str = "") -> Problems:
+    """One language's problems, checked against the published file's sha256."""
+    path = find(lang, benchmark_dir)
+    folder = benchmark_dir or os.environ.get("REPRO_BENCHMARK_DIR", "")
+    name = f"humaneval-{lang}-reworded.jsonl"
+    if path is None:
+        raise ReproError(f"MultiPL-E {LANGS[lang].title}: {name} not found in "
+                         f"{(Path(folder) / SUBDIR) if folder else '(no folder set)'}; set {SETTING} (or "
+                         "REPRO_BENCHMARK_DIR) to a folder holding multipl-e/ (see ../shared/data/README.md), "
+                         "or leave multipl-e out of evaluate.benchmarks")
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != LANGS[lang].sha256:
+        raise ReproError(f"{path}: sha256 {sha[:16]}… is not the MultiPL-E file we evaluate with "
+                         f"({LANGS[lang].sha256[:16]}…); use the file named in ../shared/data/README.md")
+    rows = {}
+    for line in data.decode("utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rows[r["name"]] = r
+    return Problems(lang, str(path), sha, dict(sorted(rows.items(), key=lambda kv: humaneval_id(kv[0]))))
+
+
+def missing_tools(lang: str) -> str:
+    """'' if the language can run here, else why not (for the "not run" line)."""
+    need = [t for t in LANGS[lang].tools if shutil.which(t) is None]
+    if lang == "java" and not need and not any(os.path.isfile(j) for j in JAVATUPLES):
+        need = ["the javatuples jar"]
+    if need:
+        return f"{', '.join(need)} not installed: {LANGS[lang].install}"
+    return ""
+
+
+def prompt_of(row: dict) -> str:
+    return row["prompt"].strip()  # bigcode-evaluation-harness strips it
+
+
+def cut(row: dict, completion: str) -> str:
+    """The completion up to the first stop token (MultiPL-E's stop_at_stop_token)."""
+    ends = [i for s in row["stop_tokens"] if (i := completion.find(s)) != -1]
+    return completion[:min(ends)] if ends else completion
+
+
+def program(row: dict, completion: str) -> str:
+    return prompt_of(row) + cut(row, completion) + "\n" + row["tests"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one program
+
+
+def _command(lang: str) -> tuple[list[str], dict, tuple[str, ...]]:
+    """(argv, sandbox limits, folders to show). A compile error exits with status 3, so that the
+    verdict can say so (MultiPL-E's "SyntaxError"/"CompileError" statuses)."""
+    limits = dict(mem_bytes=4 << 30, nproc=256, nofile=256)
+    if lang == "java":
+        javac, show = sandbox.tool("javac")
+        java, _ = sandbox.tool("java")
+        jar = next(j for j in JAVATUPLES if os.path.isfile(j))
+        jvm = "-J-Xmx512m -J-XX:-UsePerfData"
+        script = (f"{javac} {jvm} -encoding UTF8 -cp {jar} -d out Problem.java || exit 3; "
+                  f"exec {java} -Xmx512m -XX:-UsePerfData -ea -cp out:{jar} Problem")
+        return ["/bin/sh", "-c", script], {**limits, "mem_bytes": None}, show + (os.path.dirname(jar),)
+    if lang == "js":
+        node, show = sandbox.tool("node")
+        return [node, "--max-old-space-size=512", "program.js"], {**limits, "mem_bytes": None}, show
+    if lang == "cpp":
+        gpp, show = sandbox.tool("g++")
+        return ["/bin/sh", "-c", f"{gpp} -std=c++17 -o program program.cpp || exit 3; exec ./program"], limits, show
+    if lang == "php":
+        php, show = sandbox.tool("php")
+        return [php, "program.php"], limits, show
+    if lang == "rs":
+        rustc, show = sandbox.tool("rustc")
+        return ["/bin/sh", "-c", f"{rustc} -o program program.rs || exit 3; exec ./program"], limits, show
+    if lang == "swift":
+        swiftc, show = sandbox.tool("swiftc")
+        return ["/bin/sh", "-c", f"{swiftc} -o program program.swift || exit 3; exec ./program"], limits, show
+    raise ValueError(lang)
+
+
+def run_program(lang: str, code: str, timeout_s: float = TIMEOUT_S) -> dict:
+    """{"status": pass|fail|timeout, "reason": ...} for one whole program."""
+    argv, limits, show = _command(lang)
+    r = sandbox.run(argv, files={LANGS[lang].file: code.encode("utf-8")}, timeout_s=timeout_s, show=show, **limits)
+    if r.status == "timeout":
+        return {"status": "timeout", "reason": f"past the {timeout_s:g} s limit"}
+    if lang == "php" and "PHP Parse error" in r.output:
+        return {"status": "fail", "reason": "syntax error: " + _first_line(r.output, "Parse error")}
+    if r.status == "passed":
+        return {"status": "pass", "reason": ""}
+    if r.returncode == 3 and lang in ("java", "cpp", "rs", "swift"):
+        return {"status": "fail", "reason": "compile error: " + _first_line(r.output, "error")}
+    if r.returncode is not None and r.returncode < 0:  # undefined behaviour (a missing return) often ends here
+        return {"status": "fail", "reason": f"killed by signal {-r.returncode}: " + _first_line(r.output, "ssert")}
+    return {"status": "fail", "reason": f"exit status {r.returncode}: " + _first_line(r.output, "rror")}
+
+
+def _first_line(output: str, word: str) -> str:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return next((ln for ln in lines if word in ln), lines[0] if lines else "no output")[:200]
+
+
+def judge(problems: Problems, completions: dict[str, str], workers: int = 0,
+          progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """Verdicts for {name: completion}, in parallel sandboxed runs: {name: {status, reason, program}}."""
+    names = list(completions)
+    out: dict[str, dict] = {}
+
+    def one(name):
+        code = program(problems.rows[name], completions[name])
+        return name, {**run_program(problems.lang, code), "program": code}
+
+    with ThreadPoolExecutor(workers if workers > 0 else (os.cpu_count() or 1)) as pool:
+        for done, (name, v) in enumerate(pool.map(one, names), 1):
+            out[name] = v
+            if progress:
+                progress(done, len(names))
+    return {n: out[n] for n in names}
+
+
+def select(problems: Problems, stride: int = 1, limit: int = 0) -> list[str]:
+    """Every `stride`-th HumanEval number (the same numbers in every language), at most `limit`."""
+    names = [n for n in problems.rows if humaneval_id(n) % stride == 0]
+    return names[:limit] if limit else names
+
+
