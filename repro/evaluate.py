@@ -387,8 +387,12 @@ def judge_multilingual(name: str, x: dict, answers: dict[str, str], d: Path, cfg
             tick(len(ids), len(ids))
     d.mkdir(parents=True, exist_ok=True)
     _write_jsonl(d / "verdicts.jsonl", [{"task_id": t, "answer": answers[t], **verdicts[t]} for t in ids])
+    # DS-1000 problems whose own test cannot run here (ds1000.py: "not run") are left out, not failed.
+    not_run = [t for t in ids if verdicts[t]["status"] == "not run"]
+    ids = [t for t in ids if verdicts[t]["status"] != "not run"]
     passed = [verdicts[t]["status"] == "pass" for t in ids]
-    out = {"n": len(ids), "base": _rate(passed), "timeouts": sum(verdicts[t]["status"] == "timeout" for t in ids)}
+    out = {"n": len(ids), "base": _rate(passed), "timeouts": sum(verdicts[t]["status"] == "timeout" for t in ids),
+           "not_run": len(not_run)}
     if name == "ds1000":
         libs: dict[str, list[bool]] = {}
         for t, ok in zip(ids, passed):

@@ -348,7 +348,7 @@ def test_the_problems_of_a_missing_library_are_reported_not_run(bench, subset_ve
 
 
 # ---------------------------------------------------------------------------------------------
-# The full self-test (about 18 minutes on 2 busy cores; `-m "not slow"` leaves it out).
+# The full self-test (10-18 minutes on 2 cores, by load; `-m "not slow"` leaves it out).
 
 
 @needs_data
