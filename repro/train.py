@@ -630,7 +630,8 @@ def train_loop(model, examples: list[Example], cfg: TrainConfig, log=None, progr
         if ckpt_dir is not None and cfg.save_every and step % cfg.save_every == 0 and step < total:
             save_checkpoint(ckpt_dir, fp, step, model, opt, sched, rng, order, losses)
         if progress:
-            progress.update(task, advance=1, description=f"train (loss {row['loss']:.3f})")
+            progress.update(task, advance=1, description=f"train (loss {row['loss']:.3f}, "
+                                                         f"{row['tokens_per_second']:.0f} tok/s)")
         if after_step:
             after_step(step)
     elapsed = time.perf_counter() - t_start
