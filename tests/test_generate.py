@@ -229,7 +229,9 @@ def test_bad_generate_input_is_one_line_and_writes_nothing(tmp_path, sets, words
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     for w in words:
         assert w in lines[0]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["seeds.parquet"]
+    # Nothing but the command's own log, which keeps the error line.
+    assert sorted(p.name for p in run_dir.iterdir()) == ["log.txt", "seeds.parquet"]
+    assert lines[0] in (run_dir / "log.txt").read_text()
 
 
 def test_a_truncated_model_file_is_one_line(tmp_path):
