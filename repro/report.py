@@ -726,7 +726,12 @@ def sec_multilingual(r: _Run) -> list:
         out.append(("p", "**DS-1000** (data-science problems, run with each problem's own test context; completion "
                          "for the base student, Magicoder's instruction split for the others): pass@1 per library "
                          "over the problems evaluated. "
-                         + (f"Not run here: {ds['not_run']}." if ds.get("not_run") else "")))
+                         + (f"Not run here: {ds['not_run']}. " if ds.get("not_run") else "")
+                         + (f"Of the {ds.get('n')} problems chosen, {left} have a test that fails here before it "
+                            "judges anything (an API our library versions no longer have, or a download): they are "
+                            "left out of pass@1, not counted as failures."
+                            if (left := max([(ev["models"][m].get("ds1000") or {}).get("not_run", 0) for m in models]
+                                            or [0])) else "")))
         libs = sorted({lib for m in models for lib in (ev["models"][m].get("ds1000") or {}).get("per_library", {})})
         rows = []
         for lib in libs + ["all"]:
