@@ -89,20 +89,10 @@ def write_seeds(path: Path, snippets: list[str]) -> Path:
 
 
 def small_gguf(path: Path) -> Path:
-    """A small, valid GGUF model file (two tensors): the start of the damaged ones below."""
-    import gguf
-    import numpy as np
+    """A small, valid GGUF model file (two 64 x 64 tensors, so that cutting 4 KiB cuts tensor data)."""
+    from test_export import write_gguf
 
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_type("model")
-    w.add_token_list(["<s>", "a", "b"])
-    for i in range(2):
-        w.add_tensor(f"t{i}", np.arange(4096, dtype=np.float32).reshape(64, 64))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_gguf(path, side=64)
 
 
 DAMAGE = {

@@ -102,7 +102,9 @@ def test_a_cache_without_the_lora_converter_is_fetched_again_keeping_only_the_co
 # GGUF files that are not models
 
 
-def _write_gguf(path: Path, general_type: str = "model", tensors: int = 2) -> Path:
+def write_gguf(path: Path, general_type: str = "model", tensors: int = 2, side: int = 8) -> Path:
+    """A small valid GGUF file of `general_type` with `tensors` side x side float32 tensors
+    (tests/test_bad_input.py damages one)."""
     import gguf
     import numpy as np
 
@@ -111,7 +113,7 @@ def _write_gguf(path: Path, general_type: str = "model", tensors: int = 2) -> Pa
     w.add_token_list(["<s>", "a", "b"])  # an array of strings, as a vocabulary is
     w.add_token_scores([0.0, -1.0, -2.0])
     for i in range(tensors):
-        w.add_tensor(f"t{i}", np.arange(64, dtype=np.float32).reshape(8, 8))
+        w.add_tensor(f"t{i}", np.arange(side * side, dtype=np.float32).reshape(side, side))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -120,7 +122,7 @@ def _write_gguf(path: Path, general_type: str = "model", tensors: int = 2) -> Pa
 
 
 def test_a_small_valid_model_gguf_passes(tmp_path):
-    check_gguf(_write_gguf(tmp_path / "m.gguf"), "x")
+    check_gguf(write_gguf(tmp_path / "m.gguf"), "x")
 
 
 def _cut(n):
@@ -135,7 +137,7 @@ def _cut(n):
     (_cut(-8), ["truncated GGUF", "its tensors need"]),
 ], ids=["bad-magic", "empty", "version-1", "cut-in-header", "cut-in-data"])
 def test_a_damaged_gguf_is_one_line(tmp_path, damage, words):
-    good = _write_gguf(tmp_path / "good.gguf").read_bytes()
+    good = write_gguf(tmp_path / "good.gguf").read_bytes()
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(damage(good))
     with pytest.raises(ReproError) as e:
@@ -148,18 +150,18 @@ def test_a_damaged_gguf_is_one_line(tmp_path, damage, words):
 
 def test_a_lora_adapter_gguf_is_not_a_model(tmp_path):
     with pytest.raises(ReproError) as e:
-        check_gguf(_write_gguf(tmp_path / "a.gguf", general_type="adapter"), "x")
+        check_gguf(write_gguf(tmp_path / "a.gguf", general_type="adapter"), "x")
     assert "a LoRA adapter GGUF (general.type=adapter), not a model" in one_line(e)
 
 
 def test_a_gguf_without_tensors_is_not_a_model(tmp_path):
     with pytest.raises(ReproError) as e:
-        check_gguf(_write_gguf(tmp_path / "v.gguf", tensors=0), "x")
+        check_gguf(write_gguf(tmp_path / "v.gguf", tensors=0), "x")
     assert "no tensors" in one_line(e)
 
 
 def test_export_refuses_an_adapter_gguf_as_the_student_before_any_work(tmp_path):
-    adapter = _write_gguf(tmp_path / "a.gguf", general_type="adapter")
+    adapter = write_gguf(tmp_path / "a.gguf", general_type="adapter")
     with pytest.raises(ReproError) as e:
         export.run(ExportConfig(), str(adapter), tmp_path / "adapter", tmp_path / "m.gguf", tmp_path / "work")
     assert one_line(e).startswith(f"train.student={adapter}: a LoRA adapter GGUF")
@@ -167,7 +169,7 @@ def test_export_refuses_an_adapter_gguf_as_the_student_before_any_work(tmp_path)
 
 
 def test_the_cli_says_it_in_one_line(tmp_path):
-    adapter = _write_gguf(tmp_path / "a.gguf", general_type="adapter")
+    adapter = write_gguf(tmp_path / "a.gguf", general_type="adapter")
     r = subprocess.run([sys.executable, "-m", "repro.cli", "generate", "--profile", "smoke", "--set",
                         f"generate.teacher={adapter}", "--run-dir", str(tmp_path / "run")],
                        capture_output=True, text=True)
