@@ -1,4 +1,3 @@
-import time
 from dataclasses import replace
 from pathlib import Path
 
