@@ -154,17 +154,22 @@ def _parse(name: str, sha: str, raw: bytes) -> dict[str, dict]:
 
 def _fetch(rel: Release) -> Path:
     """Download the release file into the cache, verified before it takes the final name."""
-    out = _cache_folder() / rel.file_name
+    return fetch_file(rel.url, rel.sha256, _cache_folder() / rel.file_name, f"{rel.title} {rel.version}",
+                      f"{rel.setting} or {DIR_SETTING}")
+
+
+def fetch_file(url: str, sha256: str, out: Path, title: str, settings: str) -> Path:
+    """Download `url` to `out` (written only once its sha256 is `sha256`); one line on failure."""
     try:
-        with urllib.request.urlopen(rel.url, timeout=FETCH_TIMEOUT_S) as r:
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as r:
             raw = r.read()
     except OSError as e:
-        raise ReproError(f"evaluate.fetch: cannot download {rel.url} ({type(e).__name__}: {str(e)[:200]}); "
-                         f"give the file with {rel.setting} or {DIR_SETTING}") from None
+        raise ReproError(f"evaluate.fetch: cannot download {url} ({type(e).__name__}: {str(e)[:200]}); "
+                         f"give the file with {settings}") from None
     sha = hashlib.sha256(raw).hexdigest()
-    if sha != rel.sha256:
-        raise ReproError(f"{rel.url}: sha256 {sha[:12]}… is not {rel.title} {rel.version}'s {rel.sha256[:12]}…; "
-                         f"give the release file with {rel.setting} (see ../shared/data/README.md)")
+    if sha != sha256:
+        raise ReproError(f"{url}: sha256 {sha[:12]}… is not {title}'s {sha256[:12]}…; "
+                         f"give the file with {settings} (see ../shared/data/README.md)")
     with atomic_path(out) as tmp:
         tmp.write_bytes(raw)
     return out

@@ -33,11 +33,10 @@ paired-bootstrap intervals of each difference between models.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
-from repro import evalplus_data, multipl_e
+from repro import ds1000, evalplus_data, multipl_e
 from repro.artifacts import DATA_DIR, ReproError, append_jsonl, fingerprint, read_jsonl, repair_jsonl, \
     sha256_file, write_json, write_text
 from repro.config import EvaluateConfig
@@ -71,7 +70,6 @@ def build_request(bench: str, problem: dict, style: str) -> dict:
     if bench.startswith("multipl-e/"):  # completion for every model, cut at the row's own stops
         return {"prompt": multipl_e.prompt_of(problem), "stop": problem["stop_tokens"], "head": ""}
     if bench == "ds1000":  # as Magicoder: completion for a base model, else its instruction split
-        from repro import ds1000
         if style == "completion":
             text, stop = ds1000.completion_prompt(problem)
             return {"prompt": text, "stop": stop, "head": ""}
@@ -313,14 +311,15 @@ def multilingual_sets(cfg: EvaluateConfig, probe: bool = True) -> dict[str, dict
                          "(or [] for none)")
     if "multipl-e" in cfg.multilingual:
         for lang in cfg.multipl_e_langs:
-            if not multipl_e.find(lang, cfg.benchmark_dir):  # no data here: not run, never an error
+            if not multipl_e.find(lang, cfg.benchmark_dir, cfg.fetch):  # no data here: not run, never an error
                 out[f"multipl-e/{lang}"] = {
                     "title": f"MultiPL-E {multipl_e.LANGS[lang].title}", "path": "", "sha256": "", "of": 0, "n": 0,
                     "task_ids": [], "subset": "", "problems": {}, "ref": None,
                     "not_run": f"humaneval-{lang}-reworded.jsonl not found: set evaluate.benchmark_dir (or "
-                               "REPRO_BENCHMARK_DIR) to a folder holding multipl-e/ (../shared/data/README.md)"}
+                               "REPRO_BENCHMARK_DIR) to a folder holding multipl-e/ (../shared/data/README.md), "
+                               "or evaluate.fetch=true online"}
                 continue
-            p = multipl_e.load(lang, cfg.benchmark_dir)
+            p = multipl_e.load(lang, cfg.benchmark_dir, cfg.fetch)
             problems = {n: {**row, "task_id": n} for n, row in p.rows.items()}
             why = multipl_e.missing_tools(lang)
             ids = [] if why else multipl_e.select(p, stride, cfg.limit)
@@ -330,17 +329,13 @@ def multilingual_sets(cfg: EvaluateConfig, probe: bool = True) -> dict[str, dict
                 "subset": "not run" if why else _stride_note(len(p.rows), len(ids), stride, cfg.limit,
                                                              "HumanEval number"),
                 "problems": problems, "ref": SimpleNamespace(sha256=p.sha256)}
-    folder = cfg.benchmark_dir or os.environ.get("REPRO_BENCHMARK_DIR", "")
-    if "ds1000" in cfg.multilingual and not any((Path(folder) / f).is_file() for f in ("ds1000.jsonl.gz", "ds1000.jsonl")
-                                                if folder):
+    if "ds1000" in cfg.multilingual and not ds1000.find(cfg.benchmark_dir, cfg.fetch):
         out["ds1000"] = {"title": "DS-1000", "path": "", "sha256": "", "of": 0, "n": 0, "task_ids": [], "subset": "",
                          "problems": {}, "ref": None,
                          "not_run": "ds1000.jsonl.gz not found: set evaluate.benchmark_dir (or REPRO_BENCHMARK_DIR) "
-                                    "to its folder (../shared/data/README.md)"}
+                                    "to its folder (../shared/data/README.md), or evaluate.fetch=true online"}
     elif "ds1000" in cfg.multilingual:
-        from repro import ds1000
-
-        d = ds1000.load(benchmark_dir=cfg.benchmark_dir)
+        d = ds1000.load(benchmark_dir=cfg.benchmark_dir, fetch=cfg.fetch)
         problems = d.problems
         ids, why = list(problems), {}
         if probe:  # which libraries import here (tensorflow does not): the others' problems run
@@ -378,8 +373,6 @@ def judge_multilingual(name: str, x: dict, answers: dict[str, str], d: Path, cfg
         p = multipl_e.Problems(name.split("/", 1)[1], x["path"], x["sha256"], x["problems"])
         verdicts = multipl_e.judge(p, {t: answers[t] for t in ids}, workers=cfg.workers, progress=tick)
     else:
-        from repro import ds1000
-
         samples = [{"task_id": t, "solution": ds1000.postprocess(answers[t])} for t in ids]
         vs = ds1000.judge(x["problems"], samples, workers=cfg.workers)
         verdicts = {v.task_id: {"status": v.status, "reason": v.reason, "seconds": v.seconds} for v in vs}

@@ -1,8 +1,9 @@
 """MultiPL-E: HumanEval translated to Java, JavaScript, C++, PHP, Swift and Rust, run as MultiPL-E runs it.
 
 Data: the "reworded" files (MultiPL-E's standard variant), `humaneval-<lang>-reworded.jsonl`, in
-`evaluate.benchmark_dir/multipl-e/` (else `$REPRO_BENCHMARK_DIR/multipl-e/`), each checked against
-its sha256 (../shared/data/README.md says where they come from). These are the files Magicoder's
+`evaluate.benchmark_dir/multipl-e/` (else `$REPRO_BENCHMARK_DIR/multipl-e/`), else the cache, else
+downloaded from MultiPL-E's repository at the commit they come from (`evaluate.fetch=true`), each
+checked against its sha256 (../shared/data/README.md says where they come from). These are the files Magicoder's
 evaluation used (bigcode-evaluation-harness at the revision it pinned; same problems and counts).
 MultiPL-E's licence forbids training on them: evaluation (and decontamination) only.
 
@@ -60,6 +61,9 @@ LANGS = {
                ("rustc",), "rustup, or apt-get install rustc"),
 }
 SUBDIR = "multipl-e"
+# The same files at the MultiPL-E commit they come from (../shared/data/README.md), for evaluate.fetch.
+URL = ("https://raw.githubusercontent.com/nuprl/MultiPL-E/7bc20f22f27ebd353b07586695a2a9e3740cfcf8/prompts/"
+       "humaneval-{lang}-reworded.jsonl")
 SETTING = "evaluate.benchmark_dir"
 
 
@@ -76,25 +80,34 @@ def humaneval_id(name: str) -> int:
     return int(name.split("_")[1])
 
 
-def find(lang: str, benchmark_dir: str = "") -> Path | None:
-    """Where the language's file is (benchmark_dir, else $REPRO_BENCHMARK_DIR, each + multipl-e/)."""
+def find(lang: str, benchmark_dir: str = "", fetch: bool = False) -> Path | None:
+    """Where the language's file is: benchmark_dir (else $REPRO_BENCHMARK_DIR) + multipl-e/, else the
+    cache, else downloaded there when `fetch` (checked against its sha256 before it is kept)."""
+    from repro.evalplus_data import _cache_folder, fetch_file
+
     if lang not in LANGS:
         raise ReproError(f"evaluate.multipl_e_langs: {lang!r} is unknown; choose among {', '.join(LANGS)}")
     folder = benchmark_dir or os.environ.get("REPRO_BENCHMARK_DIR", "")
-    path = Path(folder) / SUBDIR / f"humaneval-{lang}-reworded.jsonl" if folder else None
-    return path if path is not None and path.is_file() else None
+    name = f"humaneval-{lang}-reworded.jsonl"
+    for path in ([Path(folder) / SUBDIR / name] if folder else []) + [_cache_folder() / SUBDIR / name]:
+        if path.is_file():
+            return path
+    if fetch:
+        return fetch_file(URL.format(lang=lang), LANGS[lang].sha256, _cache_folder() / SUBDIR / name,
+                          f"MultiPL-E {LANGS[lang].title}", SETTING)
+    return None
 
 
-def load(lang: str, benchmark_dir: str = "") -> Problems:
+def load(lang: str, benchmark_dir: str = "", fetch: bool = False) -> Problems:
     """One language's problems, checked against the published file's sha256."""
-    path = find(lang, benchmark_dir)
+    path = find(lang, benchmark_dir, fetch)
     folder = benchmark_dir or os.environ.get("REPRO_BENCHMARK_DIR", "")
     name = f"humaneval-{lang}-reworded.jsonl"
     if path is None:
         raise ReproError(f"MultiPL-E {LANGS[lang].title}: {name} not found in "
                          f"{(Path(folder) / SUBDIR) if folder else '(no folder set)'}; set {SETTING} (or "
                          "REPRO_BENCHMARK_DIR) to a folder holding multipl-e/ (see ../shared/data/README.md), "
-                         "or leave multipl-e out of evaluate.benchmarks")
+                         "fetch it online (evaluate.fetch=true), or leave multipl-e out of evaluate.multilingual")
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     if sha != LANGS[lang].sha256:

@@ -108,11 +108,13 @@ def test_a_file_with_another_hash_is_one_line_naming_the_setting(tmp_path, monke
         ds1000.load()
 
 
-def test_a_missing_file_is_one_line_naming_the_setting_and_the_fix(tmp_path):
+def test_a_missing_file_is_one_line_naming_the_setting_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("REPRO_BENCHMARK_DIR", raising=False)
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))  # nothing cached either
     cases = [({"path": str(tmp_path / "nope.jsonl.gz")}, "evaluate.ds1000_path=.*: no such file"),
              ({"benchmark_dir": str(tmp_path / "nope")}, "evaluate.benchmark_dir=.* is not a directory"),
-             ({"benchmark_dir": str(tmp_path)}, "no ds1000.jsonl.gz in .*; put it there or set evaluate.ds1000_path"),
-             ({}, "no file given; set evaluate.ds1000_path")]
+             ({"benchmark_dir": str(tmp_path)}, "no ds1000.jsonl.gz found; set evaluate.benchmark_dir"),
+             ({}, "no ds1000.jsonl.gz found; .*or fetch it online \\(evaluate.fetch=true\\)")]
     for kwargs, pattern in cases:
         with pytest.raises(ReproError, match=pattern) as e:
             ds1000.load(**kwargs)

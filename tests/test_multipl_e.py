@@ -115,3 +115,41 @@ def test_completions_are_cut_at_the_first_stop_token():
     row = {"prompt": "  int f() {\n", "stop_tokens": ["\n}", "\n//"], "tests": "}\nint main() {}"}
     assert me.cut(row, "\n  return 1;\n}\nint g() {}") == "\n  return 1;"
     assert me.program(row, "\n  return 1;\n// more\n}") == "int f() {\n  return 1;\n}\nint main() {}"
+
+
+@needs_data
+def test_fetch_downloads_checks_and_caches_the_file(tmp_path, monkeypatch):
+    """evaluate.fetch=true, against a loopback server standing in for MultiPL-E's repository: the
+    file is kept only when its sha256 is right, then found in the cache without the network."""
+    import functools
+    import http.server
+    import threading
+
+    from repro import ds1000
+
+    served = tmp_path / "served"
+    (served / "me").mkdir(parents=True)
+    (served / "me" / "humaneval-js-reworded.jsonl").write_bytes((SHARED / "multipl-e" / "humaneval-js-reworded.jsonl")
+                                                                .read_bytes())
+    (served / "me" / "humaneval-cpp-reworded.jsonl").write_text('{"name": "HumanEval_0_x"}\n')  # another file
+    (served / "ds1000.jsonl.gz").write_bytes((SHARED / "ds1000.jsonl.gz").read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    monkeypatch.setattr(me, "URL", base + "/me/humaneval-{lang}-reworded.jsonl")
+    monkeypatch.setattr(ds1000, "URL", base + "/ds1000.jsonl.gz")
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("REPRO_BENCHMARK_DIR", raising=False)
+    try:
+        assert me.find("js") is None  # no folder, nothing cached, no fetch
+        p = me.load("js", fetch=True)
+        assert len(p.rows) == 161 and Path(p.path).is_relative_to(tmp_path / "cache")
+        with pytest.raises(ReproError, match="sha256"):
+            me.load("cpp", fetch=True)
+        assert not list((tmp_path / "cache").rglob("*cpp*"))  # a wrong file is not kept
+        assert len(ds1000.load(fetch=True).problems) == 1000
+    finally:
+        srv.shutdown()
+    assert me.load("js").sha256 == me.LANGS["js"].sha256  # from the cache, the server gone
+    assert ds1000.find()[0].is_relative_to(tmp_path / "cache")
