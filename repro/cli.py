@@ -195,15 +195,13 @@ def run_stage(stage: str, cfg: config_mod.Config, run: RunDir, console, progress
             raise ReproError(f"{run / name} is missing; run `repro {prev} --profile {cfg.profile}` first "
                              f"(or `repro run --profile {cfg.profile}`)")
     input_digests = {name: digest(run / name) for name in inputs}
-    for name, d in input_digests.items():
-        # An input its own stage did not finish (a killed generate leaves a partial pairs.jsonl) is
-        # used, since users may bring their own inputs, but not silently.
-        maker = PRODUCER.get(name)
-        m = run.manifest(maker) if maker else None
-        if maker and (m is None or m.get("outputs", {}).get(name) != d):
-            console.print(f"[yellow]note[/]: {run / name} was not finished by `repro {maker}` (an interrupted "
-                          f"or outside input); rerun `repro {maker} --profile {cfg.profile}` to complete it",
-                          soft_wrap=True)
+    # An input its own stage did not finish (a killed generate leaves a partial pairs.jsonl) is
+    # used, since users may bring their own inputs, but not silently: a note once the stage is done
+    # (before, it would make a failing stage's one error line two).
+    unfinished = [f"[yellow]note[/]: {run / name} was not finished by `repro {maker}` (an interrupted or outside "
+                  f"input); rerun `repro {maker} --profile {cfg.profile}` to complete it"
+                  for name, d in input_digests.items() if (maker := PRODUCER.get(name))
+                  and (run.manifest(maker) or {}).get("outputs", {}).get(name) != d]
     fp = fingerprint(stage, settings, input_digests)
     if not force and run.is_done(stage, fp, outputs):
         console.print(f"[dim]↷ {stage}: up to date, skipped[/]")
@@ -219,6 +217,8 @@ def run_stage(stage: str, cfg: config_mod.Config, run: RunDir, console, progress
     seconds = time.perf_counter() - t0
     run.write_manifest(stage, fp, settings, input_digests, outputs, stats, seconds)
     console.print(f"[green]✓[/] {stage} ({seconds:.1f} s): {summary(stage, stats)}")
+    for note in unfinished:
+        console.print(note, soft_wrap=True)
     return stats
 
 
