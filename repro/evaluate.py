@@ -118,14 +118,16 @@ def select(problems: dict[str, dict], cfg: EvaluateConfig) -> list[str]:
     return ids[: cfg.limit] if cfg.limit else ids
 
 
-def subset_note(n_all: int, ids: list[str], cfg: EvaluateConfig) -> str:
-    if len(ids) == n_all:
+def subset_note(n_all: int, n: int, stride: int, limit: int, unit: str = "problem",
+                order: str = "in task order") -> str:
+    """How `n` of `n_all` problems were chosen: every `stride`-th, at most `limit`."""
+    if n == n_all:
         return "all"
-    if cfg.stride > 1:
-        how = f"one problem in every {cfg.stride}, in task order" + (f", the first {cfg.limit} of them" if cfg.limit else "")
+    if stride > 1:
+        how = f"one {unit} in every {stride}, {order}" + (f", the first {limit} of them" if limit else "")
     else:
-        how = f"the first {cfg.limit} in task order"
-    return f"{len(ids)} of {n_all}: {how}"
+        how = f"the first {limit} {order}"
+    return f"{n} of {n_all}: {how}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +230,8 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path,
                "sandbox": isolation(),  # how contained the programs were (repro/sandbox.py)
                "benchmarks": {b: {"version": x.version, "sha256": x.sha256, "path": x.path, "plus": x.plus,
                                   "note": x.note, "n": len(chosen[b]), "of": len(x.problems),
-                                  "subset": subset_note(len(x.problems), chosen[b], cfg), "task_ids": chosen[b]}
+                                  "subset": subset_note(len(x.problems), len(chosen[b]), cfg.stride, cfg.limit),
+                                  "task_ids": chosen[b]}
                               for b, x in benches.items()},
                "multilingual": {}, "models": {}, "comparisons": []}
     extra = multilingual_sets(cfg)
@@ -312,12 +315,10 @@ def multilingual_sets(cfg: EvaluateConfig, probe: bool = True) -> dict[str, dict
     if "multipl-e" in cfg.multilingual:
         for lang in cfg.multipl_e_langs:
             if not multipl_e.find(lang, cfg.benchmark_dir, cfg.fetch):  # no data here: not run, never an error
-                out[f"multipl-e/{lang}"] = {
-                    "title": f"MultiPL-E {multipl_e.LANGS[lang].title}", "path": "", "sha256": "", "of": 0, "n": 0,
-                    "task_ids": [], "subset": "", "problems": {}, "ref": None,
-                    "not_run": f"humaneval-{lang}-reworded.jsonl not found: set evaluate.benchmark_dir (or "
-                               "REPRO_BENCHMARK_DIR) to a folder holding multipl-e/ (../shared/data/README.md), "
-                               "or evaluate.fetch=true online"}
+                out[f"multipl-e/{lang}"] = _not_found(
+                    f"MultiPL-E {multipl_e.LANGS[lang].title}",
+                    f"humaneval-{lang}-reworded.jsonl not found: set evaluate.benchmark_dir (or REPRO_BENCHMARK_DIR) "
+                    "to a folder holding multipl-e/ (../shared/data/README.md), or evaluate.fetch=true online")
                 continue
             p = multipl_e.load(lang, cfg.benchmark_dir, cfg.fetch)
             problems = {n: {**row, "task_id": n} for n, row in p.rows.items()}
@@ -326,14 +327,13 @@ def multilingual_sets(cfg: EvaluateConfig, probe: bool = True) -> dict[str, dict
             out[f"multipl-e/{lang}"] = {
                 "title": f"MultiPL-E {multipl_e.LANGS[lang].title}", "path": p.path, "sha256": p.sha256,
                 "of": len(p.rows), "n": len(ids), "task_ids": ids, "not_run": why,
-                "subset": "not run" if why else _stride_note(len(p.rows), len(ids), stride, cfg.limit,
-                                                             "HumanEval number"),
+                "subset": "not run" if why else subset_note(len(p.rows), len(ids), stride, cfg.limit,
+                                                            "HumanEval number", "the same in every language"),
                 "problems": problems, "ref": SimpleNamespace(sha256=p.sha256)}
     if "ds1000" in cfg.multilingual and not ds1000.find(cfg.benchmark_dir, cfg.fetch):
-        out["ds1000"] = {"title": "DS-1000", "path": "", "sha256": "", "of": 0, "n": 0, "task_ids": [], "subset": "",
-                         "problems": {}, "ref": None,
-                         "not_run": "ds1000.jsonl.gz not found: set evaluate.benchmark_dir (or REPRO_BENCHMARK_DIR) "
-                                    "to its folder (../shared/data/README.md), or evaluate.fetch=true online"}
+        out["ds1000"] = _not_found("DS-1000", "ds1000.jsonl.gz not found: set evaluate.benchmark_dir (or "
+                                              "REPRO_BENCHMARK_DIR) to its folder (../shared/data/README.md), or "
+                                              "evaluate.fetch=true online")
     elif "ds1000" in cfg.multilingual:
         d = ds1000.load(benchmark_dir=cfg.benchmark_dir, fetch=cfg.fetch)
         problems = d.problems
@@ -351,15 +351,16 @@ def multilingual_sets(cfg: EvaluateConfig, probe: bool = True) -> dict[str, dict
         out["ds1000"] = {"title": "DS-1000", "path": d.path, "sha256": d.sha256, "of": len(problems),
                          "n": len(chosen), "task_ids": chosen,
                          "not_run": "; ".join(f"{k} ({v} problems)" for k, v in skipped.items()),
-                         "subset": _stride_note(len(ids), len(chosen), stride, cfg.limit, "problem that runs here"),
+                         "subset": subset_note(len(ids), len(chosen), stride, cfg.limit, "problem",
+                                               "of those that run here"),
                          "problems": problems, "ref": SimpleNamespace(sha256=d.sha256)}
     return out
 
 
-def _stride_note(n_all: int, n: int, stride: int, limit: int, unit: str) -> str:
-    if n == n_all:
-        return "all"
-    return f"{n} of {n_all}: every {stride}th {unit}" + (f", the first {limit}" if limit else "")
+def _not_found(title: str, why: str) -> dict:
+    """A benchmark whose file is not here: not run, with why (never an error, never a zero)."""
+    return {"title": title, "path": "", "sha256": "", "of": 0, "n": 0, "task_ids": [], "subset": "", "problems": {},
+            "ref": None, "not_run": why}
 
 
 def judge_multilingual(name: str, x: dict, answers: dict[str, str], d: Path, cfg: EvaluateConfig, progress,

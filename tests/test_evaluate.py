@@ -62,10 +62,10 @@ def test_every_nth_problem_is_chosen_and_stated():
     cfg = EvaluateConfig(stride=3)
     ids = evaluate.select(problems, cfg)
     assert ids == ["T/0", "T/3", "T/6", "T/9"]
-    assert evaluate.subset_note(10, ids, cfg) == "4 of 10: one problem in every 3, in task order"
-    assert evaluate.subset_note(10, ["T/0", "T/1"], EvaluateConfig(limit=2)) == "2 of 10: the first 2 in task order"
+    assert evaluate.subset_note(10, len(ids), cfg.stride, cfg.limit) == "4 of 10: one problem in every 3, in task order"
+    assert evaluate.subset_note(10, 2, 1, 2) == "2 of 10: the first 2 in task order"
     assert evaluate.select(problems, EvaluateConfig(limit=2)) == ["T/0", "T/1"]
-    assert evaluate.subset_note(10, list(problems), EvaluateConfig()) == "all"
+    assert evaluate.subset_note(10, len(problems), 1, 0) == "all"
 
 
 # ---------------------------------------------------------------------------------------------
