@@ -18,7 +18,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # them beside the checkout is used when there is one (see README, "Benchmark data").
 export REPRO_BENCHMARK_DIR ?= $(abspath $(wildcard ../shared/data))
 
-.PHONY: setup toolchains reproduce test doctor clean-runs
+.PHONY: setup toolchains reproduce ablate test doctor clean-runs
 
 setup: $(STAMP)
 
@@ -47,6 +47,11 @@ toolchains:
 
 reproduce: setup
 	$(BIN)/repro run --profile $(PROFILE)
+
+# Beyond the paper: the four variants (oss, +validated, +evol, +validated+evol) trained at equal
+# training-set size and compared (runs/$(PROFILE)-ablation/ablation.md); reuses runs/$(PROFILE)/.
+ablate: setup
+	$(BIN)/repro ablate --profile $(PROFILE)
 
 test: setup
 	$(BIN)/python -m pytest

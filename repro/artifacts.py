@@ -170,9 +170,11 @@ def fingerprint(*parts) -> str:
 class RunDir:
     """`runs/<name>/`: artifacts, `manifests/<stage>.json`, and a lock against concurrent runs."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, share: Iterable["RunDir"] = ()):
         self.path = Path(path)
         self._lock_file = None
+        # Other runs whose finished stages this one may copy instead of redoing (`reuse`).
+        self.share = [r for r in share if Path(r.path).resolve() != self.path.resolve()]
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -220,6 +222,28 @@ class RunDir:
             if not p.exists() or m.get("outputs", {}).get(name) != digest(p):
                 return False
         return True
+
+    def reuse(self, stage: str, fp: str, outputs: Iterable[str]) -> "RunDir | None":
+        """Copy a stage's outputs and manifest from a shared run where that stage is done with the
+        same fingerprint (same settings, same inputs): variants share their seeds, pairs and
+        cleaning. Copies, not links: generate appends to its store in place. Returns that run."""
+        outputs = list(outputs)
+        for other in self.share:
+            if not other.is_done(stage, fp, outputs):
+                continue
+            for name in outputs:
+                src, dst = other / name, self.path / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(dst) as tmp:
+                    if src.is_dir():
+                        shutil.copytree(src, tmp)
+                    else:
+                        shutil.copy2(src, tmp)
+            m = other.manifest(stage)
+            m["reused_from"] = str(other.path)
+            write_json(self.manifest_path(stage), m)
+            return other
+        return None
 
     def write_manifest(self, stage: str, fp: str, config: dict, inputs: dict, outputs: Iterable[str],
                        stats: dict, seconds: float) -> dict:

@@ -33,6 +33,7 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+import dataclasses  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -45,7 +46,20 @@ from rich.text import Text  # noqa: E402
 from repro import config as config_mod  # noqa: E402
 from repro.artifacts import DATA_DIR, ROOT, ReproError, RunDir, digest, fingerprint, write_json  # noqa: E402
 
-STAGES = ["seeds", "generate", "clean", "train", "export", "evaluate", "report"]
+STAGES = ["seeds", "generate", "clean", "validate", "evol", "train", "export", "evaluate", "report"]
+
+
+def stages_of(variant: str) -> list[str]:
+    """The stages `repro run` runs for a variant: validate and evol only where it names them."""
+    parts = variant.split("+")
+    return [s for s in STAGES if s not in ("validate", "evol") or ("validated" if s == "validate" else s) in parts]
+
+
+def train_inputs(cfg: config_mod.Config) -> list[str]:
+    """What the train stage reads for the run's variant: the first stage's pairs, then evol's."""
+    parts = cfg.variant.split("+")
+    return ["validated.parquet" if "validated" in parts else "clean.parquet"] + (
+        ["evol.parquet"] if "evol" in parts else [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,10 +89,26 @@ def stage_plan(stage: str, cfg: config_mod.Config):
         from repro import clean
         return ({**cfg.section("clean"), "benchmark_data": clean.source_fingerprints(cfg.clean)}, ["pairs.jsonl"],
                 ["clean.parquet", "removed.parquet", "decontamination.json", "decontamination.md"])
+    if stage in ("validate", "evol"):
+        teacher = {"teacher_id": models.model_id(cfg.generate.teacher) if cfg.generate.teacher else "",
+                   **{k: getattr(cfg.generate, k) for k in ("backend", "base_url", "model_name", "n_ctx", "seed",
+                                                            "temperature", "top_p")}}
+        if stage == "validate":
+            v = cfg.validate
+            return ({**cfg.section("validate"), **teacher, "prompts": [_prompt_hash(v.prompt), _prompt_hash(v.solve_prompt)]},
+                    ["clean.parquet"], ["validated.parquet", "validation.jsonl"])
+        from repro import clean
+        return ({**cfg.section("evol"), **teacher, "clean": cfg.section("clean"),
+                 "benchmark_data": clean.source_fingerprints(cfg.clean),
+                 "prompts": [_prompt_hash("evol_instruct.txt"), _prompt_hash("evol_answer.txt")]},
+                ["clean.parquet"], ["evol.parquet", "evol_pairs.jsonl", "evol_rejected.jsonl", "evol_removed.parquet",
+                                    "evol_decontamination.json", "evol_decontamination.md"])
     if stage == "train":
+        two = "evol.parquet" in train_inputs(cfg)
         return ({**cfg.section("train"), "student_id": train.student_id(cfg.train.student),
-                 "template": digest(DATA_DIR / "prompts" / "train_template.txt")},
-                ["clean.parquet"], ["adapter", "train_log.jsonl"])
+                 "template": digest(DATA_DIR / "prompts" / "train_template.txt"),
+                 **({"evol_train_pairs": cfg.evol.train_pairs} if two else {})},
+                train_inputs(cfg), ["adapter", "train_log.jsonl"] + (["adapter-oss", "train_log_evol.jsonl"] if two else []))
     if stage == "export":
         lora = [f"adapter-{cfg.export.outtype}.gguf"] if cfg.export.lora_gguf else []
         return ({**cfg.section("export"), "student_id": models.model_id(cfg.train.student)},
@@ -131,12 +161,47 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
                               run / "decontamination.json", run / "decontamination.md")
         print_notes("clean", stats["notes"], progress)  # benchmarks not checked, an empty input: one line each
         return stats
+    if stage == "validate":
+        from repro import validate
+        stats = validate.run(cfg.validate, cfg.generate, run / "clean.parquet", run / "validated.parquet",
+                             run / "validation.jsonl", run / "validate-answers.jsonl", progress)
+        print_notes("validate", stats["notes"], progress)
+        return stats
+    if stage == "evol":
+        from repro import evol
+        stats = evol.run(cfg.evol, cfg.generate, run / "clean.parquet", run / "evol_pairs.jsonl",
+                         run / "evol_rejected.jsonl", run / "evol-answers.jsonl", progress)
+        with busy(progress, "evol: validate, decontaminate, deduplicate the evolved pairs"):
+            stats["clean"] = clean.run(cfg.clean, run / "evol_pairs.jsonl", run / "evol.parquet",
+                                       run / "evol_removed.parquet", run / "evol_decontamination.json",
+                                       run / "evol_decontamination.md")
+        stats["kept"] = stats["clean"]["kept"]
+        print_notes("evol", stats["clean"]["notes"], progress)
+        return stats
     if stage == "train":
         # A crashed run left run/train_ckpt/: train.run resumes from it (its manifest is missing,
         # so the stage is not skipped) and deletes it once the adapter is written.
-        stats = train.run(cfg.train, run / "clean.parquet", run / "adapter", run / "train_log.jsonl", progress)
-        print_notes("train", stats["notes"], progress)  # backend substitutions, patched kernels, resume
-        return stats
+        first, *second = train_inputs(cfg)
+        if not second:
+            stats = train.run(cfg.train, run / first, run / "adapter", run / "train_log.jsonl", progress)
+            print_notes("train", stats["notes"], progress)  # backend substitutions, patched kernels, resume
+            return stats
+        # MagicoderS: OSS-Instruct first (adapter-oss), then the evolved pairs from that adapter.
+        # A finished first stage is kept across a crash of the second: its fingerprint is beside it.
+        fp1 = train.resume_fingerprint(cfg.train, run / first, train.student_checkpoint(cfg.train.student))
+        marker = run / "adapter-oss" / "repro-stage.json"
+        s1 = json.loads(marker.read_text())["stats"] if marker.exists() and json.loads(
+            marker.read_text()).get("fingerprint") == fp1 else None
+        if s1 is None:
+            s1 = train.run(cfg.train, run / first, run / "adapter-oss", run / "train_log.jsonl", progress)
+            write_json(marker, {"fingerprint": fp1, "stats": s1})
+        print_notes("train (stage 1, OSS-Instruct)", s1["notes"], progress)
+        cfg2 = dataclasses.replace(cfg.train, max_pairs=cfg.evol.train_pairs)
+        s2 = train.run(cfg2, run / "evol.parquet", run / "adapter", run / "train_log_evol.jsonl", progress,
+                       ckpt_dir=run / "train_ckpt_evol", init_adapter=run / "adapter-oss")
+        print_notes("train (stage 2, Evol-Instruct)", s2["notes"], progress)
+        return {**s2, "steps": s1["steps"] + s2["steps"], "first_loss": s1["first_loss"],
+                "examples": s1["examples"] + s2["examples"], "stage1": s1, "stage2": s2, "notes": s1["notes"] + s2["notes"]}
     if stage == "export":
         with busy(progress, "export: merge, convert, quantize, compare"):
             stats = export.run(cfg.export, cfg.train.student, run / "adapter",
@@ -173,7 +238,8 @@ def busy(progress, description: str):
 
 
 # Which stage makes each input of a later stage.
-PRODUCER = {"seeds.parquet": "seeds", "pairs.jsonl": "generate", "clean.parquet": "clean", "adapter": "train"}
+PRODUCER = {"seeds.parquet": "seeds", "pairs.jsonl": "generate", "clean.parquet": "clean",
+            "validated.parquet": "validate", "evol.parquet": "evol", "adapter": "train"}
 
 
 def run_stage(stage: str, cfg: config_mod.Config, run: RunDir, console, progress, force: bool = False) -> dict:
@@ -192,8 +258,9 @@ def run_stage(stage: str, cfg: config_mod.Config, run: RunDir, console, progress
     for name in inputs:
         if not (run / name).exists():
             prev = PRODUCER.get(name, "export")
-            raise ReproError(f"{run / name} is missing; run `repro {prev} --profile {cfg.profile}` first "
-                             f"(or `repro run --profile {cfg.profile}`)")
+            var = f" --variant {cfg.variant}" if cfg.variant != "oss" else ""
+            raise ReproError(f"{run / name} is missing; run `repro {prev} --profile {cfg.profile}{var}` first "
+                             f"(or `repro run --profile {cfg.profile}{var}`)")
     input_digests = {name: digest(run / name) for name in inputs}
     # An input its own stage did not finish (a killed generate leaves a partial pairs.jsonl) is
     # used, since users may bring their own inputs, but not silently: a note once the stage is done
@@ -205,6 +272,9 @@ def run_stage(stage: str, cfg: config_mod.Config, run: RunDir, console, progress
     fp = fingerprint(stage, settings, input_digests)
     if not force and run.is_done(stage, fp, outputs):
         console.print(f"[dim]↷ {stage}: up to date, skipped[/]")
+        return run.manifest(stage)["stats"]
+    if not force and (other := run.reuse(stage, fp, outputs)) is not None:
+        console.print(f"[dim]↷ {stage}: the same as in {other.path}, copied from there[/]", soft_wrap=True)
         return run.manifest(stage)["stats"]
     if isinstance(console, TeeConsole):  # the log only: on the console, an error stays one line
         console.log_file.write(f"→ {stage}: started")
@@ -229,6 +299,12 @@ def summary(stage: str, s: dict) -> str:
                             f"now ({s['resumed_from']} earlier), {s['completion_tokens']} new tokens, "
                             f"{s['tokens_per_second'] or '-'} tokens/s, {s['wall_seconds']} s",
         "clean": lambda: f"{s['kept']} kept of {s['pairs_in']} ({s['removed_by_reason'] or 'none removed'})",
+        "validate": lambda: f"{s['kept']} kept of {s['pairs_in']}: {s['passed']} passed, {s['failed']} failed, "
+                            f"{s['timeout']} timed out, {s['no_tests']} without usable tests, {s['not_run']} "
+                            f"not testable here; {s['pairs_per_minute']} pairs/min",
+        "evol": lambda: f"{s['kept']} evolved pairs kept of {s['evolved']} problems evolved "
+                        f"({s['rejected']} rejected by the teacher's answers, "
+                        f"{s['clean']['pairs_in'] - s['clean']['kept']} by cleaning)",
         "train": lambda: f"{s['steps']} steps, loss {s['first_loss']:.3f} → {s['final_loss']:.3f}, "
                          f"{s['tokens_per_second']} tokens/s",
         "export": lambda: f"{s['quant']} GGUF, {s['bytes'] / 2**20:.0f} MiB, loads in llama.cpp; greedy agreement "
@@ -411,9 +487,13 @@ def preflight(cfg: config_mod.Config, stages: list[str]) -> None:
         seeds.resolve_sources(cfg.seeds.source)  # source kinds, and that each path exists
     if "generate" in stages:
         generate.check(cfg.generate)             # settings, the teacher's file, the server
-    if "clean" in stages:
+    if "clean" in stages or "evol" in stages:
         from repro import clean
         clean.check_settings(cfg.clean)          # benchmark names and paths, methods, n-gram and dedup settings
+    if {"validate", "evol"} & set(stages):
+        from repro import evol, validate
+        generate.check(cfg.generate)             # they ask generate's teacher
+        validate.check(cfg.validate) if "validate" in stages else evol.check(cfg.evol)
     if "evaluate" in stages:
         e = cfg.evaluate
         engine.check_settings("evaluate", e.backend, e.parallel, e.n_ctx)
@@ -458,13 +538,45 @@ def check_model_file(spec: str, setting: str) -> None:
 
 def load_config(args) -> config_mod.Config:
     full = ["evaluate.stride=1", "evaluate.limit=0", "evaluate.multilingual_stride=1"] if getattr(args, "full_eval", False) else []
-    return config_mod.load(args.profile, args.set + full)
+    cfg = config_mod.load(args.profile, args.set + full)
+    cfg.variant = config_mod.check_variant(getattr(args, "variant", None) or "oss")
+    return cfg
+
+
+def run_name(base: str, variant: str) -> str:
+    """runs/<base> for the paper's oss variant, runs/<base>-<validated|evol|validated-evol> for the others."""
+    slug = config_mod.variant_slug(variant)
+    return f"{base}-{slug}" if slug else base
+
+
+def run_path(args, variant: str) -> Path:
+    if getattr(args, "run_dir", None):
+        return Path(args.run_dir)
+    return ROOT / "runs" / run_name(args.name or args.profile, variant)
+
+
+def shared_runs(args, variant: str) -> list[RunDir]:
+    """The runs whose finished stages a run may copy: --share, else the other variants of the same
+    name (runs/<name>, runs/<name>-validated, ...), so variants generate and clean only once."""
+    if getattr(args, "share", None):
+        return [RunDir(find_run(x)) for x in args.share]
+    if getattr(args, "run_dir", None):
+        return []
+    base = args.name or args.profile
+    return [RunDir(ROOT / "runs" / run_name(base, v)) for v in config_mod.VARIANTS if v != variant]
 
 
 def cmd_stages(args, stages: list[str]) -> int:
     cfg = load_config(args)
-    run = RunDir(Path(args.run_dir) if args.run_dir else ROOT / "runs" / (args.name or cfg.profile))
+    if args.command == "run":
+        stages = stages_of(cfg.variant)
+    run = RunDir(run_path(args, cfg.variant), share=shared_runs(args, cfg.variant))
     preflight(cfg, stages)
+    return drive(args, cfg, run, stages)
+
+
+def drive(args, cfg: config_mod.Config, run: RunDir, stages: list[str]) -> int:
+    """Run `stages` in `run` under its lock, with its log, progress and closing lines."""
     with run.locked():
         log = RunLog(run / "log.txt")
         try:
@@ -472,7 +584,7 @@ def cmd_stages(args, stages: list[str]) -> int:
             args.logged = True
             console = TeeConsole(log, stderr=True, quiet=args.quiet)
             if stages != ["report"]:  # rebuilding a report leaves the run's own settings alone
-                write_json(run / "run.json", {"profile": cfg.profile, "config": asdict(cfg)})
+                write_json(run / "run.json", {"profile": cfg.profile, "variant": cfg.variant, "config": asdict(cfg)})
             # Items done/total, items per second (the stages put tokens/s in the description), ETA.
             columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
@@ -583,7 +695,9 @@ def run_dir_of(args) -> Path | None:
     if getattr(args, "run_dir", None):
         return Path(args.run_dir)
     if args.command == "run" or args.command in STAGES:
-        return ROOT / "runs" / (args.name or args.profile)
+        return run_path(args, getattr(args, "variant", None) or "oss")
+    if args.command == "ablate":
+        return ROOT / "runs" / f"{args.name or args.profile}-ablation"
     return None
 
 
@@ -627,6 +741,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--full-eval", action="store_true",
                        help="evaluate every problem of every benchmark "
                             "(evaluate.stride=1, evaluate.multilingual_stride=1, evaluate.limit=0)")
+        p.add_argument("--variant", default="oss", metavar="VARIANT",
+                       help=f"what the student is trained on: {', '.join(config_mod.VARIANTS)} (default oss, the "
+                            "paper's); other variants run in runs/<name>-<validated|evol|validated-evol>/")
+        p.add_argument("--share", action="append", metavar="RUN",
+                       help="copy finished stages with the same settings and inputs from this run (repeatable; "
+                            "default: the other variants' runs of the same name)")
 
     stage_args(sub.add_parser("run", help="run every stage"))
     for s in STAGES:
@@ -636,6 +756,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("run", nargs="?", metavar="RUN",
                            help="rebuild this run's report and dataset card from its artifacts, rerunning "
                                 "nothing: a name under runs/ or a directory")
+    a = sub.add_parser("ablate", help="train and evaluate every variant at equal training-set size, and compare them")
+    stage_args(a)
+    a.add_argument("--variants", default=",".join(config_mod.VARIANTS),
+                   help="comma-separated variants to compare (default: all four; oss is always included)")
     sub.add_parser("doctor", help="report what is installed, cached and missing")
     f = sub.add_parser("fetch", help="assemble the embedded models and fetch the GGUF converter")
     f.add_argument("--all", action="store_true", help="also the optional 1.5B teacher")
@@ -654,6 +778,9 @@ def main(argv: list[str] | None = None) -> int:
             args.run_dir, args.force = str(find_run(args.run)), True
         if args.command == "run":
             return cmd_stages(args, STAGES)
+        if args.command == "ablate":
+            from repro import ablation
+            return ablation.cmd(args)
         if args.command in STAGES:
             return cmd_stages(args, [args.command])
         if args.command == "doctor":

@@ -87,6 +87,33 @@ class CleanConfig:
 
 
 @dataclass
+class ValidateConfig:
+    # Beyond the paper (SelfCodeAlign-style): the teacher writes tests for each clean pair; the
+    # solution and its tests run in the sandbox; only pairs whose solution passes are kept. Used by
+    # the oss+validated variants (`repro run --variant`), or alone with `repro validate`.
+    prompt: str = "validate_tests.txt"  # the teacher's test-writing prompt (data/prompts/ or a path)
+    solve_prompt: str = "validate_solve.txt"  # for samples > 1: the prompt that answers a problem again
+    samples: int = 1                # candidate solutions per problem: 1 = the teacher's own; k > 1 = also
+                                    # k-1 sampled ones for a pair that fails, the first passing one kept
+    temperature: float = 0.7        # for those extra samples (the tests are written greedily)
+    max_tokens: int = 512           # per teacher answer (tests; a new solution)
+    timeout_s: float = 10.0         # per program: solution + tests
+    untested: str = "keep"          # pairs in a language with no test runner here: keep | drop
+    workers: int = 0                # programs run at once (0 = the cores)
+
+
+@dataclass
+class EvolConfig:
+    # Beyond the paper (MagicoderS): evolve the clean problems with Code Evol-Instruct's five
+    # heuristics (our wording, data/prompts/evol_instruct.txt), answer them with the teacher, clean
+    # and decontaminate them like OSS-Instruct pairs, and train a second stage on them.
+    num: int = 0                    # problems evolved (a fixed random subset); 0 = all
+    max_tokens: int = 768           # per teacher answer (the evolved problem; its solution)
+    seed: int = 42                  # which problems, which heuristic for each
+    train_pairs: int = 0            # > 0: the second training stage uses this many evolved pairs
+
+
+@dataclass
 class TrainConfig:
     student: str = STUDENT_270M
     epochs: float = 2.0
@@ -108,6 +135,8 @@ class TrainConfig:
     compile: bool = False           # torch.compile the decoder (peft backend; ~2 min compile on a CPU)
     micro_batch: int = 1            # sequences per forward pass, right-padded (a GPU wants several)
     save_every: int = 10            # checkpoint to train_ckpt/ every N steps for resume; 0 = never
+    max_pairs: int = 0              # > 0: train on a fixed random subset of this many pairs (ablations
+                                    # at equal training-set size); 0 = all
 
 
 @dataclass
@@ -161,12 +190,26 @@ class ReportConfig:
                                     # cached in the run dir, so a rebuilt report embeds only new text
 
 
+# What the student is trained on (`repro run --variant`): OSS-Instruct pairs as in the paper, only
+# those that pass the teacher's tests (repro/validate.py), and/or a second stage on Evol-Instruct
+# pairs (repro/evol.py), as MagicoderS.
+VARIANTS = ("oss", "oss+validated", "oss+evol", "oss+validated+evol")
+
+
+def variant_slug(variant: str) -> str:
+    """The run-name suffix of a variant: '' for oss, else e.g. 'validated-evol'."""
+    return "-".join(variant.split("+")[1:])
+
+
 @dataclass
 class Config:
     profile: str = "tiny"
+    variant: str = "oss"
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    evol: EvolConfig = field(default_factory=EvolConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -187,6 +230,9 @@ def _smoke() -> Config:
     c.evaluate.limit = 2
     c.evaluate.max_tokens = 128
     c.evaluate.multipl_e_langs = ["js"]  # one language, the quickest to run, exercises the path
+    c.validate.max_tokens = 256
+    c.evol.num = 2
+    c.evol.max_tokens = 384
     return c
 
 
@@ -201,6 +247,9 @@ def _tiny() -> Config:
     # MultiPL-E's 5 runnable languages and DS-1000 would add ~2 h at the same stride: every 24th
     # (7 problems a language, 42 DS-1000 problems) gives the tables, with wide intervals.
     c.evaluate.multilingual_stride = 24
+    # Evolving and answering all ~40 problems would add ~20 min of teacher time; 24 give the
+    # second training stage its data (the ablation uses at most half the training set from it).
+    c.evol.num = 24
     return c
 
 
@@ -238,6 +287,12 @@ def load(profile: str, overrides: list[str] | None = None) -> Config:
     return cfg
 
 
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ReproError(f"--variant {variant!r} is unknown; choose one of: {', '.join(VARIANTS)}")
+    return variant
+
+
 # Numeric settings that no stage checks itself, with the range they must lie in: (low, low is
 # allowed, high, high is allowed); None = unbounded. Out of range they crashed deep in a library
 # (AdamW's "Invalid learning rate", Dropout, MinHash LSH) or were silently misread (a negative
@@ -255,6 +310,15 @@ RANGES = {
     "clean.near_dup_ngram": (1, True, None, False),
     "clean.near_dup_perms": (2, True, None, False),
     "clean.syntax_timeout_s": (0, False, None, False),
+    "validate.samples": (1, True, None, False),
+    "validate.temperature": (0, True, None, False),
+    "validate.max_tokens": (1, True, None, False),
+    "validate.timeout_s": (0, False, None, False),
+    "validate.workers": (0, True, None, False),
+    "evol.num": (0, True, None, False),
+    "evol.max_tokens": (1, True, None, False),
+    "evol.train_pairs": (0, True, None, False),
+    "train.max_pairs": (0, True, None, False),
     "train.epochs": (0, False, None, False),
     "train.max_steps": (0, True, None, False),
     "train.lr": (0, False, None, False),

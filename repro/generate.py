@@ -54,14 +54,7 @@ JSON_INSTRUCTION = ("\n\nGive your answer as one JSON object with two string fie
 
 def load_prompt(name: str) -> tuple[str, str]:
     """A prompt template: system text, a line `---`, then the user text with {language}/{snippet}."""
-    p = Path(name) if Path(name).is_file() else DATA_DIR / "prompts" / name
-    if not p.is_file():
-        raise ReproError(f"generate.prompt={name!r}: no such template in data/prompts/ or on disk")
-    system, sep, user = p.read_text(encoding="utf-8").partition("\n---\n")
-    if not sep or "{snippet}" not in user:
-        raise ReproError(f"{p}: a prompt template needs a system part, a line '---', and a user part "
-                         "containing {snippet}")
-    return system.strip(), user.strip()
+    return load_template(name, ("snippet",), "generate.prompt")
 
 
 def render(user: str, language: str, snippet: str) -> str:
@@ -394,3 +387,72 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
                          f"the {len(pairs)} pairs and {len(rejected)} rejections so far are kept, the failures "
                          f"are listed in {errors_path}; rerun the same command to retry them")
     return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Other stages' questions to the same teacher (validate: tests, new solutions; evol: harder
+# problems and their answers), each kept in a store so that a killed stage resumes.
+
+
+def load_template(name: str, fields: tuple[str, ...], setting: str) -> tuple[str, str]:
+    """(system, user) of a template under data/prompts/ or at a path: a system part, a line `---`,
+    then the user part, which must hold every `{field}`."""
+    p = Path(name) if Path(name).is_file() else DATA_DIR / "prompts" / name
+    if not p.is_file():
+        raise ReproError(f"{setting}={name!r}: no such template in data/prompts/ or on disk")
+    system, sep, user = p.read_text(encoding="utf-8").partition("\n---\n")
+    missing = [f for f in fields if "{" + f + "}" not in user]
+    if not sep or missing:
+        raise ReproError(f"{p}: a template needs a system part, a line '---', and a user part containing "
+                         + ", ".join("{" + f + "}" for f in fields) + f" ({setting})")
+    return system.strip(), user.strip()
+
+
+def fill(system: str, user: str, **values: str) -> list[dict]:
+    for k, v in values.items():  # plain replacement: code is full of braces
+        user = user.replace("{" + k + "}", v)
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def request_key(item: str, cfg: GenerateConfig, request) -> str:
+    """A store key that changes with the question, the teacher and the sampling settings."""
+    from repro.models import model_id
+
+    model = model_id(cfg.teacher) if cfg.teacher else f"openai:{cfg.base_url}/{cfg.model_name}"
+    return f"{item}/{_sha([request.messages, request.max_tokens, request.temperature, request.seed, model, cfg.n_ctx])[:12]}"
+
+
+def ask(cfg: GenerateConfig, requests: list, store: Path, progress=None, label: str = "teacher") -> tuple[dict, dict]:
+    """Answers of the teacher (generate's settings: model, backend, threads) to `requests`, whose
+    keys come from `request_key`. Answers already in the `store` jsonl are not asked again.
+
+    Returns (key -> {text, finish_reason, prompt_tokens, completion_tokens, seconds}, stats).
+    Raises ReproError, after storing every answer that came, when a request failed.
+    """
+    keys = {r.key for r in requests}
+    done = open_store([store], keys)
+    todo = [r for r in requests if r.key not in done]
+    stats = {"asked": len(todo), "reused": len(done), "completion_tokens": 0, "prompt_tokens": 0,
+             "seconds": 0.0, "tokens_per_second": None}
+    failed, first_error = 0, ""
+    if todo:
+        task = progress.add_task(label, total=len(requests), completed=len(done)) if progress else None
+        with open_teacher(cfg) as engine, open(store, "a", encoding="utf-8") as f:
+            for c in engine.run(iter(todo)):
+                if c.finish_reason == "error":
+                    failed, first_error = failed + 1, first_error or c.error
+                    continue
+                append_jsonl(f, {"key": c.key, "text": c.text, "finish_reason": c.finish_reason,
+                                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                                 "seconds": round(c.seconds, 2)})
+                if progress:
+                    tps = engine.stats.tokens_per_second or 0.0
+                    progress.update(task, advance=1, description=f"{label} · {tps:.1f} tok/s")
+            st = engine.stats
+            stats.update(completion_tokens=st.completion_tokens, prompt_tokens=st.prompt_tokens,
+                         seconds=round(st.seconds, 1),
+                         tokens_per_second=round(st.tokens_per_second, 2) if st.tokens_per_second else None)
+    if failed:
+        raise ReproError(f"{label}: {failed} of {len(todo)} teacher requests failed (first: {first_error}); "
+                         f"the answers so far are kept in {store}; rerun the same command to retry the rest")
+    return {r["key"]: r for r in read_jsonl(store) if r.get("key") in keys}, stats

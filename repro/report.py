@@ -53,7 +53,8 @@ PAPER_ROWS = [  # HumanEval, HumanEval+, MBPP, MBPP+
 PAPER_PAIRS = 75_000  # OSS-Instruct's size in the paper (75K pairs)
 BENCH_NAMES = {"humaneval": "HumanEval", "mbpp": "MBPP"}
 
-STAGE_ORDER = ["seeds", "generate", "clean", "train", "export", "evaluate"]
+STAGE_ORDER = ["seeds", "generate", "clean", "validate", "evol", "train", "export", "evaluate"]
+OPTIONAL = ("validate", "evol")  # beyond the paper: in the funnel only where the run's variant has them
 
 # The paper's ten categories (its Figure 2), each described by one sentence of ours. The same
 # sentence is embedded like a pair (embedding method) or matched word by word (TF-IDF), so it
@@ -330,6 +331,13 @@ def _funnel(r: _Run) -> list[tuple[str, str, str, str]]:
     if s := r.stats("clean"):
         rows.append(("clean", f"{s.get('pairs_in', '?')} pairs", f"{s.get('kept', '?')} pairs",
                      ", ".join(f"{k}: {v}" for k, v in s.get("removed_by_reason", {}).items()) or "-"))
+    if s := r.stats("validate"):
+        rows.append(("validate", f"{s.get('pairs_in', '?')} pairs", f"{s.get('kept', '?')} pairs",
+                     f"passed {s.get('passed')}, failed {s.get('failed')}, timeout {s.get('timeout')}, no usable tests "
+                     f"{s.get('no_tests')}, not testable here {s.get('not_run')} ({'kept' if r.setting('validate', 'untested') == 'keep' else 'dropped'})"))
+    if s := r.stats("evol"):
+        rows.append(("evol", f"{s.get('evolved', '?')} problems evolved", f"{s.get('kept', '?')} evolved pairs",
+                     ", ".join(f"{k}: {v}" for k, v in s.get("rejected_by_reason", {}).items()) or "-"))
     if s := r.stats("train"):
         first, final = s.get("first_loss"), s.get("final_loss")
         loss = (f", loss {first:.3f} → {final:.3f}"
@@ -344,7 +352,9 @@ def _funnel(r: _Run) -> list[tuple[str, str, str, str]]:
                      + " problems", f"{len(s.get('models', {}))} models", "-"))
     done = {row[0] for row in rows}
     order = {s: i for i, s in enumerate(STAGE_ORDER)}
-    rows += [(s, NOT_RUN, "-", "-") for s in STAGE_ORDER if s not in done]
+    variant = r.run_json.get("variant", "oss").split("+")
+    wanted = [s for s in STAGE_ORDER if s not in OPTIONAL or {"validate": "validated"}.get(s, s) in variant]
+    rows += [(s, NOT_RUN, "-", "-") for s in wanted if s not in done]
     return sorted(rows, key=lambda row: order[row[0]])
 
 
@@ -356,6 +366,10 @@ def _throughput(r: _Run, stage: str) -> str:
         return f"{s['tokens_per_second']} tokens/s"
     if stage == "train" and s.get("tokens_per_second"):
         return f"{s['tokens_per_second']} tokens/s"
+    if stage == "validate" and s.get("pairs_per_minute"):
+        return f"{s['pairs_per_minute']} pairs/min"
+    if stage == "evol" and (s.get("teacher") or {}).get("tokens_per_second"):
+        return f"{s['teacher']['tokens_per_second']} tokens/s"
     if stage == "evaluate":
         answers = sum(v.get("n", 0) for v in s.get("benchmarks", {}).values()) * len(s.get("models", {}))
         work = (answers, "answers judged")
@@ -598,6 +612,50 @@ def sec_training(r: _Run) -> list:
                   + (f"; {sum(tps) / len(tps):.1f} tokens/s on average" if tps else "") + ". A training loss "
                     "says the student fits its pairs, not that it codes better: see pass@1 below."),
             _fig("loss", _figure(draw, (8, 3)), "Training loss and learning rate per optimizer step.")]
+
+
+def sec_beyond(r: _Run) -> list:
+    """The validation and Evol-Instruct stages of a variant run (repro/validate.py, repro/evol.py)."""
+    v, e = r.stats("validate"), r.stats("evol")
+    variant = r.run_json.get("variant", "oss")
+    if not v and not e:
+        return [("p", f"This run's variant is `{variant}`: no validation or Evol-Instruct stage. `repro run --variant "
+                      "oss+validated` (or +evol) adds them, and `repro ablate` compares the variants at equal "
+                      "training-set size.")]
+    out = [("p", f"Variant `{variant}`.")]
+    if v:
+        secs = r.m["validate"].get("seconds")
+        t = v.get("teacher") or {}
+        out.append(("p", f"Validation (SelfCodeAlign-style; `validation.jsonl` has every verdict): the teacher wrote "
+                         f"tests for the {v['pairs_in'] - v['not_run']} pairs with Python or JavaScript code, each "
+                         f"solution ran with its tests in the sandbox; {v['passed']} passed ({100 * (v['pass_rate'] or 0):.1f}% "
+                         f"of those tested), {v['failed']} failed, {v['timeout']} timed out and {v['no_tests']} got no "
+                         f"usable tests. {v['kept']} of {v['pairs_in']} pairs kept"
+                         + (f", {v['rescued_by_sampling']} of them with a resampled solution ({v['samples']} candidates "
+                            "per failing problem)" if v.get("samples", 1) > 1 else "")
+                         + f". Throughput: {v.get('pairs_per_minute')} pairs per minute"
+                         + (f" ({secs:.0f} s)" if secs else "") + f", teacher {t.get('tokens_per_second')} tokens/s, "
+                         f"{v.get('programs_per_second')} programs per second"
+                         + (f" ({reused} teacher answers reused from an earlier, interrupted or forced, run)"
+                            if (reused := (t.get("tests") or {}).get("reused", 0)) else "") + "."))
+        rows = [[lang, str(d["passed"]), str(d["failed"]), str(d["timeout"]), str(d["no_tests"]), str(d["not_run"]),
+                 "-" if d["pass_rate"] is None else f"{100 * d['pass_rate']:.1f}%"]
+                for lang, d in sorted(v["per_language"].items(), key=lambda kv: -sum(
+                    x for k, x in kv[1].items() if k != "pass_rate"))]
+        out.append(("table", ["solution language", "passed", "failed", "timeout", "no usable tests",
+                              "not testable here", "pass rate of the tested"], rows))
+    if e:
+        out.append(("p", f"Evol-Instruct (MagicoderS-style): {e['evolved']} of {e['problems']} clean problems "
+                         f"rewritten harder by the teacher, {e['pairs']} answered, {e['kept']} pairs kept after "
+                         f"cleaning (`evol_decontamination.md`); by heuristic: "
+                         + (", ".join(f"{k} {n}" for k, n in e.get("pairs_by_heuristic", {}).items()) or "none")
+                         + f". Teacher {(e.get('teacher') or {}).get('tokens_per_second')} tokens/s."))
+    if (t := r.stats("train")).get("stage2"):
+        out.append(("p", f"Training in two stages: {t['stage1']['examples']} OSS-Instruct pairs "
+                         f"({t['stage1']['steps']} steps), then {t['stage2']['examples']} evolved pairs "
+                         f"({t['stage2']['steps']} steps) from that adapter; the loss curve above is the first stage's "
+                         "(`train_log_evol.jsonl` has the second)."))
+    return out
 
 
 def _pct(x: dict) -> str:
@@ -995,6 +1053,7 @@ def build(run: RunDir, cfg: ReportConfig | None = None) -> tuple[str, list[tuple
              ("Categories", lambda: sec_categories(r, cfg, facts)),
              ("Similarity to HumanEval", lambda: sec_similarity(r)),
              ("Training", lambda: sec_training(r)),
+             ("Beyond the paper: validation and Evol-Instruct", lambda: sec_beyond(r)),
              ("pass@1: HumanEval(+) and MBPP(+)", lambda: sec_evaluation(r)),
              ("Other languages and data science: MultiPL-E and DS-1000", lambda: sec_multilingual(r)),
              ("Environment", lambda: sec_environment(r))]

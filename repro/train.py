@@ -640,11 +640,36 @@ def train_loop(model, examples: list[Example], cfg: TrainConfig, log=None, progr
             "seconds": round(elapsed, 1), "precision": backend.precision, **peak_memory_mib(backend.device)}
 
 
-def resume_fingerprint(cfg: TrainConfig, clean_path: Path, ckpt: Path) -> str:
+def resume_fingerprint(cfg: TrainConfig, clean_path: Path, ckpt: Path, init_adapter: Path | None = None) -> str:
     """What a checkpoint must have been made with to be resumed: every setting that changes the
-    result (not save_every), the data, the template and the student."""
+    result (not save_every), the data, the template, the student and the adapter started from."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "save_every"}
-    return fingerprint("train", settings, digest(clean_path), template(), str(ckpt))
+    start = [digest(init_adapter)] if init_adapter else []
+    return fingerprint("train", settings, digest(clean_path), template(), str(ckpt), *start)
+
+
+def subset(rows: list, max_pairs: int, seed: int) -> list:
+    """A fixed random `max_pairs` of `rows`, in their order (all of them for max_pairs=0)."""
+    if not max_pairs or max_pairs >= len(rows):
+        return rows
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), max_pairs))]
+
+
+def load_adapter(model, adapter_dir: Path) -> None:
+    """Start from an earlier adapter's LoRA weights (a second training stage), same shapes required."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    f = Path(adapter_dir) / "adapter_model.safetensors"
+    try:
+        weights = load_file(f)
+        result = set_peft_model_state_dict(model, weights)
+    except Exception as e:
+        raise ReproError(f"train: cannot start from the adapter {adapter_dir} ({_brief(e)}); "
+                         "its first stage must use the same student and LoRA settings") from None
+    if getattr(result, "unexpected_keys", None):
+        raise ReproError(f"train: the adapter {adapter_dir} does not fit this student's LoRA layers "
+                         f"({len(result.unexpected_keys)} unknown tensors); rerun its first stage")
 
 
 def _return_freed_memory() -> None:
@@ -681,7 +706,10 @@ def _trim_heap() -> None:
 
 
 def run(cfg: TrainConfig, clean_path: Path, adapter_dir: Path, log_path: Path, progress=None,
-        ckpt_dir: Path | None = None, after_step: Callable[[int], None] | None = None) -> dict:
+        ckpt_dir: Path | None = None, after_step: Callable[[int], None] | None = None,
+        init_adapter: Path | None = None) -> dict:
+    """LoRA-train the student on `clean_path`'s pairs (train.max_pairs of them when set); with
+    `init_adapter`, continue from that adapter (MagicoderS's second stage) instead of a fresh one."""
     _return_freed_memory()
     if cfg.backend == "unsloth":
         import unsloth  # noqa: F401  # before transformers and peft, as Unsloth requires
@@ -699,15 +727,23 @@ def run(cfg: TrainConfig, clean_path: Path, adapter_dir: Path, log_path: Path, p
     if not rows:
         raise ReproError(f"train: {clean_path} has no pairs; generate more (seeds.num_seeds) or check "
                          "generate's rejected.jsonl and clean's removed.parquet")
+    n_rows = len(rows)
+    rows = subset(rows, cfg.max_pairs, cfg.seed)
     examples, counts = build_examples(tok, [{"problem": p, "solution": s} for p, s in rows], cfg.max_len)
+    counts["pairs_available"] = n_rows
     if not examples:
         raise ReproError(f"train: all {len(rows)} prompts are longer than train.max_len={cfg.max_len} "
                          "tokens; raise train.max_len")
     model, backend, notes = load_model(cfg, ckpt, device, bf16)
+    if len(rows) < n_rows:
+        notes.append(f"train.max_pairs={cfg.max_pairs}: a fixed random {len(rows)} of the {n_rows} pairs")
+    if init_adapter:
+        load_adapter(model, init_adapter)
+        notes.append(f"started from the adapter {init_adapter}")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     ckpt_dir = Path(ckpt_dir) if ckpt_dir else Path(adapter_dir).parent / "train_ckpt"
-    fp = resume_fingerprint(cfg, clean_path, ckpt)
+    fp = resume_fingerprint(cfg, clean_path, ckpt, init_adapter)
     resume = load_checkpoint(ckpt_dir, fp)
     if resume:
         notes.append(f"resumed from the checkpoint at step {resume['step']}")

@@ -59,3 +59,12 @@ def tiny_model(tiny_tokenizer):
                            max_position_embeddings=256, sliding_window=64,
                            initializer_range=0.5)  # frozen tied embeddings must allow confident logits
     return Gemma3ForCausalLM(cfg).float()
+
+
+@pytest.fixture
+def student_dir(tmp_path, tiny_model, tiny_tokenizer):
+    """The tiny model saved as a student checkpoint (train.student=<dir>)."""
+    d = tmp_path / "student"
+    tiny_model.save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d

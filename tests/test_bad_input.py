@@ -479,6 +479,11 @@ BAD_SETTINGS = [
     ("evaluate", "evaluate.benchmarks=apps", ["evaluate.benchmarks: 'apps' is unknown"]),
     ("export", "export.outtype=f64", ["export.outtype='f64'", "f16"]),
     ("train", "train.backend=keras", ["train.backend='keras' is unknown", "peft"]),
+    ("validate", "validate.untested=maybe", ["validate.untested='maybe'", "keep or drop"]),
+    ("validate", "validate.samples=0", ["validate.samples=0: must be >= 1"]),
+    ("validate", "validate.prompt=missing.txt", ["validate.prompt='missing.txt'", "no such template"]),
+    ("evol", "evol.num=-3", ["evol.num=-3: must be >= 0"]),
+    ("ablate", "train.max_pairs=-1", ["train.max_pairs=-1: must be >= 0"]),
     # unknown key or section, no value
     ("train", "train.learning_rate=1e-4", ["--set 'train.learning_rate=1e-4'", "known key"]),
     ("run", "optimizer.lr=1", ["--set 'optimizer.lr=1'", "known key"]),

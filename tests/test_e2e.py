@@ -9,7 +9,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from repro.cli import STAGES
+from repro.cli import stages_of
+
+STAGES = stages_of("oss")  # the paper's pipeline: no validate, no evol
 
 pytestmark = pytest.mark.e2e
 
@@ -86,3 +88,28 @@ def test_second_run_skips_every_stage(smoke_run):
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in STAGES[:-1]:
         assert f"{stage}: up to date, skipped" in r.stderr
+
+
+def test_a_variant_run_reuses_the_shared_stages_and_adds_validation_and_evol(smoke_run, tmp_path):
+    """oss+validated+evol beside the smoke run: seeds, pairs and cleaning copied; the teacher writes
+    tests and evolves problems; two training stages; evaluated and reported."""
+    env = {**os.environ, "REPRO_BENCHMARK_DIR": os.environ.get("REPRO_BENCHMARK_DIR") or str(SHARED)}
+    run = tmp_path / "variant"
+    r = subprocess.run([sys.executable, "-m", "repro.cli", "run", "--profile", "smoke", "--variant",
+                        "oss+validated+evol", "--run-dir", str(run), "--share", str(smoke_run)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in ("seeds", "generate", "clean"):
+        assert f"{stage}: the same as in {smoke_run}, copied from there" in r.stderr.replace("\n", " ")
+    m = {s: json.loads((run / "manifests" / f"{s}.json").read_text()) for s in stages_of("oss+validated+evol")[:-1]}
+    v = m["validate"]["stats"]
+    assert v["pairs_in"] == m["clean"]["stats"]["kept"] and sum(v[k] for k in (
+        "passed", "failed", "timeout", "no_tests", "not_run")) == v["pairs_in"]
+    assert len((run / "validation.jsonl").read_text().splitlines()) == v["pairs_in"]
+    e = m["evol"]["stats"]
+    assert e["evolved"] == 2 and e["pairs"] + e["rejected"] == 2
+    t = m["train"]["stats"]
+    if v["kept"] and e["kept"]:
+        assert t["stage1"]["examples"] == v["kept"] and t["stage2"]["examples"] == e["kept"]
+    report = (run / "report.md").read_text()
+    assert "## Beyond the paper: validation and Evol-Instruct" in report and "pass rate of the tested" in report

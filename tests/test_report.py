@@ -23,7 +23,8 @@ from repro.artifacts import ReproError, RunDir, write_json
 from repro.config import ReportConfig
 
 SECTIONS = ["Summary", "Pipeline", "Seeds and generated problems", "Lengths", "Categories",
-            "Similarity to HumanEval", "Training", "pass@1: HumanEval(+) and MBPP(+)",
+            "Similarity to HumanEval", "Training",
+            "Beyond the paper: validation and Evol-Instruct", "pass@1: HumanEval(+) and MBPP(+)",
             "Other languages and data science: MultiPL-E and DS-1000", "Environment"]
 FIGURES = ["wall_time", "lengths", "categories", "similarity", "loss", "pass_at_1"]
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

@@ -193,14 +193,6 @@ MORE_ROWS = ROWS + [
 ]
 
 
-@pytest.fixture
-def student_dir(tmp_path, tiny_model, tiny_tokenizer):
-    d = tmp_path / "student"
-    tiny_model.save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
-
-
 def write_clean(path: Path, rows: list[dict]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
