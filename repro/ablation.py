@@ -139,10 +139,10 @@ def compare(runs: dict[str, RunDir], pools: dict[str, int], n: int, m: int) -> d
                for label in ("base", "teacher") if label in oss["models"]}
     return {"n_pairs": n, "evol_pairs": m, "pools": pools, "train": train, "pass@1": rows, "vs_oss": diffs,
             "validation": val, "evol": evo, "context": context, "runs": {v: str(r.path) for v, r in runs.items()},
-            "conclusion": conclusion(diffs, n, m, val)}
+            "conclusion": conclusion(diffs, n, m, val, evo)}
 
 
-def conclusion(diffs: list[dict], n: int, m: int, val: dict | None) -> str:
+def conclusion(diffs: list[dict], n: int, m: int, val: dict | None, evo: dict | None = None) -> str:
     above = [d for d in diffs if d["ci95"][0] > 0]
     below = [d for d in diffs if d["ci95"][1] < 0]
     def say(d):
@@ -162,12 +162,16 @@ def conclusion(diffs: list[dict], n: int, m: int, val: dict | None) -> str:
             text += "Worse than oss beyond chance: " + "; ".join(map(say, below)) + ". "
         text += "Every other paired difference's 95% interval contains 0."
     if val:
-        text += (f" Validation kept {val['kept']} of {val['pairs_in']} pairs: {val['passed']} passed their tests, "
+        text += (f" Validation kept {val['kept']} of {val['pairs_in']} pairs: {val['passed']} passed the teacher's tests, "
                  f"{val['not_run']} could not be tested here (no test runner for their language) and were kept.")
         if val["not_run"] > val["passed"]:
             text += (" The validated training set is therefore mostly the untested languages: oss+validated differs "
                      "from oss as much in its language mix as in tested correctness, and says little about "
                      "SelfCodeAlign's selection itself.")
+    if evo:
+        text += (f" Evol-Instruct kept {evo['kept']} of {evo['evolved']} evolved problems (the rest were rejected, most "
+                 f"as the original nearly unchanged: see evol_rejected.jsonl); the evol variants' second stage "
+                 f"trained on {m} of them.")
     return text
 
 

@@ -27,13 +27,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-import dataclasses  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -190,8 +190,8 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
         # A finished first stage is kept across a crash of the second: its fingerprint is beside it.
         fp1 = train.resume_fingerprint(cfg.train, run / first, train.student_checkpoint(cfg.train.student))
         marker = run / "adapter-oss" / "repro-stage.json"
-        s1 = json.loads(marker.read_text())["stats"] if marker.exists() and json.loads(
-            marker.read_text()).get("fingerprint") == fp1 else None
+        done = json.loads(marker.read_text()) if marker.exists() else {}
+        s1 = done.get("stats") if done.get("fingerprint") == fp1 else None
         if s1 is None:
             s1 = train.run(cfg.train, run / first, run / "adapter-oss", run / "train_log.jsonl", progress)
             write_json(marker, {"fingerprint": fp1, "stats": s1})

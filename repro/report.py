@@ -874,10 +874,19 @@ def sec_summary(r: _Run, facts: dict) -> list:
         made.append(f"had the teacher {teacher} write {g.get('pairs', '?')} problem–solution pairs from them "
                     f"({g.get('rejected', 0)} answers rejected)")
     if c:
-        made.append(f"kept {c.get('kept', '?')} after validation, decontamination and deduplication")
+        made.append(f"kept {c.get('kept', '?')} after format checks, decontamination and deduplication")
+    if v := r.stats("validate"):
+        made.append(f"kept the {v.get('kept', '?')} of them whose solution passed the teacher's tests or could not "
+                    "be tested here (validation, beyond the paper)")
     if t:
-        made.append(f"LoRA-fine-tuned the student {student} on them for {t.get('steps', '?')} steps")
-    text = [f"This run (`{r.path.name}`, profile `{r.run_json.get('profile', '?')}`) " + _join(made) + "."]
+        on = "them" if t.get("examples") in (None, (v or c or {}).get("kept")) and "stage2" not in t else \
+            f"{t.get('examples')} of them" if "stage2" not in t else \
+            (f"{t['stage1'].get('examples')} of them, then on {t['stage2'].get('examples')} pairs evolved from the "
+             "clean problems (Evol-Instruct, beyond the paper)")
+        made.append(f"LoRA-fine-tuned the student {student} on {on} for {t.get('steps', '?')} steps")
+    variant = r.run_json.get("variant", "oss")
+    text = [f"This run (`{r.path.name}`, profile `{r.run_json.get('profile', '?')}`"
+            + (f", variant `{variant}`" if variant != "oss" else "") + ") " + _join(made) + "."]
     if not g:
         text.append(f"Generation has {NOT_RUN}.")
     if ev and "finetuned" in ev.get("models", {}) and "base" in ev.get("models", {}):

@@ -257,6 +257,51 @@ def test_generate_killed_3_times_then_rerun_stores_every_key_exactly_once(tmp_pa
 
 
 # ---------------------------------------------------------------------------------------------
+# validate: the real teacher writes (short) tests; its answers are stored under their keys, so a
+# killed stage asks again only for the rest, and its artifacts are whole or absent
+
+
+VAL_PAIRS = 10
+
+
+def test_validate_killed_3_times_then_rerun_asks_for_every_test_exactly_once(tmp_path):
+    """As generate's, the teacher's answers are compared by key (batched decoding is not
+    byte-deterministic); the verdicts must cover every pair once, and validated.parquet be whole."""
+    from test_validate import clean_file
+
+    template = tmp_path / "tests.txt"  # short: the prompts are read faster
+    template.write_text("You write tests.\n---\nWrite {language} asserts ({assert_hint}) for:\n{problem}\n{code}\n")
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    for d in (whole, crashed):
+        d.mkdir()
+        clean_file(d / "clean.parquet", {f"p{i}": ("python", f"```python\ndef f{i}(x):\n    return x * {i}\n```")
+                                         for i in range(VAL_PAIRS)})
+
+    def rows(d: Path) -> list[dict]:
+        return _lines(d / "validate-answers.jsonl")
+
+    def intact(d: Path) -> None:
+        keys = _one(rows(d), "key")
+        assert len(keys) == len(set(keys)), f"a key stored twice: {sorted(keys)}"
+        assert not (d / "validated.parquet").exists() or (d / "validation.jsonl").exists()
+
+    watch = Watch(baseline=lambda d: len(rows(d)),
+                  started=lambda d, base: len(rows(d)) > base,
+                  near_end=lambda d, base, later: len(rows(d)) >= VAL_PAIRS - GEN_PARALLEL * (1 + later),
+                  left=lambda d: (VAL_PAIRS - len(rows(d))) / VAL_PAIRS,
+                  where=lambda d: f"{len(rows(d))} of {VAL_PAIRS} answers stored",
+                  intact=intact)
+    c = Crasher("validate", [f"validate.prompt={template}", "validate.max_tokens=8", f"generate.parallel={GEN_PARALLEL}",
+                             "generate.threads=1"], watch)
+    c.crash_and_finish(whole, crashed)
+    assert sorted(_one(rows(crashed), "key")) == sorted(_one(rows(whole), "key")), c.msg()
+    verdicts = _lines(crashed / "validation.jsonl")
+    assert sorted(_one(verdicts, "seed_id")) == [f"p{i}" for i in range(VAL_PAIRS)], c.msg()
+    stats = json.loads((crashed / "manifests" / "validate.json").read_text())["stats"]
+    assert stats["teacher"]["tests"]["reused"] > 0 and stats["pairs_in"] == VAL_PAIRS, c.msg()
+
+
+# ---------------------------------------------------------------------------------------------
 # clean: pairs from the standard library, with a duplicate and a HumanEval copy to remove
 
 
