@@ -82,9 +82,9 @@ def cmd(args) -> int:
     evolved = min(_rows(runs[v] / "evol.parquet") for v in evol_runs) if evol_runs else None
     n, m = sizes(pools, evolved)
     for v in variants:
-        two = v in evol_runs
-        cfgs[v].train.max_pairs = n - m if two else n
-        cfgs[v].evol.train_pairs = m if two else cfgs[v].evol.train_pairs
+        cfgs[v].train.max_pairs = n - m if v in evol_runs else n
+        if v in evol_runs:
+            cfgs[v].evol.train_pairs = m
     # 3. Train, export, evaluate, report each.
     for v in variants:
         cli.drive(args, cfgs[v], runs[v], ["train", "export", "evaluate", "report"])

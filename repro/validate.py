@@ -30,6 +30,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -166,17 +167,9 @@ def runnable() -> dict[str, str]:
     """language -> '' if tests can run here, else why not."""
     out = {}
     for lang, tools in RUNNERS.items():
-        missing = [t for t in tools if not _which(t)]
+        missing = [t for t in tools if shutil.which(t) is None]
         out[lang] = f"{', '.join(missing)} is not installed" if missing else ""
     return out
-
-
-def _which(name: str) -> bool:
-    try:
-        sandbox.tool(name)
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def execute(language: str, code: str, tests: str, timeout_s: float) -> tuple[str, str]:
@@ -193,12 +186,13 @@ def execute(language: str, code: str, tests: str, timeout_s: float) -> tuple[str
 
 def solution_code(solution: str, language: str) -> tuple[str, str]:
     """(language, code) of the runnable part of a solution: every fenced block in the first
-    language we have a test runner for, joined; ('', first block's language) if there is none."""
+    language we have a test runner for, joined. Without one: (the first block's language, ''),
+    or ('', '') when the solution has no code block at all."""
     blocks = code_blocks(solution, language)
     for b in blocks:
         if b["language"] in RUNNERS:
             return b["language"], "\n\n".join(x["code"] for x in blocks if x["language"] == b["language"])
-    return "", (blocks[0]["language"] if blocks else "")
+    return (blocks[0]["language"] if blocks else ""), ""
 
 
 def tests_of(text: str, language: str) -> str:
@@ -230,8 +224,7 @@ def run(cfg: ValidateConfig, gen: GenerateConfig, clean_path: Path, out_path: Pa
 
     check(cfg)
     t0 = time.perf_counter()
-    con = duckdb.connect()
-    rel = con.sql(f"SELECT * FROM read_parquet('{clean_path}')")
+    rel = duckdb.sql(f"SELECT * FROM read_parquet('{clean_path}')")
     columns = rel.columns
     rows = [dict(zip(columns, r)) for r in rel.fetchall()]
     row_of = {r["seed_id"]: r for r in rows}  # seed ids are unique in clean.parquet
@@ -240,11 +233,11 @@ def run(cfg: ValidateConfig, gen: GenerateConfig, clean_path: Path, out_path: Pa
     items = []
     for r in rows:
         lang, code = solution_code(r["solution"] or "", r["language"])
-        it = {"seed_id": r["seed_id"], "language": r["language"], "test_language": lang or code or "none",
-              "code": code if lang else "", "status": "", "detail": "", "tests": "", "candidate": 0}
-        if not lang:
-            it.update(status="not_run", detail=f"no test runner for {it['test_language']} code"
-                      if code else "the solution has no code block")
+        it = {"seed_id": r["seed_id"], "language": r["language"], "test_language": lang or "none",
+              "code": code, "status": "", "detail": "", "tests": "", "candidate": 0}
+        if not code:
+            it.update(status="not_run", detail=f"no test runner for {lang} code" if lang else
+                      "the solution has no code block")
         elif can_run[lang]:
             it.update(status="not_run", detail=f"{lang}: {can_run[lang]}")
         items.append(it)
@@ -313,7 +306,7 @@ def run(cfg: ValidateConfig, gen: GenerateConfig, clean_path: Path, out_path: Pa
                     continue
                 a = sanswers[sreqs[it["seed_id"], k].key]
                 lang, code = solution_code(a["text"], it["test_language"])
-                if a["finish_reason"] == "stop" and lang == it["test_language"]:
+                if a["finish_reason"] == "stop" and code and lang == it["test_language"]:
                     cands.append((it, code, a["text"]))
             for (it, code, text), (status, detail) in zip(cands, judge([(c[0], c[1]) for c in cands])):
                 if status == "passed":
@@ -327,7 +320,7 @@ def run(cfg: ValidateConfig, gen: GenerateConfig, clean_path: Path, out_path: Pa
         it = by_id[r["seed_id"]]
         if it["status"] in keep_status:
             kept.append({**r, "solution": it.get("solution", r["solution"])})
-    write_rows(con, kept, columns, out_path, clean_path)
+    write_rows(kept, columns, out_path, clean_path)
     write_text(log_path, "".join(json.dumps({k: v for k, v in it.items() if k not in ("code", "solution")}
                                             | {"replaced_solution": "solution" in it}, ensure_ascii=False) + "\n"
                                  for it in items))
@@ -335,7 +328,7 @@ def run(cfg: ValidateConfig, gen: GenerateConfig, clean_path: Path, out_path: Pa
                      time.perf_counter() - t0, can_run)
 
 
-def write_rows(con, kept: list[dict], columns: list[str], out_path: Path, like: Path) -> None:
+def write_rows(kept: list[dict], columns: list[str], out_path: Path, like: Path) -> None:
     """`kept` as parquet with clean.parquet's own schema (an empty result too)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -368,5 +361,5 @@ def summarize(items, kept, rows, cfg, st_tests, st_solve, runs, exec_s, wall_s, 
             "programs_per_second": round(runs / exec_s, 2) if exec_s and runs else None,
             "pairs_per_minute": round(60 * len(rows) / wall_s, 1) if wall_s else None,
             "wall_seconds": round(wall_s, 1),
-            "notes": [f"{n} pairs in {lang}: {can_run[lang]}, not tested" for lang, n in
-                      ((lg, per_lang.get(lg, {}).get("not_run", 0)) for lg in can_run) if can_run[lang] and n]}
+            "notes": [f"{per_lang[lang]['not_run']} pairs in {lang}: {why}, not tested"
+                      for lang, why in can_run.items() if why and lang in per_lang]}
