@@ -214,6 +214,23 @@ GEN_SEEDS = 10
 GEN_PARALLEL = 2
 
 
+def store_watch(rows: Callable[[Path], list[dict]], total: int,
+                also_intact: Callable[[Path], None] = lambda d: None) -> Watch:
+    """The Watch of a stage that stores the teacher's answers one line per key (generate, validate)."""
+    def intact(d: Path) -> None:
+        keys = _one(rows(d), "key")
+        assert len(keys) == len(set(keys)), f"a key stored twice: {sorted(keys)}"
+        also_intact(d)
+
+    return Watch(baseline=lambda d: len(rows(d)),
+                 started=lambda d, base: len(rows(d)) > base,
+                 # Answers land a batch at a time: leave one batch in flight for this kill and each later one.
+                 near_end=lambda d, base, later: len(rows(d)) >= total - GEN_PARALLEL * (1 + later),
+                 left=lambda d: (total - len(rows(d))) / total,
+                 where=lambda d: f"{len(rows(d))} of {total} answers stored",
+                 intact=intact)
+
+
 def test_generate_killed_3_times_then_rerun_stores_every_key_exactly_once(tmp_path):
     """Generation is not byte-deterministic (answers are stored in the order they finish, and batched
     decoding may pick another token where a sequence shares a batch with others), so what is compared
@@ -231,17 +248,7 @@ def test_generate_killed_3_times_then_rerun_stores_every_key_exactly_once(tmp_pa
     def rows(d: Path) -> list[dict]:
         return _lines(d / "pairs.jsonl") + _lines(d / "rejected.jsonl")
 
-    def intact(d: Path) -> None:
-        keys = _one(rows(d), "key")
-        assert len(keys) == len(set(keys)), f"a key stored twice: {sorted(keys)}"
-
-    watch = Watch(baseline=lambda d: len(rows(d)),
-                  started=lambda d, base: len(rows(d)) > base,
-                  # Answers land a batch at a time: leave one batch in flight for this kill and each later one.
-                  near_end=lambda d, base, later: len(rows(d)) >= GEN_SEEDS - GEN_PARALLEL * (1 + later),
-                  left=lambda d: (GEN_SEEDS - len(rows(d))) / GEN_SEEDS,
-                  where=lambda d: f"{len(rows(d))} of {GEN_SEEDS} answers stored",
-                  intact=intact)
+    watch = store_watch(rows, GEN_SEEDS)
     c = Crasher("generate", [f"generate.prompt={template}", "generate.max_tokens=8",
                              f"generate.parallel={GEN_PARALLEL}", "generate.threads=1"], watch)
     c.crash_and_finish(whole, crashed)
@@ -280,17 +287,10 @@ def test_validate_killed_3_times_then_rerun_asks_for_every_test_exactly_once(tmp
     def rows(d: Path) -> list[dict]:
         return _lines(d / "validate-answers.jsonl")
 
-    def intact(d: Path) -> None:
-        keys = _one(rows(d), "key")
-        assert len(keys) == len(set(keys)), f"a key stored twice: {sorted(keys)}"
+    def whole_artifacts(d: Path) -> None:
         assert not (d / "validated.parquet").exists() or (d / "validation.jsonl").exists()
 
-    watch = Watch(baseline=lambda d: len(rows(d)),
-                  started=lambda d, base: len(rows(d)) > base,
-                  near_end=lambda d, base, later: len(rows(d)) >= VAL_PAIRS - GEN_PARALLEL * (1 + later),
-                  left=lambda d: (VAL_PAIRS - len(rows(d))) / VAL_PAIRS,
-                  where=lambda d: f"{len(rows(d))} of {VAL_PAIRS} answers stored",
-                  intact=intact)
+    watch = store_watch(rows, VAL_PAIRS, whole_artifacts)
     c = Crasher("validate", [f"validate.prompt={template}", "validate.max_tokens=8", f"generate.parallel={GEN_PARALLEL}",
                              "generate.threads=1"], watch)
     c.crash_and_finish(whole, crashed)
