@@ -78,7 +78,7 @@ def cmd(args) -> int:
         cli.drive(args, cfgs[v], runs[v], [s for s in cli.stages_of(v) if s in DATA_STAGES])
     # 2. Equal training-set size.
     pools = {v: _rows(runs[v] / cli.train_inputs(cfgs[v])[0]) for v in variants}
-    evol_runs = [v for v in variants if "evol" in v.split("+")]
+    evol_runs = [v for v in variants if "evol" in config_mod.variant_stages(v)]
     evolved = min(_rows(runs[v] / "evol.parquet") for v in evol_runs) if evol_runs else None
     n, m = sizes(pools, evolved)
     for v in variants:

@@ -51,15 +51,15 @@ STAGES = ["seeds", "generate", "clean", "validate", "evol", "train", "export", "
 
 def stages_of(variant: str) -> list[str]:
     """The stages `repro run` runs for a variant: validate and evol only where it names them."""
-    parts = variant.split("+")
-    return [s for s in STAGES if s not in ("validate", "evol") or ("validated" if s == "validate" else s) in parts]
+    extra = config_mod.variant_stages(variant)
+    return [s for s in STAGES if s not in ("validate", "evol") or s in extra]
 
 
 def train_inputs(cfg: config_mod.Config) -> list[str]:
     """What the train stage reads for the run's variant: the first stage's pairs, then evol's."""
-    parts = cfg.variant.split("+")
-    return ["validated.parquet" if "validated" in parts else "clean.parquet"] + (
-        ["evol.parquet"] if "evol" in parts else [])
+    extra = config_mod.variant_stages(cfg.variant)
+    return ["validated.parquet" if "validate" in extra else "clean.parquet"] + (
+        ["evol.parquet"] if "evol" in extra else [])
 
 
 # ---------------------------------------------------------------------------------------------

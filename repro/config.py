@@ -196,6 +196,12 @@ class ReportConfig:
 VARIANTS = ("oss", "oss+validated", "oss+evol", "oss+validated+evol")
 
 
+def variant_stages(variant: str) -> set[str]:
+    """The optional stages a variant runs: validate for +validated, evol for +evol."""
+    parts = variant.split("+")
+    return {s for s, part in (("validate", "validated"), ("evol", "evol")) if part in parts}
+
+
 def variant_slug(variant: str) -> str:
     """The run-name suffix of a variant: '' for oss, else e.g. 'validated-evol'."""
     return "-".join(variant.split("+")[1:])

@@ -320,7 +320,7 @@ def _not_run(stage: str, artifact: str) -> tuple:
 
 
 def _funnel(r: _Run) -> list[tuple[str, str, str, str]]:
-    m, rows = r.m, []
+    rows = []
     if s := r.stats("seeds"):
         rows.append(("seeds", f"{s.get('files', 0)} files", f"{s.get('seeds', 0)} seeds",
                      ", ".join(f"{k.removeprefix('skipped_')}: {v}" for k, v in s.items()
@@ -352,8 +352,10 @@ def _funnel(r: _Run) -> list[tuple[str, str, str, str]]:
                      + " problems", f"{len(s.get('models', {}))} models", "-"))
     done = {row[0] for row in rows}
     order = {s: i for i, s in enumerate(STAGE_ORDER)}
-    variant = r.run_json.get("variant", "oss").split("+")
-    wanted = [s for s in STAGE_ORDER if s not in OPTIONAL or {"validate": "validated"}.get(s, s) in variant]
+    from repro.config import variant_stages
+
+    extra = variant_stages(r.run_json.get("variant", "oss"))
+    wanted = [s for s in STAGE_ORDER if s not in OPTIONAL or s in extra]
     rows += [(s, NOT_RUN, "-", "-") for s in wanted if s not in done]
     return sorted(rows, key=lambda row: order[row[0]])
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from repro import ablation, cli, config, train
-from repro.artifacts import ReproError, RunDir, fingerprint, write_json
+from repro.artifacts import ReproError, RunDir, fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = [{"problem": "write a function that adds two numbers", "solution": "def add ( x , y ) : return x + y"},
