@@ -23,17 +23,11 @@ import json
 from pathlib import Path
 
 from repro import config as config_mod
-from repro.artifacts import ROOT, ReproError, RunDir, write_json, write_text
+from repro.artifacts import ROOT, ReproError, RunDir, parquet_rows, write_json, write_text
 from repro.stats import paired_bootstrap, wilson
 
 DATA_STAGES = ("seeds", "generate", "clean", "validate", "evol")
 NAMES = {"humaneval": "HumanEval", "mbpp": "MBPP"}
-
-
-def _rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.read_metadata(path).num_rows
 
 
 def sizes(pools: dict[str, int], evolved: int | None) -> tuple[int, int]:
@@ -77,9 +71,9 @@ def cmd(args) -> int:
     for v in variants:
         cli.drive(args, cfgs[v], runs[v], [s for s in cli.stages_of(v) if s in DATA_STAGES])
     # 2. Equal training-set size.
-    pools = {v: _rows(runs[v] / cli.train_inputs(cfgs[v])[0]) for v in variants}
+    pools = {v: parquet_rows(runs[v] / cli.train_inputs(cfgs[v])[0]) for v in variants}
     evol_runs = [v for v in variants if "evol" in config_mod.variant_stages(v)]
-    evolved = min(_rows(runs[v] / "evol.parquet") for v in evol_runs) if evol_runs else None
+    evolved = min(parquet_rows(runs[v] / "evol.parquet") for v in evol_runs) if evol_runs else None
     n, m = sizes(pools, evolved)
     for v in variants:
         cfgs[v].train.max_pairs = n - m if v in evol_runs else n

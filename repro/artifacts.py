@@ -139,6 +139,13 @@ def append_jsonl(f, row: dict) -> None:
 # Hashing
 
 
+def parquet_rows(path: Path) -> int:
+    """Rows in a Parquet file, from its footer (nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

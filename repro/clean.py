@@ -416,7 +416,8 @@ def run(cfg: CleanConfig, pairs_path: Path, clean_path: Path, removed_path: Path
         seconds[step], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
 
     rows = read_pairs(pairs_path)
-    notes = [] if rows else [f"{pairs_path} has no pairs: clean.parquet is empty (generate more pairs)"]
+    notes = [] if rows else [f"{pairs_path} has no pairs: {clean_path.name} is empty (more input: seeds.num_seeds for "
+                              "clean.parquet, evol.num for evol.parquet)"]
     removal: dict[int, dict] = {}  # ord -> reason and what it matched / duplicated
 
     # 1. Validate, extract code, check syntax.

@@ -30,6 +30,7 @@ import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -44,7 +45,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text  # noqa: E402
 
 from repro import config as config_mod  # noqa: E402
-from repro.artifacts import DATA_DIR, ROOT, ReproError, RunDir, digest, fingerprint, write_json  # noqa: E402
+from repro.artifacts import (DATA_DIR, ROOT, ReproError, RunDir, atomic_path, digest, fingerprint,  # noqa: E402
+                             parquet_rows, write_json, write_text)
 
 STAGES = ["seeds", "generate", "clean", "validate", "evol", "train", "export", "evaluate", "report"]
 
@@ -196,6 +198,16 @@ def execute(stage: str, cfg: config_mod.Config, run: RunDir, fp: str, progress) 
             s1 = train.run(cfg.train, run / first, run / "adapter-oss", run / "train_log.jsonl", progress)
             write_json(marker, {"fingerprint": fp1, "stats": s1})
         print_notes("train (stage 1, OSS-Instruct)", s1["notes"], progress)
+        if not parquet_rows(run / "evol.parquet"):
+            # The 0.5B teacher often rewrites a problem back unchanged; with a few problems evolved
+            # none may survive. Stage 1 is the run's model then, said on the console and in the report.
+            why = (f"skipped: {run / 'evol.parquet'} has no pairs (see evol_rejected.jsonl and "
+                   "evol_removed.parquet; raise evol.num for more); the adapter is the OSS-Instruct stage's alone")
+            with atomic_path(run / "adapter") as tmp:
+                shutil.copytree(run / "adapter-oss", tmp, ignore=shutil.ignore_patterns("repro-stage.json"))
+            write_text(run / "train_log_evol.jsonl", "")
+            print_notes("train (stage 2, Evol-Instruct)", [why], progress)
+            return {**s1, "stage1": s1, "stage2_skipped": why, "notes": s1["notes"] + [f"stage 2 {why}"]}
         cfg2 = dataclasses.replace(cfg.train, max_pairs=cfg.evol.train_pairs)
         s2 = train.run(cfg2, run / "evol.parquet", run / "adapter", run / "train_log_evol.jsonl", progress,
                        ckpt_dir=run / "train_ckpt_evol", init_adapter=run / "adapter-oss")
@@ -302,9 +314,9 @@ def summary(stage: str, s: dict) -> str:
         "validate": lambda: f"{s['kept']} kept of {s['pairs_in']}: {s['passed']} passed, {s['failed']} failed, "
                             f"{s['timeout']} timed out, {s['no_tests']} without usable tests, {s['not_run']} "
                             f"not testable here; {s['pairs_per_minute']} pairs/min",
-        "evol": lambda: f"{s['kept']} evolved pairs kept of {s['evolved']} problems evolved "
-                        f"({s['rejected']} rejected by the teacher's answers, "
-                        f"{s['clean']['pairs_in'] - s['clean']['kept']} by cleaning)",
+        "evol": lambda: f"{s['kept']} evolved pairs kept of {s['evolved']} problems evolved; rejected: "
+                        + "".join(f"{n} {why}; " for why, n in s["rejected_by_reason"].items())
+                        + f"{s['clean']['pairs_in'] - s['clean']['kept']} by cleaning",
         "train": lambda: f"{s['steps']} steps, loss {s['first_loss']:.3f} → {s['final_loss']:.3f}, "
                          f"{s['tokens_per_second']} tokens/s",
         "export": lambda: f"{s['quant']} GGUF, {s['bytes'] / 2**20:.0f} MiB, loads in llama.cpp; greedy agreement "

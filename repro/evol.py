@@ -147,7 +147,8 @@ def run(cfg: EvolConfig, gen: GenerateConfig, clean_path: Path, pairs_path: Path
         by_h[x["heuristic"]] = by_h.get(x["heuristic"], 0) + 1
     reasons: dict[str, int] = {}
     for x in bad:
-        reasons[x["reason"]] = reasons.get(x["reason"], 0) + 1
+        why = re.sub(r" \(similarity [0-9.]+\)$", "", x["reason"])  # one count for all the unchanged
+        reasons[why] = reasons.get(why, 0) + 1
     return {"problems": len(rows), "evolved": len(chosen), "pairs": len(pairs), "rejected": len(bad),
             "rejected_by_reason": reasons, "pairs_by_heuristic": by_h,
             "teacher": {"evolve": st_evolve, "answer": st_answer, "completion_tokens": tokens,

@@ -657,6 +657,10 @@ def sec_beyond(r: _Run) -> list:
                          f"({t['stage1']['steps']} steps), then {t['stage2']['examples']} evolved pairs "
                          f"({t['stage2']['steps']} steps) from that adapter; the loss curve above is the first stage's "
                          "(`train_log_evol.jsonl` has the second)."))
+    elif t.get("stage2_skipped"):
+        out.append(("p", f"**No second training stage:** the evol stage kept no pairs, so the model is the "
+                         f"OSS-Instruct stage's ({t['stage1']['examples']} pairs, {t['stage1']['steps']} steps) and this "
+                         "variant trained as `oss` did. Raise `evol.num` for more evolved problems."))
     return out
 
 
@@ -885,6 +889,8 @@ def sec_summary(r: _Run, facts: dict) -> list:
             f"{t.get('examples')} of them" if "stage2" not in t else \
             (f"{t['stage1'].get('examples')} of them, then on {t['stage2'].get('examples')} pairs evolved from the "
              "clean problems (Evol-Instruct, beyond the paper)")
+        if t.get("stage2_skipped"):
+            on += " (no evolved pairs survived, so no second stage)"
         made.append(f"LoRA-fine-tuned the student {student} on {on} for {t.get('steps', '?')} steps")
     variant = r.run_json.get("variant", "oss")
     text = [f"This run (`{r.path.name}`, profile `{r.run_json.get('profile', '?')}`"

@@ -109,7 +109,13 @@ def test_a_variant_run_reuses_the_shared_stages_and_adds_validation_and_evol(smo
     e = m["evol"]["stats"]
     assert e["evolved"] == 2 and e["pairs"] + e["rejected"] == 2
     t = m["train"]["stats"]
-    if v["kept"] and e["kept"]:
-        assert t["stage1"]["examples"] == v["kept"] and t["stage2"]["examples"] == e["kept"]
+    assert t["stage1"]["examples"] == v["kept"]
     report = (run / "report.md").read_text()
+    # The 0.5B teacher often rewrites a problem back unchanged (13 of 24 on tiny), and the greedy
+    # answers differ between CPUs: with 2 evolved, either branch can happen on a given machine.
+    if e["kept"]:
+        assert t["stage2"]["examples"] == e["kept"] and (run / "train_log_evol.jsonl").read_text()
+    else:
+        assert "stage2" not in t and "train (stage 2, Evol-Instruct): skipped:" in " ".join(r.stderr.split())
+        assert "No second training stage" in report
     assert "## Beyond the paper: validation and Evol-Instruct" in report and "pass rate of the tested" in report

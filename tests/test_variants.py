@@ -111,6 +111,31 @@ def test_two_stage_training_starts_the_second_from_the_first_adapter(tmp_path, s
     assert all(torch.equal(again[k], final[k]) for k in final)
 
 
+def test_no_evolved_pairs_leaves_the_first_stage_as_the_model_and_says_so(tmp_path, student_dir):
+    """The small teacher may rewrite every chosen problem back unchanged: the run goes on, loudly."""
+    run = tmp_path / "run"
+    write_pairs(run / "clean.parquet", ROWS)
+    write_pairs(run / "evol.parquet", [])
+    sets = [a for s in [f"train.student={student_dir}", *SETTINGS] for a in ("--set", s)]
+    r = repro("train", "--profile", "smoke", "--variant", "oss+evol", *sets, "--run-dir", str(run))
+    assert r.returncode == 0, r.stderr
+    assert "train (stage 2, Evol-Instruct): skipped:" in " ".join(r.stderr.split())
+    s = json.loads((run / "manifests" / "train.json").read_text())["stats"]
+    assert "stage2" not in s and s["stage2_skipped"].startswith("skipped:") and s["steps"] == s["stage1"]["steps"] == 3
+    from safetensors.torch import load_file
+    first = load_file(run / "adapter-oss" / "adapter_model.safetensors")
+    final = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert first.keys() == final.keys() and all(torch.equal(final[k], first[k]) for k in first)
+    assert not (run / "adapter" / "repro-stage.json").exists()
+
+    # The report's section on the variant says so (an evol manifest as the stage writes it for 0 kept).
+    from repro import report
+    (run / "manifests" / "evol.json").write_text(json.dumps({"stats": {
+        "problems": 5, "evolved": 2, "pairs": 0, "kept": 0, "pairs_by_heuristic": {}, "teacher": {}}}))
+    text = " ".join(str(x) for x in report.sec_beyond(report._Run(RunDir(run))))
+    assert "No second training stage" in text and "3 steps" in text
+
+
 def test_an_adapter_of_another_shape_is_one_line(tmp_path, student_dir, tiny_model):
     cfg = config.load("smoke", SETTINGS).train
     model = train.add_lora(tiny_model, cfg)
