@@ -659,8 +659,9 @@ def sec_beyond(r: _Run) -> list:
                          "(`train_log_evol.jsonl` has the second)."))
     elif t.get("stage2_skipped"):
         out.append(("p", f"**No second training stage:** the evol stage kept no pairs, so the model is the "
-                         f"OSS-Instruct stage's ({t['stage1']['examples']} pairs, {t['stage1']['steps']} steps) and this "
-                         "variant trained as `oss` did. Raise `evol.num` for more evolved problems."))
+                         f"OSS-Instruct stage's ({t['stage1']['examples']} pairs, {t['stage1']['steps']} steps) "
+                         "alone, trained as the variant without `+evol` would be. Raise `evol.num` for more evolved "
+                         "problems."))
     return out
 
 
