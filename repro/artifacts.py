@@ -89,6 +89,13 @@ def write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def parquet_rows(path: Path) -> int:
+    """Rows in a Parquet file, from its footer (nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Read a JSON-lines file, ignoring a torn last line (a crash mid-append)."""
     rows = []
@@ -137,13 +144,6 @@ def append_jsonl(f, row: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Hashing
-
-
-def parquet_rows(path: Path) -> int:
-    """Rows in a Parquet file, from its footer (nothing else is read)."""
-    import pyarrow.parquet as pq
-
-    return pq.read_metadata(path).num_rows
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
