@@ -1,6 +1,7 @@
 # magicoder-repro — two commands on a fresh machine:
 #   make reproduce   set up, then run the embedded-default pipeline end to end (runs/tiny/)
-#   make test        set up, then run the test suite
+#   make test        set up, then the quick suite: unit tests and one end-to-end smoke run
+#   make test-all    set up, then every test, the slow self-tests included
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,24 +12,25 @@ TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 EXTRAS         ?= dev,embedded-models
 PROFILE        ?= tiny
+# The exact versions the tests last passed with; `make setup` installs those and no others
+# (pyproject.toml keeps ranges for people who install the package into their own environment).
+# Refresh on purpose with `make lock`, which resolves anew, then reinstalls and runs every test.
+LOCK           ?= requirements.lock
 
 # Busy-waiting OpenMP threads made CPU training 10x slower on a loaded 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
-# Benchmark files (MBPP+, HumanEval+, MBPP, DS-1000, GSM8K) for clean and evaluate: a folder of
-# them beside the checkout is used when there is one (see README, "Benchmark data").
-export REPRO_BENCHMARK_DIR ?= $(abspath $(wildcard ../shared/data))
 
-.PHONY: setup toolchains reproduce ablate test doctor clean-runs
+.PHONY: setup toolchains reproduce ablate test test-all lock doctor clean-runs
 
 setup: $(STAMP)
 
 # llama-cpp-python has no wheel on the registry: the first install compiles it (~5-15 min on
 # 2 cores); pip caches the wheel. The AMX crash of the default build is avoided at run time
 # (repro/models.py), so no CPU-specific build flags are needed.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/pip install -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -c $(LOCK) $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install -c $(LOCK) -e ".[$(EXTRAS)]"
 	$(BIN)/repro fetch
 	-$(MAKE) --no-print-directory toolchains
 	touch $(STAMP)
@@ -53,8 +55,27 @@ reproduce: setup
 ablate: setup
 	$(BIN)/repro ablate --profile $(PROFILE)
 
+# The quick loop after each change (about 10 min on 2 cores): everything but the slow self-tests
+# and the end-to-end runs other than the smoke one.
 test: setup
+	$(BIN)/python -m pytest -m "not slow and (not e2e or quick)"
+
+test-all: setup
 	$(BIN)/python -m pytest
+
+# Resolve every dependency anew (the newest releases pyproject.toml allows), write them to
+# $(LOCK), then rebuild the environment from it and run every test: commit the lock only if
+# they pass. torch is left out: it is pinned by TORCH_SPEC, whose build (CPU, CUDA) varies.
+lock:
+	rm -rf $(VENV).lock
+	$(PYTHON) -m venv $(VENV).lock
+	$(VENV).lock/bin/pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(VENV).lock/bin/pip install -e ".[$(EXTRAS)]"
+	{ echo "# Exact versions for make setup (pip constraints); refresh with: make lock"; \
+	  $(VENV).lock/bin/pip freeze --exclude-editable | grep -viE '^(torch|magicoder-repro)[=@ ]'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(VENV).lock $(VENV)
+	$(MAKE) --no-print-directory test-all
 
 doctor: setup
 	$(BIN)/repro doctor

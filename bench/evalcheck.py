@@ -492,8 +492,6 @@ def main() -> None:
     src.add_argument("--run", type=Path, help="a run folder: its eval/<model>/<benchmark>/samples.jsonl")
     ap.add_argument("--setup", action="store_true", help=f"create {VENV.relative_to(ROOT)} ({EVALPLUS}) and stop")
     ap.add_argument("--benchmarks", default="humaneval,mbpp")
-    ap.add_argument("--data", default=os.environ.get("REPRO_BENCHMARK_DIR", str(ROOT.parent / "shared" / "data")),
-                    help="the folder with HumanEvalPlus-v0.1.10.jsonl.gz and MbppPlus-v0.2.0.jsonl.gz")
     ap.add_argument("--tasks", default="", help="comma-separated task ids (else all, or --stride/--limit)")
     ap.add_argument("--stride", type=int, default=1, help="every n-th task")
     ap.add_argument("--limit", type=int, default=0, help="at most this many tasks per benchmark")
@@ -529,7 +527,7 @@ def main() -> None:
     failed = False
     try:
         for name in [b.strip() for b in args.benchmarks.split(",") if b.strip()]:
-            bench = evalplus_data.load(name, benchmark_dir=args.data)
+            bench = evalplus_data.load(name)  # HumanEval+ / MBPP+ from data/benchmarks/
             if not bench.plus:
                 sys.exit(f"evalcheck: {name}: {bench.note}")
             if args.run:

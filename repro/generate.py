@@ -74,9 +74,8 @@ def parse(text: str) -> tuple[str, str] | None:
     sol = next((m for m, name in marks if prob and m.start() > prob.start() and name == "solution"), None)
     if prob is None or sol is None:
         return None
-    # Markdown decoration around a heading ("### [Solution]", "**[Solution]**") is not content.
-    problem = _strip_heading_noise(text[prob.end():sol.start()])
-    solution = _strip_heading_noise(text[sol.end():])
+    problem = section_text(text[prob.end():sol.start()])
+    solution = section_text(text[sol.end():])
     if not problem or not solution:
         return None
     return problem, solution
@@ -109,10 +108,19 @@ def judge(text: str, finish_reason: str, structured: str) -> tuple[str, str] | s
     return parse(text) or "missing [Problem Description] or [Solution]"
 
 
-def _strip_heading_noise(s: str) -> str:
-    s = re.sub(r"^[\s*:#]+", "", s)
-    s = re.sub(r"[\s*#]+$", "", s)
-    return s.strip()
+# Markdown decoration around a heading ("### [Solution]", "**[Solution]**:", a "---" rule before
+# it) is not content; everything else is, byte for byte: a problem that starts "**Task**:" keeps
+# its "**". After the heading: the closing marks and colon on its own line, then blank lines.
+_AFTER_HEADING = re.compile(r"\A(?:\*\*|__)?[ \t]*:?[ \t]*(?:\*\*|__)?[ \t]*(?:\n[ \t]*)*")
+# Before the next heading: the part of its line in front of it ("### ", "**"), and rules and blank
+# lines above it. At the end of the answer: only trailing rules and whitespace.
+_BEFORE_HEADING = re.compile(r"(?:(?:\A|\n)[ \t>]*(?:#{1,6}|\*\*|__|-{3,}|\*{3,}|_{3,})?[ \t]*)+\Z")
+
+
+def section_text(s: str) -> str:
+    """The text of one section, between its heading and the next (or the end)."""
+    s = _AFTER_HEADING.sub("", s, count=1)
+    return _BEFORE_HEADING.sub("", s, count=1).strip()
 
 
 def item_seed(seed: int, key: str) -> int:

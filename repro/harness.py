@@ -80,9 +80,11 @@ def _workers(workers: int) -> int:
 def ground_truth(bench: Benchmark, workers: int = 0, task_ids: Iterable[str] | None = None) -> dict[str, dict]:
     """Expected outputs and reference times per task: {task_id: {base, base_time, plus, plus_time}}.
 
-    Computed once per benchmark file and cached by its sha256. With `task_ids`, only those tasks:
-    taken from the cache when it is there, else computed (and not cached). Empty for the wheel
-    fallback, whose tests carry their own expected values.
+    Every task of the benchmark, or only `task_ids`. Computed once per task and benchmark file and
+    cached by the file's sha256, so that a run on a subset (every 6th problem, 2 in `smoke`) pays
+    for its own tasks only. Empty for the wheel fallback, whose tests carry their own expected
+    values. Two runs adding to the cache at once may drop each other's new tasks (the last file
+    written wins); those are computed again when next wanted, never wrong.
     """
     if not bench.plus:
         return {}
@@ -92,23 +94,21 @@ def ground_truth(bench: Benchmark, workers: int = 0, task_ids: Iterable[str] | N
     path = cache_dir() / "evalplus-gt" / f"{bench.sha256}.pkl"
     # The cache holds each task's entry pickled on its own, so that a few tasks can be read
     # without unpickling all (Mbpp/255's outputs alone are 780 MB pickled).
+    cached: dict[str, bytes] = {}
     if path.is_file():
         try:
             cached = pickle.loads(path.read_bytes())
-            if set(cached) == set(bench.problems):
-                return {tid: pickle.loads(cached[tid]) for tid in wanted}
         except Exception:  # a damaged cache file is recomputed, not an error
-            pass
+            cached = {}
     # Longest first, so that one slow task does not finish alone at the end.
-    order = sorted(wanted, key=lambda t: -len(bench.problems[t]["plus_input"]))
-    done = {}
-    with ThreadPoolExecutor(_workers(workers)) as pool:
-        futures = {pool.submit(_ground_truth_task, bench, tid): tid for tid in order}
-        for f in as_completed(futures):
-            done[futures[f]] = f.result()
-    if task_ids is None:
-        _write_atomic(path, pickle.dumps(done, protocol=pickle.HIGHEST_PROTOCOL))
-    return {tid: pickle.loads(done[tid]) for tid in wanted}
+    missing = sorted((t for t in wanted if t not in cached), key=lambda t: -len(bench.problems[t]["plus_input"]))
+    if missing:
+        with ThreadPoolExecutor(_workers(workers)) as pool:
+            futures = {pool.submit(_ground_truth_task, bench, tid): tid for tid in missing}
+            for f in as_completed(futures):
+                cached[futures[f]] = f.result()
+        _write_atomic(path, pickle.dumps(cached, protocol=pickle.HIGHEST_PROTOCOL))
+    return {tid: pickle.loads(cached[tid]) for tid in wanted}
 
 
 def _ground_truth_task(bench: Benchmark, task_id: str) -> bytes:
@@ -122,7 +122,7 @@ def _ground_truth_task(bench: Benchmark, task_id: str) -> bytes:
     if "gt.pkl" not in r.files:
         last = (r.output.strip().splitlines() or [r.status])[-1][:200]
         raise ReproError(f"{bench.path}: the canonical solution of {task_id} did not run ({last}); "
-                         "is this the release file? (see ../shared/data/README.md)")
+                         "is this the release file? (see data/benchmarks/README.md)")
     return r.files["gt.pkl"]  # pickled, as the cache keeps it
 
 

@@ -1,10 +1,10 @@
 """MultiPL-E: HumanEval translated to Java, JavaScript, C++, PHP, Swift and Rust, run as MultiPL-E runs it.
 
-Data: the "reworded" files (MultiPL-E's standard variant), `humaneval-<lang>-reworded.jsonl`, in
-`evaluate.benchmark_dir/multipl-e/` (else `$REPRO_BENCHMARK_DIR/multipl-e/`), else the cache, else
-downloaded from MultiPL-E's repository at the commit they come from (`evaluate.fetch=true`), each
-checked against its sha256 (../shared/data/README.md says where they come from). These are the files Magicoder's
-evaluation used (bigcode-evaluation-harness at the revision it pinned; same problems and counts).
+Data: the "reworded" files (MultiPL-E's standard variant), `humaneval-<lang>-reworded.jsonl`, from
+data/benchmarks/multipl-e/ (else the cache, else MultiPL-E's repository at the commit they come
+from; `repro.benchmarks.locate`), each checked against its sha256 (data/benchmarks/README.md says
+where they come from). These are the files Magicoder's evaluation used (bigcode-evaluation-harness
+at the revision it pinned; same problems and counts).
 MultiPL-E's licence forbids training on them: evaluation (and decontamination) only.
 
 Protocol (bigcode-evaluation-harness `multiple.py` + MultiPL-E's `eval_<lang>.py`):
@@ -21,17 +21,16 @@ HumanEval/32, 38 and 50 (and a few more per language) do not translate and are a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from repro import sandbox
 from repro.artifacts import ReproError
+from repro.benchmarks import locate
 
 TIMEOUT_S = 15.0  # MultiPL-E's per-program limit (its containers' --timeout default), compile included
 JAVATUPLES = ("/usr/share/java/javatuples.jar",)  # Debian's libjavatuples-java (javatuples 1.2)
@@ -41,30 +40,18 @@ JAVATUPLES = ("/usr/share/java/javatuples.jar",)  # Debian's libjavatuples-java 
 class Lang:
     title: str
     file: str  # the program's file name
-    sha256: str  # of humaneval-<key>-reworded.jsonl
     tools: tuple[str, ...]  # commands that must exist
     install: str  # how to get what is missing, for the "not run" line
 
 
 LANGS = {
-    "java": Lang("Java", "Problem.java", "a38a4fab2136b0b7d03236f2c423d2182b2d4a182edd0fa9639305c3afb733a5",
-                 ("javac", "java"), "apt-get install default-jdk-headless libjavatuples-java"),
-    "js": Lang("JavaScript", "program.js", "47536b7f7a0221586cdecc16c900ff8e7ba7dd60cc4bab3bddbbc4e866e0cef8",
-               ("node",), "apt-get install nodejs"),
-    "cpp": Lang("C++", "program.cpp", "4910aa71c605754136ec9c95efcf458704967d21b3d09ed2a141eaca5a1903a2",
-                ("g++",), "apt-get install g++"),
-    "php": Lang("PHP", "program.php", "588a969eb171a380c4ef4e2dcf461fc2617648bc85c25b2ff497b341c5cc6d86",
-                ("php",), "apt-get install php-cli"),
-    "swift": Lang("Swift", "program.swift", "4de14494655de7d4bf294a5902fe8088839fd2011bde392470ae1ab642b79f8b",
-                  ("swiftc",), "a Swift toolchain from swift.org, not in Debian's registry"),
-    "rs": Lang("Rust", "program.rs", "3e528744b7b6dcbc8054b489f3928b88901386911ba9bcf908b4f2b53c5bcc87",
-               ("rustc",), "rustup, or apt-get install rustc"),
+    "java": Lang("Java", "Problem.java", ("javac", "java"), "apt-get install default-jdk-headless libjavatuples-java"),
+    "js": Lang("JavaScript", "program.js", ("node",), "apt-get install nodejs"),
+    "cpp": Lang("C++", "program.cpp", ("g++",), "apt-get install g++"),
+    "php": Lang("PHP", "program.php", ("php",), "apt-get install php-cli"),
+    "swift": Lang("Swift", "program.swift", ("swiftc",), "a Swift toolchain from swift.org, not in Debian's registry"),
+    "rs": Lang("Rust", "program.rs", ("rustc",), "rustup, or apt-get install rustc"),
 }
-SUBDIR = "multipl-e"
-# The same files at the MultiPL-E commit they come from (../shared/data/README.md), for evaluate.fetch.
-URL = ("https://raw.githubusercontent.com/nuprl/MultiPL-E/7bc20f22f27ebd353b07586695a2a9e3740cfcf8/prompts/"
-       "humaneval-{lang}-reworded.jsonl")
-SETTING = "evaluate.benchmark_dir"
 
 
 @dataclass
@@ -80,45 +67,19 @@ def humaneval_id(name: str) -> int:
     return int(name.split("_")[1])
 
 
-def find(lang: str, benchmark_dir: str = "", fetch: bool = False) -> Path | None:
-    """Where the language's file is: benchmark_dir (else $REPRO_BENCHMARK_DIR) + multipl-e/, else the
-    cache, else downloaded there when `fetch` (checked against its sha256 before it is kept)."""
-    from repro.evalplus_data import _cache_folder, fetch_file
-
+def load(lang: str, fetch: bool = True) -> Problems:
+    """One language's problems, checked against the published file's sha256 (`repro.benchmarks.locate`);
+    `benchmarks.Missing` when the file is nowhere."""
     if lang not in LANGS:
         raise ReproError(f"evaluate.multipl_e_langs: {lang!r} is unknown; choose among {', '.join(LANGS)}")
-    folder = benchmark_dir or os.environ.get("REPRO_BENCHMARK_DIR", "")
-    name = f"humaneval-{lang}-reworded.jsonl"
-    for path in ([Path(folder) / SUBDIR / name] if folder else []) + [_cache_folder() / SUBDIR / name]:
-        if path.is_file():
-            return path
-    if fetch:
-        return fetch_file(URL.format(lang=lang), LANGS[lang].sha256, _cache_folder() / SUBDIR / name,
-                          f"MultiPL-E {LANGS[lang].title}", SETTING)
-    return None
-
-
-def load(lang: str, benchmark_dir: str = "", fetch: bool = False) -> Problems:
-    """One language's problems, checked against the published file's sha256."""
-    path = find(lang, benchmark_dir, fetch)
-    folder = benchmark_dir or os.environ.get("REPRO_BENCHMARK_DIR", "")
-    name = f"humaneval-{lang}-reworded.jsonl"
-    if path is None:
-        raise ReproError(f"MultiPL-E {LANGS[lang].title}: {name} not found in "
-                         f"{(Path(folder) / SUBDIR) if folder else '(no folder set)'}; set {SETTING} (or "
-                         "REPRO_BENCHMARK_DIR) to a folder holding multipl-e/ (see ../shared/data/README.md), "
-                         "fetch it online (evaluate.fetch=true), or leave multipl-e out of evaluate.multilingual")
-    data = path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    if sha != LANGS[lang].sha256:
-        raise ReproError(f"{path}: sha256 {sha[:16]}… is not the MultiPL-E file we evaluate with "
-                         f"({LANGS[lang].sha256[:16]}…); use the file named in ../shared/data/README.md")
+    found = locate(f"multipl-e/{lang}", fetch=fetch, fetch_setting="evaluate.fetch")
     rows = {}
-    for line in data.decode("utf-8").splitlines():
+    for line in found.path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             r = json.loads(line)
             rows[r["name"]] = r
-    return Problems(lang, str(path), sha, dict(sorted(rows.items(), key=lambda kv: humaneval_id(kv[0]))))
+    return Problems(lang, str(found.path), found.sha256,
+                    dict(sorted(rows.items(), key=lambda kv: humaneval_id(kv[0]))))
 
 
 def missing_tools(lang: str) -> str:

@@ -11,7 +11,7 @@ Backends (`train.backend`), one training loop:
   bf16 (AVX512-BF16 / AMX), fp32 otherwise; `OMP_WAIT_POLICY=PASSIVE` must be set before torch
   starts (the CLI does it): on a loaded 2-core machine busy-waiting OpenMP threads made training
   10x slower. `train.compile` runs the decoder through torch.compile.
-- `triton` (CUDA): the same PEFT model with our kernels from kernels/ patched in (RMSNorm, the
+- `triton` (CUDA): the same PEFT model with our kernels from repro/kernels/ patched in (RMSNorm, the
   gated MLP activation, the LoRA projection) and the fused linear + cross-entropy as the loss,
   which never builds the [tokens, vocabulary] logits. LoRA dropout is set to 0 (the fused LoRA
   kernel has none).
@@ -264,12 +264,12 @@ def add_lora(model, cfg: TrainConfig):
 
 
 def kernel_backend(model, device: str, bf16: bool, impl: str = "triton") -> tuple[Backend, dict]:
-    """Patch kernels/ into `model` (in place) and return the backend whose loss is the fused head.
+    """Patch repro/kernels/ into `model` (in place) and return the backend whose loss is the fused head.
 
     impl="reference" installs the kernels' PyTorch references instead: same patching, any device
     (the CPU tests check the patching with it).
     """
-    from kernels.patch import kernel_functions, patch_model
+    from repro.kernels.patch import kernel_functions, patch_model
 
     counts = patch_model(model, impl)
     lce = kernel_functions(impl).linear_cross_entropy
@@ -363,7 +363,7 @@ CHUNK_ELEMENTS = 2 ** 26
 
 def chunked_head(h, lm_head, targets, softcap):
     """`logits_head`'s result and hidden-state gradient without the full [N, V] logits, in
-    PyTorch ops (any device): the design of kernels/cross_entropy.py. Rows go through in chunks;
+    PyTorch ops (any device): the design of repro/kernels/cross_entropy.py. Rows go through in chunks;
     each chunk's logits give its loss and, at once, its rows' gradient (softmax - onehot, times
     the softcap's derivative) @ W, so the backward only scales what the forward stored. The
     head's weight gets no gradient: in a LoRA student it is frozen (Gemma ties it to the

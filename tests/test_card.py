@@ -74,8 +74,7 @@ def _fake_generate(run: RunDir) -> None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> RunDir:
     tmp = tmp_path_factory.mktemp("card")
-    src, empty = _sources(tmp / "src"), tmp / "no-benchmarks"
-    empty.mkdir()
+    src = _sources(tmp / "src")
     run = RunDir(tmp / "run")
     common = ["--profile", "smoke", "--run-dir", str(run.path), "--quiet"]
     assert cli.main(["seeds", *common, "--set", f"seeds.source={src}", "--set", "seeds.quotas=python=4,shell=2",
@@ -83,7 +82,7 @@ def run(tmp_path_factory) -> RunDir:
     _fake_generate(run)
     # report.categories=tfidf: recorded in run.json, it spares `repro report` the teacher's embeddings.
     assert cli.main(["clean", *common, "--set", "clean.benchmarks=humaneval,apps",
-                     "--set", f"clean.benchmark_dir={empty}", "--set", "report.categories=tfidf"]) == 0
+                     "--set", "report.categories=tfidf"]) == 0
     card.write_card(run)  # what the report stage does after report.md (whose own cost is not ours)
     return run
 
@@ -145,7 +144,7 @@ def test_the_card_reports_each_benchmark_checked_or_not_and_what_was_removed(run
     assert facts["decontamination"]["humaneval"] == {"status": "checked", "flagged": 1, "removed": 1}
     assert facts["decontamination"]["apps"] == {"status": "not checked", "flagged": None, "removed": None}
     text = (run / "README.md").read_text()
-    assert "| apps | not checked |" in text and "no apps-test.jsonl" in text
+    assert "| apps | not checked |" in text and "clean.benchmark_paths apps=FILE" in text
     assert "OSS-Instruct (paper) | 0.105" in text and "Magicoder: Empowering Code Generation" in text
 
 

@@ -1,6 +1,5 @@
 import gzip
 import json
-import os
 import sysconfig
 import time
 from pathlib import Path
@@ -10,11 +9,9 @@ import pytest
 
 from repro import clean, cli
 from repro.artifacts import ReproError
-from repro.benchmarks import humaneval
+from repro.benchmarks import BENCH_DIR, humaneval
 from repro.config import CleanConfig
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not (SHARED / "mbpp.jsonl").exists(), reason=f"no benchmark files at {SHARED}")
 
 
 def _pairs(tmp_path, rows, name="pairs.jsonl"):
@@ -46,7 +43,7 @@ def _stdlib_pairs(n):
 
 
 # ---------------------------------------------------------------------------------------------
-# Planted contamination, against every benchmark file in ../shared/data
+# Planted contamination, against every benchmark file in data/benchmarks/
 
 
 MBPP_REWORDED = {  # task id -> a light rewording of its problem text
@@ -63,8 +60,8 @@ GSM8K_REWORDED = ("Kylar went to the shop to buy glasses for his new flat. One g
 def planted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("planted")
     he = humaneval()
-    mbpp = {str(r["task_id"]): r for r in map(json.loads, (SHARED / "mbpp.jsonl").open())}
-    ds = [json.loads(x) for x in gzip.open(SHARED / "ds1000.jsonl.gz", "rt")]
+    mbpp = {str(r["task_id"]): r for r in map(json.loads, (BENCH_DIR / "mbpp.jsonl").open())}
+    ds = [json.loads(x) for x in gzip.open(BENCH_DIR / "ds1000.jsonl.gz", "rt")]
     rows = _stdlib_pairs(40)
     doc0 = he[0]["prompt"].split('"""')[1].strip()
     planted = {
@@ -78,7 +75,7 @@ def planted(tmp_path_factory):
         "half-ds1000": {"problem": ds[0]["prompt"][:400], "solution": "df.iloc[List]"},
     }
     rows += [{"seed_id": k, "seed": k, **v} for k, v in planted.items()]
-    cfg = CleanConfig(benchmark_dir=str(SHARED), syntax_check=False, similarity=False)
+    cfg = CleanConfig(syntax_check=False, similarity=False)  # every benchmark, from data/benchmarks/
     stats = clean.run(cfg, _pairs(tmp, rows), tmp / "clean.parquet", tmp / "removed.parquet")
     report = json.loads((tmp / "decontamination.json").read_text())
     flags: dict[str, set] = {}
@@ -87,7 +84,6 @@ def planted(tmp_path_factory):
     return stats, report, flags, tmp
 
 
-@needs_shared
 def test_substring_catches_exact_case_changed_and_embedded_copies(planted):
     _, _, flags, _ = planted
     assert ("substring", "humaneval", "HumanEval/0") in flags["exact-he"]
@@ -95,7 +91,6 @@ def test_substring_catches_exact_case_changed_and_embedded_copies(planted):
     assert ("substring", "humaneval", "HumanEval/2") in flags["inside-he"]
 
 
-@needs_shared
 def test_ngram_also_catches_reworded_and_partial_copies_that_substring_misses(planted):
     _, _, flags, _ = planted
     for sid, bench, task in [("reworded-mbpp-31", "mbpp", "31"), ("reworded-mbpp-39", "mbpp", "39"),
@@ -106,7 +101,6 @@ def test_ngram_also_catches_reworded_and_partial_copies_that_substring_misses(pl
         assert any(m == "ngram" for m, _, _ in flags[sid]), sid
 
 
-@needs_shared
 def test_clean_corpus_text_is_not_flagged_and_every_plant_is_removed(planted, tmp_path):
     stats, report, flags, tmp = planted
     assert set(flags) == {"exact-he", "case-mbpp", "inside-he", "reworded-mbpp-31", "reworded-mbpp-39",
@@ -116,7 +110,6 @@ def test_clean_corpus_text_is_not_flagged_and_every_plant_is_removed(planted, tm
     assert stats["kept"] == 40
 
 
-@needs_shared
 def test_report_marks_apps_not_checked_and_names_the_data(planted):
     _, report, _, tmp = planted
     assert report["benchmarks"]["apps"]["status"] == "not checked"
@@ -294,21 +287,19 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path, capsys):
         assert not run_dir.exists()
 
 
-def test_environment_folder_is_used_for_benchmark_files(tmp_path, monkeypatch):
+def test_a_benchmark_file_of_ones_own_is_used(tmp_path):
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "gsm8k-test.jsonl").write_text(json.dumps({"question": GSM8K_REWORDED}) + "\n")
-    monkeypatch.setenv("REPRO_BENCHMARK_DIR", str(tmp_path / "b"))
+    (tmp_path / "b" / "gsm8k.jsonl").write_text(json.dumps({"question": GSM8K_REWORDED}) + "\n")
     rows = [{"seed_id": "a", "seed": "s", "problem": GSM8K_REWORDED.lower(), "solution": "64"}]
-    stats, kept, removed = _run(tmp_path, rows, benchmarks=["gsm8k"])
+    stats, kept, removed = _run(tmp_path, rows, benchmarks=["gsm8k"],
+                                benchmark_paths=[f"gsm8k={tmp_path / 'b' / 'gsm8k.jsonl'}"])
     assert kept == [] and removed["a"][0] == "contaminated_gsm8k"
-    assert os.environ["REPRO_BENCHMARK_DIR"] in json.loads((tmp_path / "decontamination.json").read_text())[
+    assert str(tmp_path / "b") in json.loads((tmp_path / "decontamination.json").read_text())[
         "benchmarks"]["gsm8k"]["source"]
 
 
-def test_hub_that_cannot_be_reached_leaves_the_benchmark_unchecked(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what an offline machine is told; nothing is fetched
-    monkeypatch.delenv("REPRO_BENCHMARK_DIR", raising=False)
+def test_a_benchmark_file_that_is_nowhere_leaves_it_unchecked_with_a_note(tmp_path, no_benchmark_files):
     rows = [{"seed_id": "a", "seed": "s", "problem": "Reverse a list.", "solution": "xs[::-1]"}]
-    stats, kept, _ = _run(tmp_path, rows, benchmarks=["humaneval", "gsm8k"], fetch_benchmarks=True)
+    stats, kept, _ = _run(tmp_path, rows, benchmarks=["humaneval", "gsm8k"], fetch_benchmarks=False)
     assert kept == ["a"] and stats["benchmarks"]["gsm8k"] == "not checked"
-    assert "gsm8k cannot be fetched" in stats["notes"][0]
+    assert "git checkout -- data/benchmarks/gsm8k-test.jsonl" in stats["notes"][0]

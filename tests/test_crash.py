@@ -39,8 +39,10 @@ from typing import Callable
 
 import pytest
 
+# Every test here runs a stage several times over: the kill -9 suite is in `make test-all` only.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
 SEED = int(os.environ.get("REPRO_CRASH_SEED", "8"))
 KILLS = 3
 POLL_S = 0.005
@@ -48,10 +50,7 @@ TIMEOUT_S = 300
 
 
 def _env() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if not env.get("REPRO_BENCHMARK_DIR") and SHARED.is_dir():
-        env["REPRO_BENCHMARK_DIR"] = str(SHARED)
-    return env
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def _args(stage: str, run_dir: Path, sets: list[str]) -> list[str]:
@@ -231,6 +230,7 @@ def store_watch(rows: Callable[[Path], list[dict]], total: int,
                  intact=intact)
 
 
+@pytest.mark.e2e
 def test_generate_killed_3_times_then_rerun_stores_every_key_exactly_once(tmp_path):
     """Generation is not byte-deterministic (answers are stored in the order they finish, and batched
     decoding may pick another token where a sequence shares a batch with others), so what is compared
@@ -271,6 +271,7 @@ def test_generate_killed_3_times_then_rerun_stores_every_key_exactly_once(tmp_pa
 VAL_PAIRS = 10
 
 
+@pytest.mark.e2e
 def test_validate_killed_3_times_then_rerun_asks_for_every_test_exactly_once(tmp_path):
     """As generate's, the teacher's answers are compared by key (batched decoding is not
     byte-deterministic); the verdicts must cover every pair once, and validated.parquet be whole."""
@@ -448,6 +449,7 @@ EVAL_SETTINGS = ["evaluate.models=base", "evaluate.benchmarks=humaneval", f"eval
                  "evaluate.threads=2", "evaluate.workers=2"]
 
 
+@pytest.mark.e2e
 def test_evaluate_killed_3_times_then_rerun_gives_the_same_answers_and_verdicts(tmp_path):
     """The real stage with the base student (the fine-tuned model's file is an input of the stage,
     here a stand-in, as only `base` is evaluated). Greedy decoding one sequence at a time is

@@ -2,22 +2,20 @@
 (the official test programs in our sandbox).
 
 The default tests judge a fixed subset (every SUBSET_STRIDE-th problem of each library); the `slow`
-test is the full self-test (every reference on every library that runs here; `make test` runs it,
-`-m "not slow"` leaves it out).
+test is the full self-test (every reference on every library that runs here; `make test-all` runs it,
+`make test` leaves it out).
 """
 
 import gzip
-import shutil
 from pathlib import Path
 
 import pytest
 
 from repro import ds1000
 from repro.artifacts import ReproError
+from repro.benchmarks import BENCH_DIR, FILES
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-FILE = SHARED / ds1000.FILE_NAME
-needs_data = pytest.mark.skipif(not FILE.exists(), reason=f"no {ds1000.FILE_NAME} in {SHARED} (see its README.md)")
+FILE = BENCH_DIR / FILES["ds1000"].name
 SUBSET_STRIDE = 40  # problems 0, 40, 80, ... of each library: 28 problems, 23 of them judged here
 
 # The full self-test's findings with numpy 2.4, pandas 3.1, scipy 1.17, scikit-learn 1.9,
@@ -59,15 +57,9 @@ BROKEN_IDS = {f"DS1000/{i}" for ids in KNOWN_BROKEN.values() for i in ids}
 BROKEN = "the test itself fails here: "
 
 
-@pytest.fixture(autouse=True)
-def no_user_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("REPRO_BENCHMARK_DIR", raising=False)
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return ds1000.load(path=str(FILE))
+    return ds1000.load()
 
 
 def _subset(bench) -> list[str]:
@@ -83,61 +75,28 @@ def _runs_here(bench, task_id: str) -> bool:
 # Data
 
 
-@needs_data
 def test_the_file_has_every_problem_of_every_library(bench):
-    assert bench.sha256 == ds1000.SHA256 and len(bench.problems) == 1000
+    assert bench.sha256 == FILES["ds1000"].sha256[0] and len(bench.problems) == 1000
     counts = {lib: sum(p["library"] == lib for p in bench.problems.values()) for lib in ds1000.LIBRARIES}
     assert counts == {"Pandas": 291, "Numpy": 220, "Matplotlib": 155, "Sklearn": 115, "Scipy": 106,
-                      "Pytorch": 68, "Tensorflow": 45}  # ../shared/data/README.md
+                      "Pytorch": 68, "Tensorflow": 45}  # data/benchmarks/README.md
     assert list(bench.problems)[:2] == ["DS1000/0", "DS1000/1"]
 
 
-@needs_data
-def test_a_file_with_another_hash_is_one_line_naming_the_setting(tmp_path, monkeypatch):
-    d = tmp_path / "damaged"
-    d.mkdir()
-    (d / ds1000.FILE_NAME).write_bytes(FILE.read_bytes() + b"\0")
-    for kwargs, setting in [({"path": str(d / ds1000.FILE_NAME)}, "evaluate.ds1000_path"),
-                            ({"benchmark_dir": str(d)}, "evaluate.benchmark_dir")]:
-        with pytest.raises(ReproError) as e:
-            ds1000.load(**kwargs)
-        msg = str(e.value)
-        assert "\n" not in msg and f"is not DS-1000's {ds1000.SHA256[:12]}" in msg and msg.endswith(f"set {setting}")
-    monkeypatch.setenv("REPRO_BENCHMARK_DIR", str(d))
-    with pytest.raises(ReproError, match=r"set \$REPRO_BENCHMARK_DIR$"):
-        ds1000.load()
-
-
-def test_a_missing_file_is_one_line_naming_the_setting_and_the_fix(tmp_path, monkeypatch):
-    monkeypatch.delenv("REPRO_BENCHMARK_DIR", raising=False)
-    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))  # nothing cached either
-    cases = [({"path": str(tmp_path / "nope.jsonl.gz")}, "evaluate.ds1000_path=.*: no such file"),
-             ({"benchmark_dir": str(tmp_path / "nope")}, "evaluate.benchmark_dir=.* is not a directory"),
-             ({"benchmark_dir": str(tmp_path)}, "no ds1000.jsonl.gz found; set evaluate.benchmark_dir"),
-             ({}, "no ds1000.jsonl.gz found; .*or fetch it online \\(evaluate.fetch=true\\)")]
-    for kwargs, pattern in cases:
-        with pytest.raises(ReproError, match=pattern) as e:
-            ds1000.load(**kwargs)
-        assert "\n" not in str(e.value)
-
-
-@needs_data
-def test_the_benchmark_dir_variable_is_the_default_folder_and_plain_jsonl_is_read(tmp_path, monkeypatch):
-    gz, plain = tmp_path / "gz", tmp_path / "plain"
-    gz.mkdir(), plain.mkdir()
-    shutil.copy(FILE, gz / FILE.name)
-    (plain / "ds1000.jsonl").write_bytes(gzip.decompress(FILE.read_bytes()))
-    monkeypatch.setenv("REPRO_BENCHMARK_DIR", str(gz))
-    assert ds1000.load().sha256 == ds1000.SHA256
-    b = ds1000.load(benchmark_dir=str(plain))  # the setting wins over the variable
-    assert b.sha256 == ds1000.JSONL_SHA256 and len(b.problems) == 1000
+def test_an_ungzipped_copy_given_by_its_setting_is_read(tmp_path):
+    plain = tmp_path / "ds1000.jsonl"
+    plain.write_bytes(gzip.decompress(FILE.read_bytes()))
+    b = ds1000.load(path=str(plain))
+    assert b.sha256 == FILES["ds1000"].sha256[1] and len(b.problems) == 1000
+    plain.write_bytes(plain.read_bytes() + b"\n")
+    with pytest.raises(ReproError, match=r"is not DS-1000 \(2024 format\)'s e8c6daa9d722…; .*evaluate\.ds1000_path empty$"):
+        ds1000.load(path=str(plain))
 
 
 # ---------------------------------------------------------------------------------------------
 # Prompts and answers
 
 
-@needs_data
 def test_the_completion_prompt_is_the_problem_prompt_with_the_official_stops(bench):
     p = bench.problems["DS1000/0"]
     prompt, stop = ds1000.completion_prompt(p)
@@ -155,7 +114,6 @@ def test_postprocess_cuts_the_answer_as_the_official_harness():
     assert ds1000.postprocess("result = df.sum()\n") == "result = df.sum()\n"
 
 
-@needs_data
 def test_the_instruct_prompt_splits_each_kind_of_prompt_as_magicoder(bench):
     for p in bench.problems.values():  # all three prompt shapes parse
         instruction, response = ds1000.instruct_prompt(p)
@@ -171,7 +129,6 @@ def test_the_instruct_prompt_splits_each_kind_of_prompt_as_magicoder(bench):
     assert ds1000.instruct_prompt(plot)[0].startswith("Write a solution to the following problem:\n```python\n")
 
 
-@needs_data
 def test_the_program_is_the_official_one(bench):
     p = bench.problems["DS1000/11"]  # one with a test_string check
     text = ds1000.program(p, "x = 'a'\n")
@@ -313,7 +270,6 @@ def _listing(rows: dict[str, str]) -> str:
     return "\n".join(f"{t}: {why}" for t, why in rows.items())
 
 
-@needs_data
 def test_the_reference_code_passes_on_the_subset_of_each_library_that_runs_here(bench, subset_verdicts):
     refs, _ = subset_verdicts
     ran = {v.library for v in refs if v.status != "not run"}
@@ -326,7 +282,6 @@ def test_the_reference_code_passes_on_the_subset_of_each_library_that_runs_here(
         assert v.status != "not run" or v.task_id in broken or not _runs_here(bench, v.task_id)
 
 
-@needs_data
 def test_an_empty_answer_fails_every_problem_of_the_subset(subset_verdicts):
     refs, empty = subset_verdicts
     assert [v.task_id for v in empty if v.status == "pass"] == []
@@ -335,7 +290,6 @@ def test_an_empty_answer_fails_every_problem_of_the_subset(subset_verdicts):
         [("not run", r.reason) if r.status == "not run" else ("fail", "") for r in refs]
 
 
-@needs_data
 def test_the_problems_of_a_missing_library_are_reported_not_run(bench, subset_verdicts):
     refs, _ = subset_verdicts
     status = ds1000.module_status(["tensorflow"])
@@ -353,7 +307,6 @@ def test_the_problems_of_a_missing_library_are_reported_not_run(bench, subset_ve
 # The full self-test (10-18 minutes on 2 cores, by load; `-m "not slow"` leaves it out).
 
 
-@needs_data
 @pytest.mark.slow
 def test_every_reference_passes_on_every_library_that_runs_here_but_the_known_failures(bench):
     verdicts = ds1000.judge(bench, [{"task_id": t, "solution": p["reference_code"]}

@@ -1,10 +1,11 @@
-"""The whole pipeline on the `smoke` profile with the real embedded models (a few minutes)."""
+"""The whole pipeline on the `smoke` profile with the real embedded models (a few minutes).
+
+The smoke run and the checks on it are `quick`: `make test` runs them. The variant run beside it
+(validation, Evol-Instruct, two training stages) is in `make test-all` only."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -13,20 +14,14 @@ from repro.cli import stages_of
 
 STAGES = stages_of("oss")  # the paper's pipeline: no validate, no evol
 
-pytestmark = pytest.mark.e2e
-
-
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+pytestmark = [pytest.mark.e2e, pytest.mark.quick]
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    if not (SHARED / "MbppPlus-v0.2.0.jsonl.gz").exists() and not os.environ.get("REPRO_BENCHMARK_DIR"):
-        pytest.skip("needs the benchmark files: ../shared/data or $REPRO_BENCHMARK_DIR (MBPP+, HumanEval+)")
     run_dir = tmp_path_factory.mktemp("smoke")
-    env = {**os.environ, "REPRO_BENCHMARK_DIR": os.environ.get("REPRO_BENCHMARK_DIR") or str(SHARED)}
     r = subprocess.run([sys.executable, "-m", "repro.cli", "run", "--profile", "smoke", "--run-dir", str(run_dir)],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
 
@@ -82,22 +77,21 @@ def test_exported_model_answers_in_llama_cpp(smoke_run):
 
 
 def test_second_run_skips_every_stage(smoke_run):
-    env = {**os.environ, "REPRO_BENCHMARK_DIR": os.environ.get("REPRO_BENCHMARK_DIR") or str(SHARED)}
     r = subprocess.run([sys.executable, "-m", "repro.cli", "run", "--profile", "smoke", "--run-dir", str(smoke_run)],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in STAGES[:-1]:
         assert f"{stage}: up to date, skipped" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_variant_run_reuses_the_shared_stages_and_adds_validation_and_evol(smoke_run, tmp_path):
     """oss+validated+evol beside the smoke run: seeds, pairs and cleaning copied; the teacher writes
     tests and evolves problems; two training stages; evaluated and reported."""
-    env = {**os.environ, "REPRO_BENCHMARK_DIR": os.environ.get("REPRO_BENCHMARK_DIR") or str(SHARED)}
     run = tmp_path / "variant"
     r = subprocess.run([sys.executable, "-m", "repro.cli", "run", "--profile", "smoke", "--variant",
                         "oss+validated+evol", "--run-dir", str(run), "--share", str(smoke_run)],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in ("seeds", "generate", "clean"):
         assert f"{stage}: the same as in {smoke_run}, copied from there" in r.stderr.replace("\n", " ")

@@ -30,6 +30,7 @@ def _run(backend, gguf, reqs, **kw):
     return out, stats
 
 
+@pytest.mark.e2e
 def test_batched_greedy_equals_the_reference_with_slots_reused(student):
     """More requests than sequences, with different lengths: finished sequences are replaced
     while others are mid-answer, and every answer still equals the reference's."""
@@ -45,6 +46,7 @@ def test_batched_greedy_equals_the_reference_with_slots_reused(student):
         assert stats.completion_tokens == sum(c.completion_tokens for c in got.values())
 
 
+@pytest.mark.e2e
 def test_batched_chat_equals_the_reference():
     teacher = models.resolve(TEACHER)
     reqs = [Request(f"c{i}", messages=[{"role": "system", "content": "You are a helpful coder."},
@@ -61,6 +63,7 @@ def test_batched_chat_equals_the_reference():
     assert 10 < stats.prompt_tokens_reused < one["c1"].prompt_tokens
 
 
+@pytest.mark.e2e
 def test_a_prefilled_chat_answer_continues_the_prefill_in_both_engines():
     """Magicoder's evaluation starts the answer with a code fence: the engines render the chat
     template and append it; the returned text is what follows."""
@@ -76,6 +79,7 @@ def test_a_prefilled_chat_answer_continues_the_prefill_in_both_engines():
     assert got["p"].prompt_tokens > got["q"].prompt_tokens
 
 
+@pytest.mark.e2e
 def test_stop_strings_length_and_a_prompt_too_long(student):
     reqs = [Request("stop", prompt="def f():\n    return 1\n\n\ndef g():\n", max_tokens=64, stop=["\n"]),
             Request("len", prompt="def f():\n", max_tokens=3),
@@ -86,6 +90,7 @@ def test_stop_strings_length_and_a_prompt_too_long(student):
     assert got["long"].finish_reason == "prompt_too_long" and got["long"].completion_tokens == 0
 
 
+@pytest.mark.e2e
 def test_sampling_is_reproducible_per_request_seed(student):
     reqs = [Request(f"s{i}", prompt="def add(a, b):\n", max_tokens=12, temperature=0.9, seed=7) for i in range(2)]
     got, _ = _run("llama-batched", student, reqs, n_ctx=256, parallel=2)
@@ -105,6 +110,7 @@ def test_bad_engine_settings_are_user_errors(args, msg):
         check_settings("generate", *args)
 
 
+@pytest.mark.e2e
 def test_json_schema_grammar_in_the_batched_engine_equals_the_reference():
     """Per-sequence grammars in one batch: greedy answers as the high-level API's grammar sampler
     gives them, and a sampled answer is held to the schema too."""
@@ -124,6 +130,7 @@ def test_json_schema_grammar_in_the_batched_engine_equals_the_reference():
     assert re.match(r'\{\s*"problem"', sampled["hot"].text), sampled["hot"].text
 
 
+@pytest.mark.e2e
 def test_the_json_grammar_allows_escapes_but_no_raw_control_characters():
     """Strings as JSON has them: a line break inside one must be written as \\n."""
     import llama_cpp.llama_cpp as C

@@ -1,5 +1,4 @@
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -8,8 +7,6 @@ from repro.config import EvaluateConfig
 from repro.engine import Completion, Stats
 from repro.stats import paired_bootstrap, wilson
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
 HE = {"task_id": "HumanEval/0", "entry_point": "add",
       "prompt": 'def add(a, b):\n    """Add two numbers."""\n', "canonical_solution": "    return a + b\n"}
 MBPP = {"task_id": "Mbpp/2", "entry_point": "add",
@@ -152,8 +149,6 @@ def test_answers_are_made_once_and_reused_until_a_setting_changes(tmp_path, fake
     assert local == tmp_path / "local.jsonl"
 
 
-@pytest.mark.skipif(not (SHARED / "HumanEvalPlus-v0.1.10.jsonl.gz").exists(),
-                    reason="needs ../shared/data/HumanEvalPlus-v0.1.10.jsonl.gz and MbppPlus-v0.2.0.jsonl.gz")
 def test_canonical_answers_score_everything_and_results_have_evalplus_shapes(tmp_path, fake_engine, monkeypatch):
     """The stage end to end, llama.cpp replaced by canonical answers: base and plus all pass."""
     import json
@@ -161,9 +156,9 @@ def test_canonical_answers_score_everything_and_results_have_evalplus_shapes(tmp
     from repro import evalplus_data
 
     monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
-    cfg = EvaluateConfig(benchmark_dir=str(SHARED), limit=3, models=["base", "teacher"], multilingual=[])
+    cfg = EvaluateConfig(limit=3, models=["base", "teacher"], multilingual=[])
     for b in ("humaneval", "mbpp"):
-        bench = evalplus_data.load(b, benchmark_dir=str(SHARED))
+        bench = evalplus_data.load(b)
         for t in list(bench.problems)[:3]:
             p = bench.problems[t]
             # Text that both the completion prompt (`base`) and the instruction (`teacher`) hold.
@@ -185,16 +180,15 @@ def test_canonical_answers_score_everything_and_results_have_evalplus_shapes(tmp
     assert all(c["diff"] == 0.0 for c in res["comparisons"])
 
 
-@pytest.mark.skipif(not (SHARED / "multipl-e").is_dir(), reason="needs ../shared/data/multipl-e/")
 def test_multipl_e_through_the_stage_scores_each_model_on_the_same_problems(tmp_path, fake_engine, monkeypatch):
     """JavaScript, HumanEval numbers 0, 53, 106, 159: one right answer (53), the rest wrong."""
     monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
     fake_engine["function add(x, y){"] = "\n  return x + y;\n}\n"
     fake_engine["function "] = "\n  return undefined_name;\n}\n"
-    cfg = EvaluateConfig(benchmark_dir=str(SHARED), models=["base", "teacher"], benchmarks=["humaneval"], limit=0,
+    cfg = EvaluateConfig(models=["base", "teacher"], benchmarks=["humaneval"], limit=0,
                          stride=164, multilingual=["multipl-e"], multipl_e_langs=["js", "swift"],
                          multilingual_stride=53)
-    fake_engine[evaluate.evalplus_data.load("humaneval", benchmark_dir=str(SHARED)).problems["HumanEval/0"]["prompt"]
+    fake_engine[evaluate.evalplus_data.load("humaneval").problems["HumanEval/0"]["prompt"]
                 .strip()] = "    return False\n"
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
@@ -214,16 +208,15 @@ def test_multipl_e_through_the_stage_scores_each_model_on_the_same_problems(tmp_
                                                            for c in res["comparisons"]}
 
 
-@pytest.mark.skipif(not (SHARED / "ds1000.jsonl.gz").exists(), reason="needs ../shared/data/ds1000.jsonl.gz")
 def test_ds1000_through_the_stage_runs_the_reference_answers_and_reports_libraries(tmp_path, fake_engine,
                                                                                    monkeypatch):
     from repro import ds1000
 
     monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
-    bench = ds1000.load(benchmark_dir=str(SHARED))
-    cfg = EvaluateConfig(benchmark_dir=str(SHARED), models=["base"], benchmarks=["humaneval"], stride=164,
+    bench = ds1000.load()
+    cfg = EvaluateConfig(models=["base"], benchmarks=["humaneval"], stride=164,
                          multilingual=["ds1000"], multilingual_stride=300, limit=0)
-    he = evaluate.evalplus_data.load("humaneval", benchmark_dir=str(SHARED)).problems["HumanEval/0"]
+    he = evaluate.evalplus_data.load("humaneval").problems["HumanEval/0"]
     fake_engine[he["prompt"].strip()] = "    return False\n"
     for p in bench.problems.values():
         fake_engine[p["prompt"]] = p["reference_code"] + "\n</code>\n"

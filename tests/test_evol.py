@@ -77,6 +77,7 @@ def test_pairs_are_in_generates_format_and_clean_takes_them(tmp_path, monkeypatc
     assert {r["seed_id"] for r in rows} == {"evol-a", "evol-b"} and rows[0]["problem"].startswith("Harder")
 
 
+@pytest.mark.e2e
 def test_real_teacher_evolves_and_answers(tmp_path):
     src = clean_file(tmp_path / "clean.parquet", {k: PROBLEMS[k] for k in ("a", "b")})
     stats = evol.run(EvolConfig(max_tokens=384), GenerateConfig(threads=0, parallel=4), src, tmp_path / "p.jsonl",

@@ -1,8 +1,10 @@
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -23,6 +25,54 @@ def test_parse_finds_both_sections(text):
     problem, solution = generate.parse(text)
     assert problem == "Add two numbers."
     assert solution.startswith("```python") and "return a + b" in solution
+
+
+@pytest.mark.parametrize("text,problem,solution", [
+    ("[Problem Description]\n**Task**: Add two numbers.\n\n[Solution]\n**Approach**: add them.",
+     "**Task**: Add two numbers.", "**Approach**: add them."),
+    ("**[Problem Description]**\nAdd *a* and **b**.\n\n---\n\n**[Solution]**:\nIt is **O(1)**",
+     "Add *a* and **b**.", "It is **O(1)**"),
+    ("### [Problem Description]: Add two numbers.\n### [Solution]\n* one\n* two\n\n---\n",
+     "Add two numbers.", "* one\n* two"),
+    ("## Problem Description\n\n**Input**: `a`\n**Output**: `b`\n\n## Solution:\n```\nb\n```",
+     "**Input**: `a`\n**Output**: `b`", "```\nb\n```"),
+])
+def test_parse_keeps_the_sections_own_markdown(text, problem, solution):
+    """Only the decoration of the headings goes; a section that starts or ends in Markdown keeps it."""
+    assert generate.parse(text) == (problem, solution)
+
+
+# Real answers of the embedded teacher (Qwen2.5-Coder-0.5B-Instruct Q4_K_M) to the `tiny` profile's
+# seeds, as generate stored them (`raw`): the shapes the parser meets in practice.
+TEACHER_ANSWERS = Path(__file__).parent / "fixtures" / "teacher_answers.jsonl"
+HEADING_END = {"problem": re.compile(r"problem\s+description\s*\]?[*_:# \t]*(?:\n[ \t]*)*\Z", re.I),
+               "solution": re.compile(r"solution\s*\]?[*_:# \t]*(?:\n[ \t]*)*\Z", re.I)}
+
+
+def test_real_teacher_answers_keep_the_text_after_each_heading_byte_for_byte():
+    answers = [json.loads(line) for line in TEACHER_ANSWERS.read_text().splitlines()]
+    parsed = [(a["raw"], generate.parse(a["raw"])) for a in answers]
+    parsed = [(raw, p) for raw, p in parsed if p]
+    assert len(answers) >= 30 and len(parsed) >= 30
+    starts_bold = 0
+    for raw, (problem, solution) in parsed:
+        i = raw.find(problem)
+        j = raw.find(solution, i + len(problem))
+        assert i >= 0 and j >= 0, raw[:300]  # both are the answer's own bytes
+        # Between a heading and its text: the rest of the heading's line and blank lines, nothing else.
+        assert HEADING_END["problem"].search(raw[:i]), raw[:i + 80]
+        assert HEADING_END["solution"].search(raw[:j]), raw[i:j + 80]
+        # After a section's text: only decoration up to the next heading, or to the end.
+        between = raw[i + len(problem):j]
+        before_heading = re.sub(r"(?i)\[?[ \t]*solution\s*\]?[*_:# \t]*(?:\n[ \t]*)*\Z", "", between)
+        assert re.fullmatch(r"[\s*_#>:-]*", before_heading), between
+        assert re.fullmatch(r"[\s*_#-]*", raw[j + len(solution):]), raw[j:]
+        assert not problem.startswith(("Task**", "*:", "**:"))
+        for text in (problem, solution):  # no emphasis cut in half at either end
+            lines = text.splitlines()
+            assert lines[0].count("**") % 2 == 0 and lines[-1].count("**") % 2 == 0, (lines[0], lines[-1])
+        starts_bold += problem.startswith("**")
+    assert starts_bold > 0  # the teacher's usual "**Task**:" opening is among them, and kept
 
 
 @pytest.mark.parametrize("text", [
@@ -143,6 +193,7 @@ def _keys(*paths):
     return [json.loads(line)["key"] for p in paths if p.exists() for line in p.read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_rerun_asks_only_for_missing_keys_and_other_settings_start_over(tmp_path):
     seeds = _seeds_file(tmp_path / "seeds.parquet", 2)
     pairs, rejected = tmp_path / "pairs.jsonl", tmp_path / "rejected.jsonl"
@@ -173,6 +224,7 @@ def models_sha():
     return EMBEDDED[GenerateConfig().teacher.removeprefix("embedded:")].sha256
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_run_then_rerun_stores_every_key_exactly_once(tmp_path):
     """A real `repro generate` killed with SIGKILL once answers start to land; the rerun finishes."""
     run_dir = tmp_path / "run"

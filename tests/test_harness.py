@@ -2,22 +2,18 @@
 
 By default on a fixed set that covers every float-tolerance task, every special oracle and every
 kind of MBPP input conversion; the `slow` tests are the full self-test (all 164 + 378 problems),
-run by `make test`; `-m "not slow"` leaves them out.
+run by `make test-all`; `make test` leaves them out.
 """
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from repro import evalplus_data as ed
 from repro import harness
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-FILES = {name: SHARED / rel.file_name for name, rel in ed.RELEASES.items()}
-needs_data = pytest.mark.skipif(not all(f.exists() for f in FILES.values()),
-                                reason=f"no EvalPlus release files in {SHARED} (see its README.md)")
+NAMES = list(ed.RELEASES)  # humaneval, mbpp: HumanEval+ and MBPP+ from data/benchmarks/
 
 SUBSET = {
     # atol (2, 4, and 32, which is find_zero's oracle), then every 8th problem (32 among them)
@@ -66,8 +62,8 @@ def _wrong(bench, tid, kind):
 def benches():
     """Both benchmarks, with the ground truth of the subset (from the cache when it is warm)."""
     out = {}
-    for name, f in FILES.items():
-        bench = ed.load(name, path=str(f))
+    for name in NAMES:
+        bench = ed.load(name)
         out[name] = (bench, harness.ground_truth(bench, task_ids=SUBSET[name]))
     return out
 
@@ -83,7 +79,6 @@ def _not_passed(results: dict) -> list:
             if not r["base_status"] == r["plus_status"] == "pass"]
 
 
-@needs_data
 @pytest.mark.parametrize("name", ["humaneval", "mbpp"])
 def test_canonical_solutions_pass_base_and_plus(benches, name):
     bench = benches[name][0]
@@ -93,7 +88,6 @@ def test_canonical_solutions_pass_base_and_plus(benches, name):
     assert harness.pass_at_1(results) == {"base": {"passed": n, "n": n}, "plus": {"passed": n, "n": n}}
 
 
-@needs_data
 @pytest.mark.parametrize("kind", list(WRONG))
 def test_wrong_solutions_score_zero(benches, kind):
     for name in ("humaneval", "mbpp"):
@@ -103,7 +97,6 @@ def test_wrong_solutions_score_zero(benches, kind):
         assert passed == [], f"{name}: {kind} passes the base tests of {passed}"
 
 
-@needs_data
 def test_sleeping_past_the_per_test_limit_fails_naming_the_limit(benches):
     bench, gt = benches["humaneval"]
     solution = bench.problems["HumanEval/2"]["prompt"] + "    import time\n    time.sleep(5)\n    return number % 1.0\n"
@@ -114,7 +107,6 @@ def test_sleeping_past_the_per_test_limit_fails_naming_the_limit(benches):
     assert r["base_fail_tests"] == [bench.problems["HumanEval/2"]["base_input"][0]]
 
 
-@needs_data
 def test_a_module_level_loop_is_a_timeout(benches):
     bench, gt = benches["mbpp"]  # Mbpp/793: 3 base inputs (5 s deadline), no plus inputs (2 s)
     r = harness.check(bench, "Mbpp/793", _canonical(bench, "Mbpp/793") + "\nwhile True:\n    pass\n", gt)
@@ -123,7 +115,6 @@ def test_a_module_level_loop_is_a_timeout(benches):
     assert r["base_fail_tests"] == []  # no test ran
 
 
-@needs_data
 def test_a_function_that_swallows_the_alarm_is_a_timeout(benches):
     bench, gt = benches["mbpp"]
     solution = ("def last(arr, x):\n    while True:\n        try:\n            while True:\n                pass\n"
@@ -134,7 +125,6 @@ def test_a_function_that_swallows_the_alarm_is_a_timeout(benches):
     assert "still on test 0 at the 5 s deadline" in r["reason"]
 
 
-@needs_data
 def test_prints_stdin_and_main_behave_as_in_evalplus(benches):
     bench, _ = benches["humaneval"]
     prompt = bench.problems["HumanEval/2"]["prompt"]
@@ -154,7 +144,6 @@ def test_prints_stdin_and_main_behave_as_in_evalplus(benches):
     assert rows["input"]["reason"].startswith("base: the solution did not load: OSError")
 
 
-@needs_data
 def test_eval_results_have_evalplus_shape(benches):
     bench, gt = benches["mbpp"]
     p = bench.problems["Mbpp/124"]
@@ -175,10 +164,19 @@ def test_eval_results_have_evalplus_shape(benches):
     assert harness.pass_at_1(results) == {"base": {"passed": 2, "n": 3}, "plus": {"passed": 2, "n": 3}}
 
 
-def test_without_humaneval_plus_the_original_check_judges_base_only(tmp_path, monkeypatch):
+def test_ground_truth_is_computed_once_per_task_then_read_from_the_cache(tmp_path, monkeypatch):
+    """A run on a subset pays for its own tasks: what is cached is not computed again."""
     monkeypatch.setenv("REPRO_CACHE", str(tmp_path))
-    monkeypatch.delenv("REPRO_BENCHMARK_DIR", raising=False)
-    bench = ed.load("humaneval", benchmark_dir=str(tmp_path))
+    bench, real, calls = ed.load("humaneval"), harness._ground_truth_task, []
+    monkeypatch.setattr(harness, "_ground_truth_task", lambda b, t: calls.append(t) or real(b, t))
+    first = harness.ground_truth(bench, task_ids=["HumanEval/2", "HumanEval/4"])
+    second = harness.ground_truth(bench, task_ids=["HumanEval/4", "HumanEval/8"])
+    assert sorted(calls) == ["HumanEval/2", "HumanEval/4", "HumanEval/8"]
+    assert second["HumanEval/4"] == first["HumanEval/4"] and set(second) == {"HumanEval/4", "HumanEval/8"}
+
+
+def test_without_humaneval_plus_the_original_check_judges_base_only(no_benchmark_files):
+    bench = ed.load("humaneval", fetch=False)
     assert not bench.plus and harness.ground_truth(bench) == {}
     p = bench.problems["HumanEval/0"]
     samples = [{"task_id": "HumanEval/0", "completion": p["canonical_solution"]},
@@ -195,10 +193,9 @@ def test_without_humaneval_plus_the_original_check_judges_base_only(tmp_path, mo
 
 @pytest.fixture
 def full():
-    return {name: ed.load(name, path=str(f)) for name, f in FILES.items()}
+    return {name: ed.load(name) for name in NAMES}
 
 
-@needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["humaneval", "mbpp"])
 def test_every_canonical_solution_passes_base_and_plus(full, name):
@@ -208,7 +205,6 @@ def test_every_canonical_solution_passes_base_and_plus(full, name):
     assert _not_passed(results) == []
 
 
-@needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["humaneval", "mbpp"])
 def test_every_wrong_value_fails(full, name):

@@ -16,10 +16,10 @@ pytest.importorskip("triton", reason="triton is not installed (it is in the dev 
 
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import (KERNELS, fused_linear_cross_entropy, gated_act, gated_act_reference,  # noqa: E402
-                     linear_cross_entropy_reference, lora_linear, lora_linear_reference, rmsnorm,
-                     rmsnorm_reference)
+from repro import kernels  # noqa: E402
+from repro.kernels import (KERNELS, fused_linear_cross_entropy, gated_act, gated_act_reference,  # noqa: E402
+                           linear_cross_entropy_reference, lora_linear, lora_linear_reference, rmsnorm,
+                           rmsnorm_reference)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -197,7 +197,7 @@ def test_registry_pairs_each_kernel_with_its_reference():
 
 def test_without_triton_references_work_and_kernels_fail_in_one_line():
     code = ("import sys; sys.modules['triton'] = None\n"
-            "import torch, kernels\n"
+            "import torch\nfrom repro import kernels\n"
             "x = torch.ones(2, 4)\n"
             "assert kernels.rmsnorm_reference(x, torch.ones(4), 1e-6).shape == (2, 4)\n"
             "kernels.rmsnorm(x, torch.ones(4), 1e-6)\n")

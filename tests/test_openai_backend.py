@@ -84,6 +84,7 @@ QUESTIONS = ["Write a Python function that reverses a string.", "What does `git 
              "Name three sorting algorithms.", "Write a SQL query that counts the rows of table t."]
 
 
+@pytest.mark.e2e
 def test_greedy_answers_equal_the_in_process_reference_with_concurrent_requests(server, teacher):
     reqs = [Request(f"q{i}", messages=[{"role": "system", "content": "You are a helpful coder."},
                                        {"role": "user", "content": q}], max_tokens=20, seed=i)
@@ -102,6 +103,7 @@ def test_greedy_answers_equal_the_in_process_reference_with_concurrent_requests(
     assert max(answered) > 2 * min(answered)
 
 
+@pytest.mark.e2e
 def test_a_json_schema_is_enforced_by_the_server_as_by_the_grammar_in_process(server, teacher):
     msgs = [{"role": "user", "content": "Invent a tiny coding exercise." + generate.JSON_INSTRUCTION}]
     reqs = [Request("j", messages=msgs, max_tokens=40, json_schema=generate.ANSWER_SCHEMA)]
@@ -132,6 +134,7 @@ class KillAfter:
             self.srv.kill()
 
 
+@pytest.mark.e2e
 def test_a_server_that_dies_mid_run_loses_nothing_after_a_rerun(tmp_path):
     n = 6
     seeds = _seeds(tmp_path / "seeds.parquet", n)

@@ -27,7 +27,6 @@ SECTIONS = ["Summary", "Pipeline", "Seeds and generated problems", "Lengths", "C
             "Beyond the paper: validation and Evol-Instruct", "pass@1: HumanEval(+) and MBPP(+)",
             "Other languages and data science: MultiPL-E and DS-1000", "Environment"]
 FIGURES = ["wall_time", "lengths", "categories", "similarity", "loss", "pass_at_1"]
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 PROBLEMS = [  # (language, problem, solution code)
     ("python", "Write a SQL query that joins the orders and users tables and counts orders per user.",
@@ -254,6 +253,7 @@ def _teacher() -> Path:
         pytest.skip(f"the embedded teacher is not installed here ({e})")
 
 
+@pytest.mark.e2e
 def test_teacher_embeddings_categorize_and_are_cached(tmp_path):
     gguf, cache = _teacher(), tmp_path / "emb.npz"
     texts = [code for _, _, code in PROBLEMS[:3]]

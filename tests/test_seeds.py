@@ -158,18 +158,6 @@ def test_an_unreadable_archive_member_is_counted(tmp_path):
     assert any("1 files could not be read" in n for n in stats["notes"])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its permissions (the archive test above "
-                                               "covers an unreadable file for root)")
-def test_a_file_without_read_permission_is_counted(tmp_path):
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "ok.py").write_text("x = 1\n")
-    (tmp_path / "src" / "locked.py").write_text("y = 2\n")
-    (tmp_path / "src" / "locked.py").chmod(0)
-    stats = seeds.build_corpus(SeedsConfig(source=[str(tmp_path / "src")]), tmp_path / "corpus.parquet")
-    assert stats["skipped_unreadable"] == 1 and stats["files"] == 1
-    assert any("1 files could not be read" in n for n in stats["notes"])
-
-
 def test_vendored_copies_are_one_corpus_file(tmp_path):
     for d in ("app", "third_party/lib"):
         (tmp_path / "src" / d).mkdir(parents=True)

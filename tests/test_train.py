@@ -174,11 +174,86 @@ def test_patched_lora_falls_back_to_peft_when_the_adapter_is_disabled(tiny_model
 
 
 def test_lora_with_dropout_is_left_on_peft_and_counted(tiny_model):
-    from kernels.patch import patch_model
+    from repro.kernels.patch import patch_model
 
     model = train.add_lora(tiny_model, TrainConfig(lora_r=4, lora_dropout=0.1))
     counts = patch_model(model, impl="reference")
     assert counts["lora_linear"] == 0 and counts["left_alone"] == {"lora.Linear: lora_dropout > 0": 14}
+
+
+# A stand-in for Hugging Face's `kernels` distribution, which transformers imports by that name when
+# it is installed: every name it asks for is a do-nothing (decorators give back what they wrap).
+STAND_IN_KERNELS = """
+class _Anything(type):
+    def __getattr__(cls, name):  # Mode.INFERENCE and the like
+        return cls()
+
+    def __or__(cls, other):
+        return cls
+
+
+class _Nothing(metaclass=_Anything):
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return args[0] if len(args) == 1 and not kwargs and callable(args[0]) else _Nothing()
+
+    def __getattr__(self, name):
+        return _Nothing()
+
+    def __or__(self, other):
+        return self
+
+    __ror__ = __or__
+
+
+STAND_IN = True
+
+
+def __getattr__(name):
+    return _Nothing
+"""
+
+TRAIN_BESIDE_IT = """
+import sys
+sys.path.insert(0, "")  # the checkout first, as `python -m pytest` and `python` in it have it
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from repro import train
+from repro.config import TrainConfig
+import kernels
+
+tok = PreTrainedTokenizerFast.from_pretrained(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).float()
+rows = [{"problem": "write a function that adds two numbers", "solution": "def add ( x , y ) : return x + y"}]
+exs, _ = train.build_examples(tok, rows, max_len=256)
+cfg = TrainConfig(max_steps=3, batch_size=1, lr=1e-2, warmup_steps=1, lora_r=4, lora_dropout=0.0, precision="fp32")
+model = train.add_lora(model, cfg)
+backend, counts = train.kernel_backend(model, "cpu", False, impl="reference")
+stats = train.train_loop(model, exs, cfg, backend=backend)
+print(kernels.__file__, getattr(kernels, "STAND_IN", False), counts["rmsnorm"], stats["steps"])
+"""
+
+
+def test_our_kernels_leave_the_name_kernels_to_the_distribution_that_owns_it(tmp_path, student_dir):
+    """transformers imports `kernels` (Hugging Face's) when a distribution of that name is installed;
+    a package of ours by that name once answered instead and training failed at import. With a
+    stand-in installed beside the checkout, `import kernels` finds the stand-in, from the checkout's
+    own directory too, and a tiny model trains with our kernels (repro.kernels) patched in."""
+    site = tmp_path / "site"
+    (site / "kernels").mkdir(parents=True)
+    (site / "kernels" / "__init__.py").write_text(STAND_IN_KERNELS)
+    dist = site / "kernels-0.19.1.dist-info"  # a version transformers accepts: it imports the stand-in
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kernels\nVersion: 0.19.1\n")
+    (dist / "RECORD").write_text("")
+    r = subprocess.run([sys.executable, "-c", TRAIN_BESIDE_IT, str(student_dir)], cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(site)}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    where, stand_in, norms, steps = r.stdout.split()
+    assert where == str(site / "kernels" / "__init__.py") and stand_in == "True"
+    assert int(norms) == 13 and int(steps) == 3  # our RMSNorm in every norm of the tiny Gemma 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +365,7 @@ def adapter_tensors(d: Path) -> dict:
     return load_file(d / "adapter_model.safetensors")
 
 
+@pytest.mark.slow  # kill -9 and a rerun: with tests/test_crash.py, in `make test-all`
 def test_kill_9_then_rerun_resumes_to_the_same_adapter_and_loss_curve(tmp_path, student_dir):
     settings = [f"train.student={student_dir}", *RESUME_SETTINGS]
     sets = [a for s in settings for a in ("--set", s)]

@@ -138,6 +138,7 @@ def test_bad_settings_are_one_line(tmp_path):
 # With the real teacher (smoke settings): it writes the tests, they run.
 
 
+@pytest.mark.e2e
 def test_real_teacher_keeps_a_passing_pair_and_removes_a_failing_one(tmp_path):
     src = clean_file(tmp_path / "clean.parquet", {"good": ("python", ADD), "wrong": ("python", WRONG),
                                                   "loop": ("python", LOOP)})

@@ -1,4 +1,4 @@
-"""Triton kernels for the CUDA training backend (see kernels/README.md).
+"""Triton kernels for the CUDA training backend (see repro/kernels/README.md).
 
 Each kernel stands beside a PyTorch reference and an autograd Function, and tests/test_kernels.py
 compares the two on random inputs (on the CPU under TRITON_INTERPRET=1, compiled on CUDA). The
@@ -36,10 +36,10 @@ def num_warps(block: int) -> int:
 
 # The kernel modules import the names above from this partly initialised package: keep them
 # defined before these imports.
-from kernels.cross_entropy import fused_linear_cross_entropy, linear_cross_entropy_reference  # noqa: E402
-from kernels.gated_mlp import gated_act, gated_act_reference  # noqa: E402
-from kernels.lora import lora_linear, lora_linear_reference  # noqa: E402
-from kernels.rmsnorm import rmsnorm, rmsnorm_reference  # noqa: E402
+from repro.kernels.cross_entropy import fused_linear_cross_entropy, linear_cross_entropy_reference  # noqa: E402
+from repro.kernels.gated_mlp import gated_act, gated_act_reference  # noqa: E402
+from repro.kernels.lora import lora_linear, lora_linear_reference  # noqa: E402
+from repro.kernels.rmsnorm import rmsnorm, rmsnorm_reference  # noqa: E402
 
 KERNELS = {  # name -> (Triton function, PyTorch reference)
     "rmsnorm": (rmsnorm, rmsnorm_reference),

@@ -43,7 +43,7 @@ ACTIVATIONS = {"gelu_pytorch_tanh": "geglu", "silu": "swiglu"}
 
 def kernel_functions(impl: str = "triton") -> SimpleNamespace:
     """The four functions to install: the Triton kernels or their PyTorch references."""
-    import kernels as K
+    import repro.kernels as K
 
     if impl == "triton":
         return SimpleNamespace(rmsnorm=K.rmsnorm, gated_act=K.gated_act, lora_linear=K.lora_linear,
