@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -269,7 +268,7 @@ def check_syntax(blocks_per_pair: list[list[dict]], timeout: float) -> list[tupl
     result: dict[tuple[int, int], str] = {}
     for lang, keys in by_lang.items():
         tools, fn = CHECKERS[lang]
-        missing = [t for t in tools if shutil.which(t) is None]
+        missing = sandbox.missing(tools)
         if missing:
             statuses = [f"skipped: {missing[0]} not installed"] * len(keys)
         else:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -84,7 +83,7 @@ def load(lang: str, fetch: bool = True) -> Problems:
 
 def missing_tools(lang: str) -> str:
     """'' if the language can run here, else why not (for the "not run" line)."""
-    need = [t for t in LANGS[lang].tools if shutil.which(t) is None]
+    need = sandbox.missing(LANGS[lang].tools)
     if lang == "java" and not need and not any(os.path.isfile(j) for j in JAVATUPLES):
         need = ["the javatuples jar"]
     if need:

@@ -219,10 +219,25 @@ def tool(name: str) -> tuple[str, tuple[str, ...]]:
         raise FileNotFoundError(name)
     path = os.path.realpath(found)
     if name == "rustc" and os.path.basename(path) == "rustup":
-        sysroot = subprocess.run([found, "--print", "sysroot"], capture_output=True, text=True,
-                                 stdin=subprocess.DEVNULL).stdout.strip()
+        # The proxy answers only where rustup has a toolchain for this user (its home, or
+        # RUSTUP_HOME): without one there is no rustc, whatever PATH holds.
+        r = subprocess.run([found, "--print", "sysroot"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        sysroot = r.stdout.strip()
+        if r.returncode or not os.path.isfile(os.path.join(sysroot, "bin", "rustc")):
+            raise FileNotFoundError(name)
         return os.path.join(sysroot, "bin", "rustc"), (sysroot,)
     return path, (os.path.dirname(path),)
+
+
+def missing(names) -> list[str]:
+    """Those of `names` that `tool` cannot find here (not on PATH, or rustup with no toolchain)."""
+    out = []
+    for name in names:
+        try:
+            tool(name)
+        except FileNotFoundError:
+            out.append(name)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

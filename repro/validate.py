@@ -30,7 +30,6 @@ import ast
 import json
 import os
 import re
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -167,7 +166,7 @@ def runnable() -> dict[str, str]:
     """language -> '' if tests can run here, else why not."""
     out = {}
     for lang, tools in RUNNERS.items():
-        missing = [t for t in tools if shutil.which(t) is None]
+        missing = sandbox.missing(tools)
         out[lang] = f"{', '.join(missing)} is not installed" if missing else ""
     return out
 

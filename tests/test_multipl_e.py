@@ -8,6 +8,7 @@ as "not run" the same way).
 import pytest
 
 from repro import multipl_e as me
+from repro import sandbox
 from repro.artifacts import ReproError
 from repro.benchmarks import FILES, Missing
 
@@ -74,8 +75,9 @@ def test_an_empty_completion_fails_every_problem_all(lang):
 
 def test_an_endless_program_is_a_timeout():
     problems = runnable("js")
-    v = me.judge(problems, {"HumanEval_53_add": "\n  while (true) {}\n}\n"}, workers=1)["HumanEval_53_add"]
-    assert v["status"] == "timeout"
+    code = me.program(problems.rows["HumanEval_53_add"], "\n  while (true) {}\n}\n")
+    v = me.run_program("js", code, timeout_s=2.0)  # MultiPL-E's own 15 s, shortened for the test
+    assert v == {"status": "timeout", "reason": "past the 2 s limit"}
 
 
 def test_files_and_problems_are_the_published_ones():
@@ -101,6 +103,27 @@ def test_a_missing_toolchain_is_not_run_with_the_reason(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert "swiftc not installed" in me.missing_tools("swift")
     assert "node not installed" in me.missing_tools("js")
+
+
+@pytest.mark.parametrize("has_toolchain", [True, False])
+def test_rustup_without_a_toolchain_is_no_rustc(tmp_path, monkeypatch, has_toolchain):
+    """rustup's `rustc` proxy is on PATH, but answers only where rustup has a toolchain for this
+    user (a new HOME has none): then Rust is not run, rather than run with a rustc that is not there."""
+    sysroot = tmp_path / "toolchain"
+    (sysroot / "bin").mkdir(parents=True)
+    if has_toolchain:
+        (sysroot / "bin" / "rustc").write_text("#!/bin/sh\n")
+        (sysroot / "bin" / "rustc").chmod(0o755)
+    bin_dir = tmp_path / "cargo-bin"
+    bin_dir.mkdir()
+    (bin_dir / "rustup").write_text(f"#!/bin/sh\n[ -x {sysroot}/bin/rustc ] || exit 1\necho {sysroot}\n")
+    (bin_dir / "rustup").chmod(0o755)
+    (bin_dir / "rustc").symlink_to("rustup")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    if has_toolchain:
+        assert me.missing_tools("rs") == "" and sandbox.tool("rustc")[0] == str(sysroot / "bin" / "rustc")
+    else:
+        assert me.missing_tools("rs").startswith("rustc not installed")
 
 
 def test_completions_are_cut_at_the_first_stop_token():
