@@ -11,7 +11,7 @@ both times, their ratio and each engine's peak memory. Each engine runs in its o
 so that its peak RSS is its own; its time is taken inside that process, imports excluded.
 
 What is built: the corpus table itself (corpus.parquet, the file `repro seeds` samples from),
-not a million files on disk. `repro.seeds.build_corpus` first reads this machine's installed code
+not a million files on disk. `repro.corpus.build_corpus` first reads this machine's installed code
 (up to 3,000 files per language); every file is cut into chunks of up to 120 lines, and file i
 of the big corpus is a spread-out chunk under a first comment line naming i, so every file's
 content (and id) is distinct. Half the files are labelled Python and 1/16 each of the paper's
@@ -58,7 +58,7 @@ SELECT 'any' AS pool, row_number() OVER (ORDER BY id, off) - 1 AS k, source, pat
 """
 
 # File i: the i-th label of LABELS, a spread-out chunk of that label's pool under a comment line
-# naming i. Row groups as large as repro.seeds.build_corpus writes them (8,192 rows).
+# naming i. Row groups as large as repro.corpus.build_corpus writes them (8,192 rows).
 COPIES_SQL = """
 COPY (
     SELECT md5(content) AS id, 'bench:' || source AS source, 'copy' || i || '/' || path || '.' || ext AS path,
@@ -85,17 +85,17 @@ def _peak_rss_gib() -> float:
 def build_corpus(workdir: Path, n_files: int) -> tuple[Path, str, float]:
     import duckdb
 
-    from repro import seeds
+    from repro import corpus
     from repro.config import SeedsConfig
 
     base, out = workdir / "base.parquet", workdir / "corpus.parquet"
     cap = max(200, min(3000, n_files // 300))  # installed files read per language
-    stats = seeds.build_corpus(SeedsConfig(source=["installed"], max_files_per_language=cap), base)
+    stats = corpus.build_corpus(SeedsConfig(source=["installed"], max_files_per_language=cap), base)
     con = duckdb.connect()
     con.execute(CHUNKS_SQL.format(base=_sql_str(str(base))))
     sizes = dict(con.execute("SELECT pool, count(*) FROM chunks GROUP BY pool").fetchall())
     pools = [lang if sizes.get(lang, 0) >= OWN_POOL_MIN else "any" for lang in LABELS]
-    con.execute(COPIES_SQL.format(lines=seeds.LINES_SQL.format(c="content"), out=_sql_str(str(out))),
+    con.execute(COPIES_SQL.format(lines=corpus.LINES_SQL.format(c="content"), out=_sql_str(str(out))),
                 {"labels": LABELS, "exts": [EXT[x] for x in LABELS], "comments": [COMMENT.get(x, "//") for x in LABELS],
                  "pools": pools, "sizes": [sizes[p] for p in pools], "n": n_files})
     own = sorted({lang for lang, p in zip(LABELS, pools) if p == lang})

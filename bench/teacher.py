@@ -6,7 +6,7 @@
 Same model, same prompts (real OSS-Instruct prompts: our template around 1-15 line snippets cut
 from this interpreter's standard library with a fixed seed), same run. Prints decode tokens/s,
 prompt tokens/s, wall time, the ratio of each to the `llama` reference, and how many greedy
-answers are identical to the reference's (batched float sums may differ, see the README).
+answers are identical to the reference's (batched float sums may differ, see docs/generate.md).
 Run it on an otherwise idle machine: other processes on the cores change every figure.
 """
 

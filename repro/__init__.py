@@ -1,6 +1,7 @@
 """magicoder-repro: OSS-Instruct (Magicoder, arXiv 2312.02120) end to end on one machine.
 
-One module per paper step: seeds, generate, clean, train, export, evaluate, report.
+The stages, in order, are the table in repro/pipeline.py (`python -c "import repro.pipeline as p;
+print([s.name for s in p.STAGES])"`), one module each; repro/cli.py is the `repro` command.
 """
 
 __version__ = "0.1.0"

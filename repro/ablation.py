@@ -23,7 +23,8 @@ import json
 from pathlib import Path
 
 from repro import config as config_mod
-from repro.artifacts import ROOT, ReproError, RunDir, parquet_rows, write_json, write_text
+from repro import pipeline
+from repro.artifacts import ReproError, RunDir, parquet_rows, write_json, write_text
 from repro.stats import paired_bootstrap, wilson
 
 DATA_STAGES = ("seeds", "generate", "clean", "validate", "evol")
@@ -43,35 +44,28 @@ def sizes(pools: dict[str, int], evolved: int | None) -> tuple[int, int]:
     return n, m
 
 
-def cmd(args) -> int:
-    from repro import cli
-
-    if args.variant != "oss":
-        raise ReproError(f"repro ablate --variant {args.variant}: ablate runs several variants; name them with "
-                         f"--variants oss,{args.variant}")
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+def run(profile: str, sets: list[str], variants: list[str], top: Path, plain: list[Path],
+        opts: pipeline.Options, full_eval: bool = False) -> dict:
+    """Run every variant in `variants` (oss first) under `top`, copying finished stages from
+    `plain` (the runs `repro run` made) where the same, and write ablation.json and ablation.md
+    there; returns the comparison."""
     for v in variants:
         config_mod.check_variant(v)
     variants = ["oss"] + [v for v in variants if v != "oss"]
-    if not any(x.startswith("evaluate.multilingual=") for x in args.set):
-        args.set = args.set + ["evaluate.multilingual="]  # the issue's benchmarks; MultiPL-E/DS-1000 when --set
-    base = args.name or args.profile
-    top = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"{base}-ablation"
+    if not any(x.startswith("evaluate.multilingual=") for x in sets):
+        sets = [*sets, "evaluate.multilingual="]  # the issue's benchmarks; MultiPL-E/DS-1000 when --set
     dirs = {v: top / (config_mod.variant_slug(v) or "oss") for v in variants}
-    plain = [ROOT / "runs" / cli.run_name(base, v) for v in config_mod.VARIANTS]  # what `repro run` made
-    plain += [cli.find_run(x) for x in args.share or []]
     cfgs, runs = {}, {}
     for v in variants:
-        args.variant = v
-        cfgs[v] = cli.load_config(args)
+        cfgs[v] = pipeline.load_config(profile, sets, v, full_eval)
         runs[v] = RunDir(dirs[v], share=[RunDir(d) for d in [*dirs.values(), *plain]])
-        cli.preflight(cfgs[v], cli.stages_of(v))
+        pipeline.check(cfgs[v], pipeline.stages_of(v))
 
     # 1. The data of every variant (shared where the same).
     for v in variants:
-        cli.drive(args, cfgs[v], runs[v], [s for s in cli.stages_of(v) if s in DATA_STAGES])
+        pipeline.run_stages(cfgs[v], runs[v], [s for s in pipeline.stages_of(v) if s in DATA_STAGES], opts)
     # 2. Equal training-set size.
-    pools = {v: parquet_rows(runs[v] / cli.train_inputs(cfgs[v])[0]) for v in variants}
+    pools = {v: parquet_rows(runs[v] / pipeline.train_inputs(cfgs[v])[0]) for v in variants}
     evol_runs = [v for v in variants if "evol" in config_mod.variant_stages(v)]
     evolved = min(parquet_rows(runs[v] / "evol.parquet") for v in evol_runs) if evol_runs else None
     n, m = sizes(pools, evolved)
@@ -81,14 +75,12 @@ def cmd(args) -> int:
             cfgs[v].evol.train_pairs = m
     # 3. Train, export, evaluate, report each.
     for v in variants:
-        cli.drive(args, cfgs[v], runs[v], ["train", "export", "evaluate", "report"])
+        pipeline.run_stages(cfgs[v], runs[v], ["train", "export", "evaluate", "report"], opts)
     # 4. Compare.
     result = compare({v: runs[v] for v in variants}, pools, n, m)
     write_json(top / "ablation.json", result)
     write_text(top / "ablation.md", render(result))
-    print(render(result))
-    print(f"ablation → {top / 'ablation.md'}")
-    return 0
+    return result
 
 
 def compare(runs: dict[str, RunDir], pools: dict[str, int], n: int, m: int) -> dict:

@@ -273,3 +273,8 @@ class RunDir:
         }
         write_json(self.manifest_path(stage), m)
         return m
+
+
+def sql_str(s) -> str:
+    """A string (a path) as a DuckDB SQL literal: quoted, its quotes doubled."""
+    return "'" + str(s).replace("'", "''") + "'"

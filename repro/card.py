@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from repro.artifacts import ROOT, ReproError, RunDir, atomic_path, write_text
+from repro.artifacts import sql_str, ROOT, ReproError, RunDir, atomic_path, write_text
 
 CITATION = """@inproceedings{wei2024magicoder,
   title     = {Magicoder: Empowering Code Generation with {OSS-Instruct}},
@@ -56,10 +56,6 @@ COLUMNS = {
     "seed_tokens": "the seed's tokens before the cut", "seed_tokens_kept": "its tokens after the cut",
     "max_tokens": "the answer's token budget", "backend": "the generate backend", "seconds": "time to answer",
 }
-
-
-def _sql_path(p: Path) -> str:
-    return "'" + str(p).replace("'", "''") + "'"
 
 
 def _size_category(n: int) -> str:
@@ -113,9 +109,9 @@ def _columns(run: RunDir) -> list[str]:
 
 
 def _languages(run: RunDir, con, has_seeds: bool) -> tuple[list[str], dict[str, int]]:
-    clean = _sql_path(run / "clean.parquet")
+    clean = sql_str(run / "clean.parquet")
     # Kept pairs per language, beside the seeds drawn for that language (when seeds.parquet is here).
-    seeds = _sql_path(run / "seeds.parquet")
+    seeds = sql_str(run / "seeds.parquet")
     seeds_join = (f"FULL JOIN (SELECT language, count(*) AS seeds FROM read_parquet({seeds}) GROUP BY language) s "
                   "USING (language)" if has_seeds else "")
     seeds_col = "coalesce(s.seeds, 0)" if has_seeds else "NULL"
@@ -159,8 +155,8 @@ def _seeds(run: RunDir, con, m: dict | None) -> tuple[list[str], list[str]]:
                coalesce({col['source']}, '-') AS source, count(*) AS pairs,
                list_slice(list(DISTINCT {col['path']} ORDER BY {col['path']}), 1, 3) AS paths,
                count(DISTINCT {col['path']}) AS files
-        FROM read_parquet({_sql_path(run / 'clean.parquet')}) c
-        LEFT JOIN read_parquet({_sql_path(run / 'seeds.parquet')}) s USING (seed_id)
+        FROM read_parquet({sql_str(run / 'clean.parquet')}) c
+        LEFT JOIN read_parquet({sql_str(run / 'seeds.parquet')}) s USING (seed_id)
         GROUP BY ALL ORDER BY pairs DESC, license, source""").fetchall()
     table = [[lic, f"`{src}`", n,
               ", ".join(f"`{p}`" for p in paths if p) + (f" … ({files} files)" if files > 3 else "")]
@@ -306,8 +302,8 @@ def build(run: RunDir) -> tuple[str, dict]:
     _require(run)
     con = duckdb.connect()
     con.execute("SET enable_progress_bar=false")
-    n_rows = con.execute(f"SELECT count(*) FROM read_parquet({_sql_path(run / 'clean.parquet')})").fetchone()[0]
-    n_removed = con.execute(f"SELECT count(*) FROM read_parquet({_sql_path(run / 'removed.parquet')})").fetchone()[0] \
+    n_rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_str(run / 'clean.parquet')})").fetchone()[0]
+    n_removed = con.execute(f"SELECT count(*) FROM read_parquet({sql_str(run / 'removed.parquet')})").fetchone()[0] \
         if (run / "removed.parquet").exists() else 0
     has_seeds = (run / "seeds.parquet").exists()
     lang_lines, languages = _languages(run, con, has_seeds)

@@ -1,4 +1,4 @@
-"""Step 3: clean the generated pairs — validate, decontaminate, deduplicate — and measure how
+"""The clean stage: clean the generated pairs — validate, decontaminate, deduplicate — and measure how
 close the data is to HumanEval.
 
 In this order, each pair removed at the first step that removes it:
@@ -34,11 +34,9 @@ import json
 import os
 import re
 import time
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from repro import sandbox
+from repro import languages, sandbox
 from repro.artifacts import ReproError, atomic_path, write_json, write_text
 from repro.config import CleanConfig
 
@@ -49,7 +47,7 @@ PAPER_SIMILARITY = {"OSS-Instruct": 0.105, "evol-codealpaca": 0.131, "Code Alpac
 
 
 def check_settings(cfg: CleanConfig) -> None:
-    """Bad settings fail before anything is written (called by the CLI's preflight)."""
+    """Bad settings fail before anything is written (called by pipeline.check)."""
     from repro.benchmarks import DECONTAM_BENCHMARKS, parse_paths
 
     for b in cfg.benchmarks:
@@ -128,134 +126,16 @@ def validate(row: dict) -> str:
 
 
 FENCE_RE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.MULTILINE | re.DOTALL)
-LANG_ALIASES = {
-    "python": "python", "py": "python", "python3": "python", "py3": "python",
-    "javascript": "javascript", "js": "javascript", "node": "javascript", "mjs": "javascript",
-    "typescript": "typescript", "ts": "typescript",
-    "c": "c", "cpp": "cpp", "c++": "cpp", "cc": "cpp", "cxx": "cpp", "hpp": "cpp",
-    "java": "java", "rust": "rust", "rs": "rust",
-    "shell": "shell", "bash": "shell", "sh": "shell",
-}
-
-
 def code_blocks(solution: str, language: str | None) -> list[dict]:
     """Fenced code blocks of a solution with their language (the pair's own where unlabelled)."""
     out = []
     for m in FENCE_RE.finditer(solution):
-        tag = m.group(1).lower()
-        lang = LANG_ALIASES.get(tag, tag) if tag else LANG_ALIASES.get((language or "").lower(), language or "")
-        out.append({"language": lang, "code": m.group(2)})
+        out.append({"language": languages.fence_language(m.group(1), language), "code": m.group(2)})
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Syntax checks: one function per language, each taking every block of its language at once.
-
-
-def _first_error(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    err = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "failed")
-    return err[:200]
-
-
-# The checkers read model-written code; hostile code can make a compiler hang or eat memory
-# (template recursion, `#include "/dev/zero"`), so they run in the sandbox like any generated program.
-# JVMs and node reserve far more address space than they use: they get heap flags instead of an
-# address-space limit.
-TOOL_LIMITS = dict(mem_bytes=4 << 30, nproc=256, nofile=256)
-
-
-def _run_files(argv, blocks: list[str], suffix: str, timeout: float, tool: str, retry=None,
-               limits: dict = TOOL_LIMITS) -> list[str]:
-    """Run a checker on each block in the sandbox, two at a time; '' = passed.
-
-    `argv(tool_path, file_name)` builds the command; `retry(output)` asks for a second try with the
-    block in a `.mjs` file (node: ES module syntax)."""
-    path, show = sandbox.tool(tool)
-
-    def one(code: str) -> str:
-        name = f"snippet{suffix}"
-        r = sandbox.run(argv(path, name), files={name: code.encode("utf-8")}, timeout_s=timeout, show=show, **limits)
-        if r.status == "failed" and retry is not None and retry(r.output):
-            name = "snippet.mjs"
-            r = sandbox.run(argv(path, name), files={name: code.encode("utf-8")}, timeout_s=timeout, show=show,
-                            **limits)
-        if r.status == "timeout":
-            return f"skipped: {tool} timed out after {timeout:g} s"
-        return "" if r.status == "passed" else _first_error(r.output)
-    with ThreadPoolExecutor(max_workers=2) as ex:
-        return list(ex.map(one, blocks))
-
-
-def _python(blocks, timeout):
-    out = []
-    for code in blocks:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                compile(code, "<solution>", "exec", dont_inherit=True)
-            out.append("")
-        except (SyntaxError, ValueError) as e:
-            out.append(f"line {getattr(e, 'lineno', '?')}: {getattr(e, 'msg', str(e))}"[:200])
-    return out
-
-
-# javac's own parser in one JVM for all blocks: a JVM per block would cost ~1 s each.
-JAVA_PARSER = r"""
-import com.sun.source.util.JavacTask;
-import javax.tools.*;
-import java.util.List;
-public class ParseCheck {
-  public static void main(String[] files) throws Exception {
-    JavaCompiler c = ToolProvider.getSystemJavaCompiler();
-    StandardJavaFileManager fm = c.getStandardFileManager(null, null, null);
-    for (String f : files) {
-      DiagnosticCollector<JavaFileObject> d = new DiagnosticCollector<>();
-      JavacTask t = (JavacTask) c.getTask(null, fm, d, List.of("-proc:none"), null, fm.getJavaFileObjects(f));
-      t.parse();
-      String err = "";
-      for (Diagnostic<? extends JavaFileObject> x : d.getDiagnostics())
-        if (x.getKind() == Diagnostic.Kind.ERROR) { err = "line " + x.getLineNumber() + ": " + x.getMessage(null); break; }
-      System.out.println(err.replace('\n', ' ').replace('\t', ' '));
-    }
-  }
-}
-"""
-
-
-def _java(blocks, timeout):
-    java, show = sandbox.tool("java")
-    files = {"ParseCheck.java": JAVA_PARSER.encode()}
-    names = [f"b{i}.java" for i in range(len(blocks))]  # parsing only: the file name need not match the class
-    files.update({n: code.encode("utf-8") for n, code in zip(names, blocks)})
-    r = sandbox.run([java, "-Xmx512m", "-XX:-UsePerfData", "-XX:TieredStopAtLevel=1", "ParseCheck.java", *names],
-                    files=files, timeout_s=timeout + 0.05 * len(blocks), show=show, **{**TOOL_LIMITS, "mem_bytes": None})
-    if r.status == "timeout":
-        return [f"skipped: java timed out after {timeout:g} s"] * len(blocks)
-    lines = r.output.split("\n")
-    if r.status != "passed" or len(lines) < len(blocks):
-        return [f"skipped: the javac parser failed ({_first_error(r.output)})"] * len(blocks)
-    return [s[:200] for s in lines[:len(blocks)]]
-
-
-def _esm(stderr: str) -> bool:
-    return "Cannot use import statement" in stderr or "Unexpected token 'export'" in stderr
-
-
-# language -> (tools that must exist, checker(blocks, timeout) -> ['' or error or 'skipped: ...'])
-CHECKERS = {
-    "python": ((), _python),
-    "javascript": (("node",), lambda b, t: _run_files(lambda x, f: [x, "--max-old-space-size=512", "--check", f], b, ".js",
-                                                      t, "node", _esm, {**TOOL_LIMITS, "mem_bytes": None})),
-    "typescript": (("tsc",), lambda b, t: _run_files(lambda x, f: [x, "--noEmit", "--pretty", "false", f], b, ".ts", t,
-                                                     "tsc", None, {**TOOL_LIMITS, "mem_bytes": None})),
-    "c": (("gcc",), lambda b, t: _run_files(lambda x, f: [x, "-fsyntax-only", "-x", "c", f], b, ".c", t, "gcc")),
-    "cpp": (("g++",), lambda b, t: _run_files(lambda x, f: [x, "-fsyntax-only", "-std=c++17", f], b, ".cpp", t, "g++")),
-    "java": (("java", "javac"), _java),
-    "rust": (("rustc",), lambda b, t: _run_files(lambda x, f: [x, "--crate-type", "lib", "--emit=metadata", "--edition",
-                                                              "2021", "-o", "out.rmeta", f], b, ".rs", t, "rustc")),
-    "shell": (("bash",), lambda b, t: _run_files(lambda x, f: [x, "-n", f], b, ".sh", t, "bash")),
-}
+# Syntax checks: each language's checker is in repro/languages.py; here, the column.
 
 
 def check_syntax(blocks_per_pair: list[list[dict]], timeout: float) -> list[tuple[str, bool | None]]:
@@ -263,11 +143,11 @@ def check_syntax(blocks_per_pair: list[list[dict]], timeout: float) -> list[tupl
     by_lang: dict[str, list[tuple[int, int]]] = {}
     for i, blocks in enumerate(blocks_per_pair):
         for j, b in enumerate(blocks):
-            if b["language"] in CHECKERS:
+            if languages.syntax_checker(b["language"]) is not None:
                 by_lang.setdefault(b["language"], []).append((i, j))
     result: dict[tuple[int, int], str] = {}
     for lang, keys in by_lang.items():
-        tools, fn = CHECKERS[lang]
+        tools, fn = languages.syntax_checker(lang)
         missing = sandbox.missing(tools)
         if missing:
             statuses = [f"skipped: {missing[0]} not installed"] * len(keys)
@@ -514,7 +394,7 @@ def run(cfg: CleanConfig, pairs_path: Path, clean_path: Path, removed_path: Path
     for o in valid:
         if syntax[o][0] is None:
             continue
-        langs = sorted({b["language"] for b in blocks[o] if b["language"] in CHECKERS}) or ["-"]
+        langs = sorted({b["language"] for b in blocks[o] if languages.syntax_checker(b["language"])}) or ["-"]
         state = {True: "ok", False: "error"}.get(syntax[o][1], "skipped")
         for lang in langs:
             syntax_counts.setdefault(lang, {"ok": 0, "error": 0, "skipped": 0})[state] += 1

@@ -2,10 +2,10 @@
 
 Profiles:
 - `smoke`: for tests. A handful of seeds, two optimizer steps, a few eval problems (minutes).
-- `tiny`: the default of `make reproduce`. The embedded models on a 2-core CPU, all 164 HumanEval
-  problems for the base and the fine-tuned student.
-- `workstation`: one consumer CUDA GPU with bigger models from the hub (documented; run where a
-  GPU and the `cuda`/`hub` extras exist).
+- `tiny`: the default of `make reproduce`. The embedded models on a 2-core CPU; every 6th
+  HumanEval(+) and MBPP(+) problem for the base and fine-tuned student and the teacher.
+- `workstation`: one consumer CUDA GPU with a 7B teacher from the hub and the Triton training
+  backend (documented, not run here: needs a GPU, the `cuda`/`hub` extras and a network).
 """
 
 from __future__ import annotations
@@ -259,8 +259,8 @@ def _tiny() -> Config:
 
 
 def _workstation() -> Config:
-    # One consumer GPU: a stronger teacher and student from the hub (needs the `hub` extra and a
-    # network), many more pairs, and the CUDA training backends once they land.
+    # One consumer GPU: a stronger teacher from the hub (needs the `hub` extra and a network), many
+    # more pairs, and our Triton training backend. The student stays the embedded Gemma-3-270M.
     c = Config(profile="workstation")
     c.seeds.quotas = "paper"        # the paper's 40K Python + 8 x 5K, scaled to num_seeds
     c.seeds.num_seeds = 5000

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import sys
 import threading
@@ -259,7 +258,7 @@ def module_status(modules: list[str], workers: int = 0, python: str = "") -> dic
     with _probe_lock:
         todo = [m for m in dict.fromkeys(modules) if (python, m) not in _probed]
         if todo:
-            with ThreadPoolExecutor(_workers(workers)) as pool:
+            with ThreadPoolExecutor(sandbox.workers(workers)) as pool:
                 for m, why in zip(todo, pool.map(lambda m: _probe(m, python), todo)):
                     _probed[python, m] = why
         return {m: _probed[python, m] for m in modules}
@@ -267,12 +266,12 @@ def module_status(modules: list[str], workers: int = 0, python: str = "") -> dic
 
 def _run(python: str, code: str, timeout_s: float, read_back: tuple[str, ...] = ()) -> sandbox.Result:
     if python == sys.executable:
-        return sandbox.run_python(code, timeout_s=timeout_s, mem_bytes=_mem_bytes(), read_back=read_back)
+        return sandbox.run_python(code, timeout_s=timeout_s, mem_bytes=sandbox.mem_cap(MEM_BYTES), read_back=read_back)
     # Another interpreter (a virtual environment): its folder and its base installation must be
     # visible in the sandbox, which hides home and temporary directories.
     exe = Path(python)
     show = (str(exe.parent.parent), str(exe.resolve().parent.parent))
-    return sandbox.run([python, "-I", "program.py"], timeout_s=timeout_s, mem_bytes=_mem_bytes(),
+    return sandbox.run([python, "-I", "program.py"], timeout_s=timeout_s, mem_bytes=sandbox.mem_cap(MEM_BYTES),
                        files={"program.py": code.encode("utf-8")}, read_back=read_back, show=show)
 
 
@@ -322,7 +321,7 @@ def judge(problems: Benchmark | dict[str, dict], samples: list[dict], workers: i
             v.reason = f"the program ended without a verdict (exit status {r.returncode}){': ' + last if last else ''}"
         return v
 
-    with ThreadPoolExecutor(_workers(workers)) as pool:
+    with ThreadPoolExecutor(sandbox.workers(workers)) as pool:
         return list(pool.map(one, samples))
 
 
@@ -351,9 +350,4 @@ def summary(verdicts: list[Verdict]) -> dict:
             "perturbations": {k: row([v for v in verdicts if v.perturbation == k]) for k in kinds}}
 
 
-def _workers(workers: int) -> int:
-    return workers if workers > 0 else (os.cpu_count() or 1)
 
-
-def _mem_bytes() -> int:
-    return min(MEM_BYTES, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

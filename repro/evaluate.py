@@ -1,4 +1,4 @@
-"""Step 5b: pass@1 on HumanEval(+) and MBPP(+) of the base student, the fine-tuned student and
+"""The evaluate stage: pass@1 on HumanEval(+) and MBPP(+) of the base student, the fine-tuned student and
 the teacher, through llama.cpp on the GGUF files users run (the students quantized), greedy.
 
 Benchmarks are EvalPlus's files (repro/evalplus_data.py): each problem has base tests (HumanEval,
@@ -304,7 +304,7 @@ def multilingual_sets(cfg: EvaluateConfig, probe: bool = True) -> dict[str, dict
     """name ("multipl-e/<lang>", "ds1000") -> {title, path, sha256, of, n, subset, task_ids, not_run,
     problems, ref}. A language whose toolchain is missing here gets no task ids and says why; so do
     DS-1000 problems whose libraries do not import here (`probe=False` skips that check, which
-    imports each library in the sandbox: the CLI's preflight only checks names and files)."""
+    imports each library in the sandbox: pipeline.check only checks names and files)."""
     from types import SimpleNamespace
 
     out = {}

@@ -20,7 +20,7 @@ import re
 import time
 from pathlib import Path
 
-from repro.artifacts import ReproError, append_jsonl, atomic_path
+from repro.artifacts import sql_str, ReproError, append_jsonl, atomic_path
 from repro.config import EvolConfig, GenerateConfig
 from repro.generate import ask, fill, item_seed, load_template, request_key
 
@@ -91,7 +91,7 @@ def run(cfg: EvolConfig, gen: GenerateConfig, clean_path: Path, pairs_path: Path
 
     check(cfg)
     t0 = time.perf_counter()
-    rel = duckdb.sql(f"SELECT seed_id, language, path, seed, problem FROM read_parquet('{clean_path}')")
+    rel = duckdb.sql(f"SELECT seed_id, language, path, seed, problem FROM read_parquet({sql_str(clean_path)})")
     rows = [dict(zip(rel.columns, r)) for r in rel.fetchall()]
     if not rows:
         raise ReproError(f"evol: {clean_path} has no pairs to evolve; run the clean stage on more pairs first")

@@ -1,4 +1,4 @@
-"""Step 5a: merge the LoRA adapter into the student, write GGUFs, quantize them, check the round trip.
+"""The export stage: merge the LoRA adapter into the student, write GGUFs, quantize them, check the round trip.
 
 No network, apt-get or git at run time (Unsloth's GGUF export does both; we never call it).
 The converters are llama.cpp's own `convert_hf_to_gguf.py` and `convert_lora_to_gguf.py` with

@@ -1,4 +1,4 @@
-"""Step 2 of OSS-Instruct: a teacher model turns each seed into a problem and a solution.
+"""The generate stage (OSS-Instruct's core): a teacher model turns each seed into a problem and a solution.
 
 The teacher is a local GGUF in llama.cpp (chat completion with the chat template stored in the
 file), or any OpenAI-compatible server (`generate.backend=openai`, see repro/engine.py). The
@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro.artifacts import DATA_DIR, ReproError, append_jsonl, atomic_path, read_jsonl
+from repro.artifacts import sql_str, DATA_DIR, ReproError, append_jsonl, atomic_path, read_jsonl
 from repro.config import GenerateConfig
 
 PAPER_MAX_TOKENS = 2500
@@ -304,7 +304,7 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
 
     t_start = time.perf_counter()
     system, user = load_prompt(cfg.prompt)
-    seeds = duckdb.sql(f"SELECT seed_id, language, seed, path FROM read_parquet('{seeds_path}')").fetchall()
+    seeds = duckdb.sql(f"SELECT seed_id, language, seed, path FROM read_parquet({sql_str(seeds_path)})").fetchall()
     # The teacher first: a bad model or an unreachable server fails before the store is touched.
     with open_teacher(cfg) as engine:
         model, params = model_fingerprint(cfg, engine), params_hash(cfg)

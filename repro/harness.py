@@ -65,14 +65,6 @@ def _child() -> str:
     return (Path(__file__).with_name("harness_child.py")).read_text(encoding="utf-8")
 
 
-def _mem_bytes(limit: int) -> int:
-    return min(limit, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-def _workers(workers: int) -> int:
-    return workers if workers > 0 else (os.cpu_count() or 1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Ground truth
 
@@ -103,7 +95,7 @@ def ground_truth(bench: Benchmark, workers: int = 0, task_ids: Iterable[str] | N
     # Longest first, so that one slow task does not finish alone at the end.
     missing = sorted((t for t in wanted if t not in cached), key=lambda t: -len(bench.problems[t]["plus_input"]))
     if missing:
-        with ThreadPoolExecutor(_workers(workers)) as pool:
+        with ThreadPoolExecutor(sandbox.workers(workers)) as pool:
             futures = {pool.submit(_ground_truth_task, bench, tid): tid for tid in missing}
             for f in as_completed(futures):
                 cached[futures[f]] = f.result()
@@ -116,7 +108,7 @@ def _ground_truth_task(bench: Benchmark, task_id: str) -> bytes:
     task = {"mode": "gt", "solution": p["prompt"] + p["canonical_solution"], "entry_point": p["entry_point"],
             "base": p["base_input"], "plus": p["plus_input"],
             "output_not_none": bench.name == "mbpp" and p["entry_point"] in MBPP_OUTPUT_NOT_NONE_TASKS}
-    r = sandbox.run_python(_child(), timeout_s=GT_TIMEOUT_S, mem_bytes=_mem_bytes(MEM_BYTES),
+    r = sandbox.run_python(_child(), timeout_s=GT_TIMEOUT_S, mem_bytes=sandbox.mem_cap(MEM_BYTES),
                            files={"task.pkl": pickle.dumps(task)}, read_back=("gt.pkl",),
                            fsize_bytes=GT_FILE_BYTES)
     if "gt.pkl" not in r.files:
@@ -179,7 +171,7 @@ def _judge(bench: Benchmark, p: dict, solution: str, inputs: list, expected: lis
     deadline = min(TIMEOUT_PER_TASK, sum(time_limits)) + 1 + 1  # EvalPlus's timeout, then its join slack
     task = {"mode": "check", "dataset": bench.name, "entry_point": p["entry_point"], "solution": solution,
             "inputs": inputs, "expected": expected, "time_limits": time_limits, "atol": p["atol"],
-            "mem_bytes": _mem_bytes(mem_bytes),
+            "mem_bytes": sandbox.mem_cap(mem_bytes),
             # numpy is loaded before the guard when a comparison may need np.allclose
             "numpy": p["atol"] != 0 or any(is_floats(e) for e in expected)}
     r = _run_child(task, deadline, mem_bytes)
@@ -205,7 +197,7 @@ def _run_program(p: dict, solution: str, mem_bytes: int) -> Verdict:
     """The wheel fallback: the original check() program, pass if it raises nothing."""
     code = solution + "\n" + p["test"] + "\n" + f"check({p['entry_point']})"
     task = {"mode": "program", "solution": code, "time_limit": WHEEL_TIME_LIMIT_S,
-            "mem_bytes": _mem_bytes(mem_bytes)}
+            "mem_bytes": sandbox.mem_cap(mem_bytes)}
     deadline = WHEEL_TIME_LIMIT_S + 1 + 1
     r = _run_child(task, deadline, mem_bytes)
     events = _events(r)
@@ -219,7 +211,7 @@ def _run_program(p: dict, solution: str, mem_bytes: int) -> Verdict:
 
 
 def _run_child(task: dict, deadline: float, mem_bytes: int) -> sandbox.Result:
-    return sandbox.run_python(_child(), timeout_s=deadline, mem_bytes=_mem_bytes(mem_bytes),
+    return sandbox.run_python(_child(), timeout_s=deadline, mem_bytes=sandbox.mem_cap(mem_bytes),
                               files={"task.pkl": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)},
                               read_back=("result.jsonl",))
 
@@ -275,7 +267,7 @@ def evaluate_samples(bench: Benchmark, samples: list[dict], gt: dict | None = No
     if gt is None:
         gt = ground_truth(bench, workers)
     rows: list[dict | None] = [None] * len(jobs)
-    with ThreadPoolExecutor(_workers(workers)) as pool:
+    with ThreadPoolExecutor(sandbox.workers(workers)) as pool:
         futures = {pool.submit(check, bench, tid, sol, gt): i for i, (tid, sol) in enumerate(jobs)}
         for done, f in enumerate(as_completed(futures), 1):
             rows[futures[f]] = f.result()

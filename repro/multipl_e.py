@@ -27,30 +27,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from repro import sandbox
+from repro import languages, sandbox
 from repro.artifacts import ReproError
 from repro.benchmarks import locate
 
 TIMEOUT_S = 15.0  # MultiPL-E's per-program limit (its containers' --timeout default), compile included
-JAVATUPLES = ("/usr/share/java/javatuples.jar",)  # Debian's libjavatuples-java (javatuples 1.2)
+JAVATUPLES = languages.JAVATUPLES
 
 
-@dataclass(frozen=True)
-class Lang:
-    title: str
-    file: str  # the program's file name
-    tools: tuple[str, ...]  # commands that must exist
-    install: str  # how to get what is missing, for the "not run" line
-
-
-LANGS = {
-    "java": Lang("Java", "Problem.java", ("javac", "java"), "apt-get install default-jdk-headless libjavatuples-java"),
-    "js": Lang("JavaScript", "program.js", ("node",), "apt-get install nodejs"),
-    "cpp": Lang("C++", "program.cpp", ("g++",), "apt-get install g++"),
-    "php": Lang("PHP", "program.php", ("php",), "apt-get install php-cli"),
-    "swift": Lang("Swift", "program.swift", ("swiftc",), "a Swift toolchain from swift.org, not in Debian's registry"),
-    "rs": Lang("Rust", "program.rs", ("rustc",), "rustup, or apt-get install rustc"),
-}
+# MultiPL-E's language keys -> our language records (repro/languages.py: title, program file,
+# tools, install hint, run command).
+LANGS = languages.MULTIPL_E
 
 
 @dataclass
@@ -83,11 +70,11 @@ def load(lang: str, fetch: bool = True) -> Problems:
 
 def missing_tools(lang: str) -> str:
     """'' if the language can run here, else why not (for the "not run" line)."""
-    need = sandbox.missing(LANGS[lang].tools)
+    need = sandbox.missing(LANGS[lang].multipl_e.tools)
     if lang == "java" and not need and not any(os.path.isfile(j) for j in JAVATUPLES):
         need = ["the javatuples jar"]
     if need:
-        return f"{', '.join(need)} not installed: {LANGS[lang].install}"
+        return f"{', '.join(need)} not installed: {LANGS[lang].multipl_e.install}"
     return ""
 
 
@@ -109,40 +96,10 @@ def program(row: dict, completion: str) -> str:
 # Running one program
 
 
-def _command(lang: str) -> tuple[list[str], dict, tuple[str, ...]]:
-    """(argv, sandbox limits, folders to show). A compile error exits with status 3, so that the
-    verdict can say so (MultiPL-E's "SyntaxError"/"CompileError" statuses)."""
-    limits = dict(mem_bytes=4 << 30, nproc=256, nofile=256)
-    if lang == "java":
-        javac, show = sandbox.tool("javac")
-        java, _ = sandbox.tool("java")
-        jar = next(j for j in JAVATUPLES if os.path.isfile(j))
-        jvm = "-J-Xmx512m -J-XX:-UsePerfData"
-        script = (f"{javac} {jvm} -encoding UTF8 -cp {jar} -d out Problem.java || exit 3; "
-                  f"exec {java} -Xmx512m -XX:-UsePerfData -ea -cp out:{jar} Problem")
-        return ["/bin/sh", "-c", script], {**limits, "mem_bytes": None}, show + (os.path.dirname(jar),)
-    if lang == "js":
-        node, show = sandbox.tool("node")
-        return [node, "--max-old-space-size=512", "program.js"], {**limits, "mem_bytes": None}, show
-    if lang == "cpp":
-        gpp, show = sandbox.tool("g++")
-        return ["/bin/sh", "-c", f"{gpp} -std=c++17 -o program program.cpp || exit 3; exec ./program"], limits, show
-    if lang == "php":
-        php, show = sandbox.tool("php")
-        return [php, "program.php"], limits, show
-    if lang == "rs":
-        rustc, show = sandbox.tool("rustc")
-        return ["/bin/sh", "-c", f"{rustc} -o program program.rs || exit 3; exec ./program"], limits, show
-    if lang == "swift":
-        swiftc, show = sandbox.tool("swiftc")
-        return ["/bin/sh", "-c", f"{swiftc} -o program program.swift || exit 3; exec ./program"], limits, show
-    raise ValueError(lang)
-
-
 def run_program(lang: str, code: str, timeout_s: float = TIMEOUT_S) -> dict:
     """{"status": pass|fail|timeout, "reason": ...} for one whole program."""
-    argv, limits, show = _command(lang)
-    r = sandbox.run(argv, files={LANGS[lang].file: code.encode("utf-8")}, timeout_s=timeout_s, show=show, **limits)
+    argv, limits, show = languages.multipl_e_command(lang)
+    r = sandbox.run(argv, files={LANGS[lang].multipl_e.file: code.encode("utf-8")}, timeout_s=timeout_s, show=show, **limits)
     if r.status == "timeout":
         return {"status": "timeout", "reason": f"past the {timeout_s:g} s limit"}
     if lang == "php" and "PHP Parse error" in r.output:
@@ -171,7 +128,7 @@ def judge(problems: Problems, completions: dict[str, str], workers: int = 0,
         code = program(problems.rows[name], completions[name])
         return name, {**run_program(problems.lang, code), "program": code}
 
-    with ThreadPoolExecutor(workers if workers > 0 else (os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(sandbox.workers(workers)) as pool:
         for done, (name, v) in enumerate(pool.map(one, names), 1):
             out[name] = v
             if progress:

@@ -1,4 +1,4 @@
-"""Step 7: the report — `report.md` and a self-contained `report.html` for one run directory.
+"""The report stage: the report — `report.md` and a self-contained `report.html` for one run directory.
 
     repro report --profile tiny          # rebuild runs/tiny/report.{md,html} from what is on disk
 
@@ -24,9 +24,6 @@ analysis used and found, and which tokenizer counted the lengths.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
 import io
 import json
 import os
@@ -38,9 +35,12 @@ import time
 from pathlib import Path
 
 from repro import versions
-from repro.artifacts import ReproError, RunDir, atomic_path, read_jsonl, write_json, write_text
+from repro.artifacts import sql_str, ReproError, RunDir, atomic_path, read_jsonl, write_json, write_text
 from repro.clean import PAPER_SIMILARITY
+from repro.categories import CATEGORIES, EMBED_CHARS, categorize
 from repro.config import ReportConfig
+from repro.languages import MULTIPL_E
+from repro.render import render_html, render_markdown
 
 # The paper's own numbers (Magicoder README, EvalPlus pass@1, greedy): 7B models trained on the
 # full 75K OSS-Instruct set — a scale reference, not something a 270M student can reach.
@@ -53,39 +53,6 @@ PAPER_ROWS = [  # HumanEval, HumanEval+, MBPP, MBPP+
 PAPER_PAIRS = 75_000  # OSS-Instruct's size in the paper (75K pairs)
 BENCH_NAMES = {"humaneval": "HumanEval", "mbpp": "MBPP"}
 
-STAGE_ORDER = ["seeds", "generate", "clean", "validate", "evol", "train", "export", "evaluate"]
-OPTIONAL = ("validate", "evol")  # beyond the paper: in the funnel only where the run's variant has them
-
-# The paper's ten categories (its Figure 2), each described by one sentence of ours. The same
-# sentence is embedded like a pair (embedding method) or matched word by word (TF-IDF), so it
-# names the words such code uses as well as the topic.
-CATEGORIES = {
-    "Algorithms & data structures": "Algorithms and data structures: sort and search an array or list, binary "
-        "search, recursion, dynamic programming, graph traversal, tree, linked list, stack, queue, heap, hash map.",
-    "Math": "Mathematical and computational problems: arithmetic, numbers, integer, prime, factorial, fibonacci, "
-        "sum, geometry, matrix, equation, probability, calculate a formula.",
-    "Database & SQL": "Databases and SQL: query a table with select, insert, update, delete, join, where, group by; "
-        "rows, columns, schema, index, transaction; sqlite, postgres, mysql, ORM model.",
-    "System design": "System design and architecture: services, modules, interfaces, configuration, logging, "
-        "message queue, plugin, operating system, processes, files, file system, kernel, driver.",
-    "Security": "Security and cryptography: authentication, authorization, password, hash, encrypt, decrypt, "
-        "token, certificate, key, permission, sanitize input, vulnerability.",
-    "Performance": "Performance and optimization: speed, memory usage, profiling, concurrency, thread, parallel, "
-        "async, lock, cache results, benchmark, efficient code.",
-    "Web": "Web development and frameworks: web app route, view, HTTP get or post request and response, REST API "
-        "endpoint, jsonify, server, URL, HTML, CSS, browser, Flask, Django, Express, React.",
-    "Domain-specific": "Domain-specific problems: finance, bank, science, physics, biology, chemistry, game, audio, "
-        "music, image processing, hardware device, network protocol, MIDI.",
-    "UI & apps": "User interface and application design: GUI window, button, widget, event, click handler, "
-        "layout, menu, dialog, mobile or desktop application, command-line interface.",
-    "Data science & ML": "Data science and machine learning: dataset, pandas dataframe, numpy array, statistics, "
-        "train a model, neural network, regression, classification, plot, CSV data.",
-}
-EMBED_CHARS = 600    # each pair is embedded from the first 600 characters of problem + solution
-# A decoder model's last hidden state after this prompt sums up the text (PromptEOL, Jiang et al.
-# 2023). Mean pooling the teacher's states instead put 18 of 42 tiny-run pairs in one category
-# (Database & SQL) with generic list tasks among them; this prompt spread them plausibly (measured).
-EMBED_PROMPT = 'This programming task:\n"""\n{}\n"""\nis mainly about the topic of'
 
 CACHE_FILE = "report-embeddings.npz"
 FIGURE_DIR = "report-figures"
@@ -99,9 +66,14 @@ NOT_RUN = "not run yet"
 class _Run:
     """The run directory's manifests, settings and artifacts, each read once when first needed."""
 
-    def __init__(self, run: RunDir):
+    def __init__(self, run: RunDir, stages: list):
         self.run, self.path, self._memo = run, run.path, {}
-        self.m = {s: run.manifest(s) or {} for s in STAGE_ORDER}
+        # The stages with a manifest, in order (repro/pipeline.py's table, passed in: the pipeline
+        # runs the report, not the other way round); the optional ones appear only where the
+        # run's variant has them.
+        self.order = [s.name for s in stages if s.fingerprinted]
+        self.optional = tuple(s.name for s in stages if s.variant_only)
+        self.m = {s: run.manifest(s) or {} for s in self.order}
         try:
             self.run_json = json.loads((run.path / "run.json").read_text())
         except (OSError, json.JSONDecodeError):
@@ -137,10 +109,6 @@ class _Run:
 
     def student(self) -> str:
         return self.setting("train", "student") or ""
-
-
-def _sql_path(p: Path) -> str:
-    return "'" + str(p).replace("'", "''") + "'"
 
 
 def _counts(query: str) -> list[tuple[str, int]]:
@@ -198,91 +166,6 @@ def token_counter(specs: list[str]):
     return ((lambda t: len(pattern.findall(t))),
             "regex tokens (runs of word characters and single punctuation marks, `\\w+|[^\\w\\s]`): "
             "no tokenizer GGUF on this machine")
-
-
-# ---------------------------------------------------------------------------------------------
-# Categories
-
-
-def _words(text: str) -> list[str]:
-    # Identifiers split at underscores, digits and camelCase humps, so `bubble_sort` and
-    # `bubbleSort` both say "sort"; single letters (i, x, a) say nothing.
-    return [w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])", text) if len(w) > 1]
-
-
-def _tfidf(texts: list[str], labels: list[str]) -> list[str | None]:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    descriptions = list(CATEGORIES.values())
-    vec = TfidfVectorizer(tokenizer=_words, lowercase=False, token_pattern=None, sublinear_tf=True)
-    vec.fit(texts + descriptions)
-    sims = (vec.transform(texts) @ vec.transform(descriptions).T).toarray()
-    # A text that shares no word with any description is left unassigned, not given the first.
-    return [labels[int(row.argmax())] if row.max() > 0 else None for row in sims]
-
-
-def _key(model_key: str, text: str) -> str:
-    return hashlib.sha256(f"{model_key}\0last\0{text}".encode()).hexdigest()
-
-
-def embed(texts: list[str], gguf: Path, cache: Path | None, model_key: str) -> tuple[list, int]:
-    """Last-token, L2-normalized llama.cpp embeddings of `texts` (vectors, how many were computed
-    now). Vectors are cached in `cache` by sha256 of model, pooling and text; the model is loaded
-    only when a text is missing from it."""
-    import numpy as np
-
-    keys = [_key(model_key, t) for t in texts]
-    have: dict[str, np.ndarray] = {}
-    if cache is not None and cache.exists():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                have = dict(zip(z["keys"].tolist(), z["vectors"]))
-        except (OSError, ValueError, KeyError):
-            have = {}  # a damaged cache is only a slower report
-    todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in have))
-    if todo:
-        import llama_cpp
-
-        from repro import models
-
-        # A few texts share one decode. llama.cpp keeps logits for every token of a batch (2048 tokens:
-        # 1.2 GB with a 152K vocabulary), so the batch is small; one text is at most ~300 tokens.
-        n_ctx = 512
-        llm = models.load_llama(gguf, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, embedding=True,
-                                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST)
-        try:
-            vectors = llm.embed(todo, normalize=True, truncate=True)
-        finally:
-            llm.close()
-        for t, v in zip(todo, vectors):
-            have[_key(model_key, t)] = np.asarray(v, np.float32)
-    if cache is not None and todo:
-        used = list(dict.fromkeys(keys))  # only what this report uses: the cache cannot grow without end
-        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-            np.savez(f, keys=np.array(used), vectors=np.stack([have[k] for k in used]))
-    return [have[k] for k in keys], len(todo)
-
-
-def categorize(texts: list[str], method: str = "tfidf", gguf: Path | None = None, cache: Path | None = None,
-               model_key: str = "") -> dict:
-    """Assign each text the nearest of CATEGORIES (cosine of embeddings, or of TF-IDF vectors).
-
-    method "embedding" needs `gguf` (any llama.cpp model; `model_key` names it in the cache);
-    returns {"method", "assigned": [category or None], "embedded_now", "seconds"}.
-    """
-    labels = list(CATEGORIES)
-    t0 = time.perf_counter()
-    if method == "tfidf":
-        return {"method": "tfidf", "assigned": _tfidf(texts, labels), "embedded_now": 0,
-                "seconds": round(time.perf_counter() - t0, 2)}
-    import numpy as np
-
-    prompts = [EMBED_PROMPT.format(t) for t in list(CATEGORIES.values()) + texts]
-    vecs, now = embed(prompts, gguf, cache, model_key or str(gguf))
-    cats, docs = np.stack(vecs[:len(labels)]), np.stack(vecs[len(labels):]) if texts else np.zeros((0, 1))
-    assigned = [labels[int(i)] for i in (docs @ cats.T).argmax(axis=1)] if texts else []
-    return {"method": "embedding", "assigned": assigned, "embedded_now": now,
-            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,11 +234,11 @@ def _funnel(r: _Run) -> list[tuple[str, str, str, str]]:
         rows.append(("evaluate", ", ".join(f"{v.get('n', '?')} {k}" for k, v in s.get("benchmarks", {}).items())
                      + " problems", f"{len(s.get('models', {}))} models", "-"))
     done = {row[0] for row in rows}
-    order = {s: i for i, s in enumerate(STAGE_ORDER)}
+    order = {s: i for i, s in enumerate(r.order)}
     from repro.config import variant_stages
 
     extra = variant_stages(r.run_json.get("variant", "oss"))
-    wanted = [s for s in STAGE_ORDER if s not in OPTIONAL or s in extra]
+    wanted = [s for s in r.order if s not in r.optional or s in extra]
     rows += [(s, NOT_RUN, "-", "-") for s in wanted if s not in done]
     return sorted(rows, key=lambda row: order[row[0]])
 
@@ -392,7 +275,7 @@ def sec_pipeline(r: _Run) -> list:
                  "earlier stages needed. Throughput is tokens/s where the stage counts tokens, else items/s over "
                  "the stage's wall time."),
            ("table", ["stage", "in", "out", "removed / notes", "seconds", "peak RSS so far, MiB", "throughput"], rows)]
-    times = [(s, m[s]["seconds"]) for s in STAGE_ORDER if isinstance(m[s].get("seconds"), (int, float))]
+    times = [(s, m[s]["seconds"]) for s in r.order if isinstance(m[s].get("seconds"), (int, float))]
     if times:
         total = sum(t for _, t in times)
         out.append(("p", f"Total stage time: {total / 60:.1f} min."))
@@ -433,9 +316,9 @@ def sec_data(r: _Run) -> list:
     seeds = r.path / "seeds.parquet"
     if seeds.exists():
         # Seeds per language and per detected licence, most first.
-        langs = _counts(f"SELECT language, count(*) AS n FROM read_parquet({_sql_path(seeds)}) "
+        langs = _counts(f"SELECT language, count(*) AS n FROM read_parquet({sql_str(seeds)}) "
                         "GROUP BY language ORDER BY n DESC, language")
-        lic = _counts(f"SELECT coalesce(license, 'unknown') AS l, count(*) AS n FROM read_parquet({_sql_path(seeds)}) "
+        lic = _counts(f"SELECT coalesce(license, 'unknown') AS l, count(*) AS n FROM read_parquet({sql_str(seeds)}) "
                       "GROUP BY l ORDER BY n DESC, l")
         n = sum(k for _, k in langs)
         out += [("p", f"**Seeds**: {n} snippets in {len(langs)} languages, with the licence detected for their file "
@@ -448,9 +331,9 @@ def sec_data(r: _Run) -> list:
     clean = r.path / "clean.parquet"
     if clean.exists():
         # Kept pairs per seed language, and the solutions' fenced code blocks per declared language.
-        pairs = dict(_counts(f"SELECT language, count(*) FROM read_parquet({_sql_path(clean)}) GROUP BY language"))
+        pairs = dict(_counts(f"SELECT language, count(*) FROM read_parquet({sql_str(clean)}) GROUP BY language"))
         blocks = dict(_counts(f"SELECT coalesce(nullif(b.language, ''), 'unlabelled'), count(*) FROM "
-                              f"(SELECT unnest(code_blocks) AS b FROM read_parquet({_sql_path(clean)})) GROUP BY 1"))
+                              f"(SELECT unnest(code_blocks) AS b FROM read_parquet({sql_str(clean)})) GROUP BY 1"))
         names = list(dict.fromkeys([k for k, _ in langs] + sorted(pairs, key=lambda k: -pairs[k])
                                    + sorted(blocks, key=lambda k: -blocks[k])))
         out += [("p", f"**Generated problems**: {sum(pairs.values())} pairs kept by the clean stage. By language: the "
@@ -692,7 +575,7 @@ def sec_evaluation(r: _Run) -> list:
         out.append(("p", f"Every program ran in our sandbox, {iso['level']} isolation"
                          + (", each run under its own uid" if iso.get("uid") == "own" else "")
                          + (f" ({iso['why']})" if iso.get("why") else "")
-                         + " — what that contains and what it does not: README, section Sandbox."))
+                         + " — what that contains and what it does not: docs/sandbox.md in the project."))
     out.append(("ul", [f"{BENCH_NAMES.get(b, b)}: "
                        f"{'all problems' if info.get('subset') == 'all' else info.get('subset')}; "
                        f"{info.get('version')}, sha256 `{(info.get('sha256') or '')[:16]}…`"
@@ -740,7 +623,7 @@ def sec_evaluation(r: _Run) -> list:
 
 
 # MultiPL-E's language keys -> the language names the seeds and pairs use.
-PAIR_LANGUAGE = {"java": "java", "js": "javascript", "cpp": "cpp", "php": "php", "swift": "swift", "rs": "rust"}
+PAIR_LANGUAGE = {key: lang.name for key, lang in MULTIPL_E.items()}
 
 
 def sec_multilingual(r: _Run) -> list:
@@ -839,7 +722,7 @@ def _machine() -> list[list[str]]:
 def sec_environment(r: _Run) -> list:
     here = versions()
     at_run = {}
-    for s in STAGE_ORDER:
+    for s in r.order:
         for k, v in (r.m[s].get("versions") or {}).items():
             at_run.setdefault(k, set()).add(str(v))
     out = [("p", "Library versions where this report was built, and those the stage manifests recorded "
@@ -859,7 +742,7 @@ def sec_environment(r: _Run) -> list:
     out.append(("table", ["model", "spec", "sha256"],
                 [[role, f"{model_title(spec)} (`{spec}`)" if spec and not spec.startswith("export") else spec or "-",
                   f"`{sha}`" if sha else "-"] for role, spec, sha in roles]))
-    times = [f"{s} {r.m[s]['seconds']:.0f} s" for s in STAGE_ORDER if isinstance(r.m[s].get("seconds"), (int, float))]
+    times = [f"{s} {r.m[s]['seconds']:.0f} s" for s in r.order if isinstance(r.m[s].get("seconds"), (int, float))]
     out.append(("p", "Wall time per stage: " + (", ".join(times) if times else NOT_RUN) + "."))
     return out
 
@@ -965,85 +848,6 @@ def _join(items: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rendering
-
-
-def _md_cell(x) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(title: str, sections: list[tuple[str, list]], figure_dir: str) -> str:
-    lines = [f"# {title}", ""]
-    for head, blocks in sections:
-        lines += [f"## {head}", ""]
-        for b in blocks:
-            if b[0] == "p":
-                lines += [b[1], ""]
-            elif b[0] == "ul":
-                lines += [f"- {x}" for x in b[1]] + [""]
-            elif b[0] == "pre":
-                lines += ["```", b[1], "```", ""]
-            elif b[0] == "table":
-                lines += ["| " + " | ".join(_md_cell(h) for h in b[1]) + " |",
-                          "| " + " | ".join("---" for _ in b[1]) + " |"]
-                lines += ["| " + " | ".join(_md_cell(x) for x in row) + " |" for row in b[2]] + [""]
-            elif b[0] == "fig":
-                lines += [f"![{b[3]}]({figure_dir}/{b[1]}.png)", "", f"*{b[3]}*", ""]
-    return "\n".join(lines)
-
-
-def _inline(text: str) -> str:
-    """The Markdown our own sentences use — `code` and **bold** — as HTML, everything else escaped."""
-    out = html.escape(text, quote=False)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
-
-
-CSS = """
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; max-width: 1000px;
-       margin: 2em auto; padding: 0 1em; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: .8em 0; font-size: .88em; }
-th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
-code { background: #f1f1f1; padding: 0 .25em; border-radius: 3px; font-size: .92em; }
-pre { background: #f6f6f6; padding: .6em; overflow-x: auto; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: .88em; color: #555; }
-nav ol { columns: 2; font-size: .92em; }
-"""
-
-
-def render_html(title: str, sections: list[tuple[str, list]]) -> str:
-    anchors = [re.sub(r"[^a-z0-9]+", "-", head.lower()).strip("-") for head, _ in sections]
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style></head><body>",
-             f"<h1>{_inline(title)}</h1>",
-             "<nav><ol>" + "".join(f'<li><a href="#{a}">{html.escape(h)}</a></li>'
-                                   for a, (h, _) in zip(anchors, sections)) + "</ol></nav>"]
-    for anchor, (head, blocks) in zip(anchors, sections):
-        parts.append(f'<h2 id="{anchor}">{html.escape(head)}</h2>')
-        for b in blocks:
-            if b[0] == "p":
-                parts.append(f"<p>{_inline(b[1])}</p>")
-            elif b[0] == "ul":
-                parts.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b[1]) + "</ul>")
-            elif b[0] == "pre":
-                parts.append(f"<pre>{html.escape(b[1])}</pre>")
-            elif b[0] == "table":
-                parts.append("<table><thead><tr>" + "".join(f"<th>{_inline(str(h))}</th>" for h in b[1])
-                             + "</tr></thead><tbody>"
-                             + "".join("<tr>" + "".join(f"<td>{_inline(str(x))}</td>" for x in row) + "</tr>"
-                                       for row in b[2]) + "</tbody></table>")
-            elif b[0] == "fig":
-                data = base64.b64encode(b[2]).decode("ascii")
-                parts.append(f'<figure><img alt="{html.escape(b[3])}" src="data:image/png;base64,{data}">'
-                             f"<figcaption>{_inline(b[3])}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
 # The stage
 
 
@@ -1057,11 +861,11 @@ def settings_of(run: RunDir) -> ReportConfig:
     return ReportConfig(**{k: v for k, v in d.items() if k in known})
 
 
-def build(run: RunDir, cfg: ReportConfig | None = None) -> tuple[str, list[tuple[str, list]], dict]:
+def build(run: RunDir, stages: list, cfg: ReportConfig | None = None) -> tuple[str, list[tuple[str, list]], dict]:
     """(title, sections, facts): every section from what is on disk now. A section that fails on
     an artifact it does not expect says so in place; the rest of the report still appears."""
     cfg = cfg or settings_of(run)
-    r, facts = _Run(run), {}
+    r, facts = _Run(run, stages), {}
     count, counted = token_counter([r.teacher(), r.student()])
     facts["tokens"] = counted
     title = f"magicoder-repro report: `{run.path.name}`"
@@ -1088,12 +892,12 @@ def build(run: RunDir, cfg: ReportConfig | None = None) -> tuple[str, list[tuple
     return title, [("Summary", summary)] + sections, facts
 
 
-def run(run_dir: RunDir, out: Path, cfg: ReportConfig | None = None) -> dict:
+def run(run_dir: RunDir, out: Path, stages: list, cfg: ReportConfig | None = None) -> dict:
     """Write `out` (report.md), its figures beside it, `report.html` (self-contained) and
     `report.json` (what the category analysis used and found). Each file is written atomically."""
     t0 = time.perf_counter()
     out = Path(out)
-    title, sections, facts = build(run_dir, cfg)
+    title, sections, facts = build(run_dir, stages, cfg)
     figures = [b for _, blocks in sections for b in blocks if b[0] == "fig"]
     figure_dir = out.parent / FIGURE_DIR
     with atomic_path(figure_dir) as tmp:

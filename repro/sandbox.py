@@ -1,7 +1,7 @@
 """Run model-written programs (and the tools that read them) in a separate, limited process.
 
-Every place that runs generated code goes through `run` (any command) or `run_python`. README,
-section Sandbox, says the same for users.
+Every place that runs generated code goes through `run` (any command) or `run_python`. docs/sandbox.md
+says the same for users.
 
 What each run gets, always ("process" isolation):
 - a fresh temporary working directory, removed afterwards, with only the files given to it;
@@ -227,6 +227,16 @@ def tool(name: str) -> tuple[str, tuple[str, ...]]:
             raise FileNotFoundError(name)
         return os.path.join(sysroot, "bin", "rustc"), (sysroot,)
     return path, (os.path.dirname(path),)
+
+
+def workers(n: int) -> int:
+    """Programs run at once: `n`, or the machine's cores when 0 (the workers settings)."""
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def mem_cap(limit: int) -> int:
+    """An address-space limit, no more than this machine's physical memory."""
+    return min(limit, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def missing(names) -> list[str]:

@@ -1,4 +1,4 @@
-"""Step 4: LoRA fine-tuning of the student on the cleaned pairs.
+"""The train stage: LoRA fine-tuning of the student on the cleaned pairs.
 
 The training text has the paper's template shape (data/prompts/train_template.txt, our wording):
 one system sentence, `@@ Instruction` + the problem, `@@ Response` + the solution + EOS. The loss
@@ -46,8 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from repro.artifacts import (DATA_DIR, ReproError, append_jsonl, atomic_path, digest, fingerprint, read_jsonl,
-                             write_text)
+from repro.artifacts import (sql_str, DATA_DIR, ReproError, append_jsonl, atomic_path, digest, fingerprint, parquet_rows,
+                             read_jsonl, write_json, write_text)
 from repro.config import TrainConfig
 
 BACKENDS = ("peft", "triton", "unsloth")
@@ -179,7 +179,7 @@ def load_tokenizer(cfg: TrainConfig, ckpt: Path):
 
 
 def check_settings(cfg: TrainConfig) -> None:
-    """Fail on bad train settings before anything is written (the CLI's preflight).
+    """Fail on bad train settings before anything is written (pipeline.check).
 
     Loads the student's config and tokenizer, not its weights: a checkpoint whose weights are
     broken is reported by `run` before it writes anything.
@@ -723,7 +723,7 @@ def run(cfg: TrainConfig, clean_path: Path, adapter_dir: Path, log_path: Path, p
     bf16 = use_bf16(cfg, device)
     ckpt = student_checkpoint(cfg.student)
     tok = load_tokenizer(cfg, ckpt)
-    rows = duckdb.sql(f"SELECT problem, solution FROM read_parquet('{clean_path}')").fetchall()
+    rows = duckdb.sql(f"SELECT problem, solution FROM read_parquet({sql_str(clean_path)})").fetchall()
     if not rows:
         raise ReproError(f"train: {clean_path} has no pairs; generate more (seeds.num_seeds) or check "
                          "generate's rejected.jsonl and clean's removed.parquet")
@@ -763,3 +763,40 @@ def run(cfg: TrainConfig, clean_path: Path, adapter_dir: Path, log_path: Path, p
     return {**counts, **stats, "greedy_agreement": fit, "trainable_parameters": trainable,
             "threads": torch.get_num_threads(),
             "backend": cfg.backend, "device": device, "notes": notes}
+
+
+def run_two_stages(cfg: TrainConfig, evol_train_pairs: int, oss_path: Path, evol_path: Path, run_dir: Path,
+                   progress=None) -> dict:
+    """MagicoderS: train on the OSS-Instruct pairs (adapter-oss/, train_log.jsonl), then on the
+    evolved pairs from that adapter (adapter/, train_log_evol.jsonl; `evol_train_pairs` caps them).
+    A finished first stage is kept across a crash of the second: its fingerprint is beside it.
+    Without evolved pairs the second stage is skipped, said in the stats, and the model is the
+    first stage's; it does not ask for more."""
+    from repro.console import print_notes
+
+    run_dir = Path(run_dir)
+    fp1 = resume_fingerprint(cfg, oss_path, student_checkpoint(cfg.student))
+    marker = run_dir / "adapter-oss" / "repro-stage.json"
+    done = json.loads(marker.read_text()) if marker.exists() else {}
+    s1 = done.get("stats") if done.get("fingerprint") == fp1 else None
+    if s1 is None:
+        s1 = run(cfg, oss_path, run_dir / "adapter-oss", run_dir / "train_log.jsonl", progress)
+        write_json(marker, {"fingerprint": fp1, "stats": s1})
+    print_notes("train (stage 1, OSS-Instruct)", s1["notes"], progress)
+    if not parquet_rows(evol_path):
+        # The 0.5B teacher often rewrites a problem back unchanged; with a few problems evolved
+        # none may survive. Stage 1 is the run's model then, said on the console and in the report.
+        why = (f"skipped: {evol_path} has no pairs (see evol_rejected.jsonl and evol_removed.parquet; raise "
+               "evol.num for more); the adapter is the OSS-Instruct stage's alone")
+        with atomic_path(run_dir / "adapter") as tmp:
+            shutil.copytree(run_dir / "adapter-oss", tmp, ignore=shutil.ignore_patterns("repro-stage.json"))
+        write_text(run_dir / "train_log_evol.jsonl", "")
+        print_notes("train (stage 2, Evol-Instruct)", [why], progress)
+        return {**s1, "stage1": s1, "stage2_skipped": why, "notes": s1["notes"] + [f"stage 2 {why}"]}
+    cfg2 = dataclasses.replace(cfg, max_pairs=evol_train_pairs)
+    s2 = run(cfg2, evol_path, run_dir / "adapter", run_dir / "train_log_evol.jsonl", progress,
+             ckpt_dir=run_dir / "train_ckpt_evol", init_adapter=run_dir / "adapter-oss")
+    print_notes("train (stage 2, Evol-Instruct)", s2["notes"], progress)
+    return {**s2, "steps": s1["steps"] + s2["steps"], "first_loss": s1["first_loss"],
+            "examples": s1["examples"] + s2["examples"], "stage1": s1, "stage2": s2,
+            "notes": s1["notes"] + s2["notes"]}

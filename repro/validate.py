@@ -34,8 +34,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from repro import sandbox
-from repro.artifacts import ReproError, atomic_path, write_text
+from repro import languages, sandbox
+from repro.artifacts import sql_str, ReproError, atomic_path, write_text
 from repro.clean import code_blocks
 from repro.config import GenerateConfig, ValidateConfig
 from repro.generate import ask, fill, item_seed, load_template, request_key
@@ -159,7 +159,8 @@ def program(language: str, code: str, tests: str) -> tuple[list[str], dict[str, 
             {"mem_bytes": None, "show": show, "nproc": 256, "nofile": 256})
 
 
-RUNNERS = {"python": (), "javascript": ("node",)}  # language -> tools it needs
+# language -> the tools its tests need (repro/languages.py; a runner here for each: `program`)
+RUNNERS = {n: lang.test_tools for n, lang in languages.LANGUAGES.items() if lang.test_tools is not None}
 
 
 def runnable() -> dict[str, str]:
@@ -223,7 +224,7 @@ def run(cfg: ValidateConfig, gen: GenerateConfig, clean_path: Path, out_path: Pa
 
     check(cfg)
     t0 = time.perf_counter()
-    rel = duckdb.sql(f"SELECT * FROM read_parquet('{clean_path}')")
+    rel = duckdb.sql(f"SELECT * FROM read_parquet({sql_str(clean_path)})")
     columns = rel.columns
     rows = [dict(zip(columns, r)) for r in rel.fetchall()]
     row_of = {r["seed_id"]: r for r in rows}  # seed ids are unique in clean.parquet

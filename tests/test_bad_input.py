@@ -34,6 +34,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from builders import write_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_STUDENT = "embedded:gemma-3-270m-q4_k_m"
@@ -91,8 +92,6 @@ def write_seeds(path: Path, snippets: list[str]) -> Path:
 
 def small_gguf(path: Path) -> Path:
     """A small, valid GGUF model file (two 64 x 64 tensors, so that cutting 4 KiB cuts tensor data)."""
-    from test_export import write_gguf
-
     return write_gguf(path, side=64)
 
 

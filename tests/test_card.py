@@ -19,7 +19,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from repro import card, cli  # noqa: E402
+from repro import card, cli, config, console, pipeline  # noqa: E402
 from repro.artifacts import RunDir, digest  # noqa: E402
 from repro.models import EMBEDDED  # noqa: E402
 
@@ -46,7 +46,7 @@ def _fake_generate(run: RunDir) -> None:
 
     from repro.benchmarks import humaneval
 
-    cfg = cli.config_mod.load("smoke")
+    cfg = config.load("smoke")
     seeds = duckdb.sql(f"SELECT seed_id, language, path, seed FROM read_parquet('{run / 'seeds.parquet'}')").fetchall()
     he = humaneval()[0]
     answers = [(sid, lang, path, seed, f"Write {lang} function number {i}, which returns {i * 7} for the input {i}.",
@@ -62,7 +62,7 @@ def _fake_generate(run: RunDir) -> None:
                                 "finish_reason": "stop", "prompt_tokens": 90, "completion_tokens": 40,
                                 "seconds": 1.5, "problem": problem, "solution": solution}) + "\n")
     (run / "rejected.jsonl").write_text("")
-    settings, inputs, outputs = cli.stage_plan("generate", cfg)
+    settings, inputs, outputs = pipeline.stage_plan("generate", cfg)
     stats = {"seeds": len(seeds), "resumed_from": 0, "generated": len(answers), "failed": 0, "truncated": 0,
              "backend": "llama-batched", "parallel": 8, "threads": 2, "model": TEACHER.sha256,
              "completion_tokens": 40 * len(answers), "prompt_tokens": 90 * len(answers), "decode_seconds": 6.0,
@@ -195,7 +195,7 @@ def test_progress_goes_to_the_log_periodically_and_at_the_end(tmp_path):
         def write(self, text):
             lines.append(text)
 
-    with cli.LoggedProgress(log=Sink(), every=0.05, disable=True) as progress:
+    with console.LoggedProgress(log=Sink(), every=0.05, disable=True) as progress:
         task = progress.add_task("generate", total=4, completed=1)  # one answer from an earlier run
         progress.update(task, advance=1)
         time.sleep(0.2)

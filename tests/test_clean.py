@@ -1,16 +1,15 @@
 import gzip
 import json
-import sysconfig
 import time
-from pathlib import Path
 
 import duckdb
 import pytest
 
-from repro import clean, cli
+from repro import clean, cli, languages, sandbox
 from repro.artifacts import ReproError
 from repro.benchmarks import BENCH_DIR, humaneval
 from repro.config import CleanConfig
+from builders import stdlib_pairs
 
 
 
@@ -26,20 +25,6 @@ def _run(tmp_path, rows, **cfg):
     kept = [r[0] for r in duckdb.sql(f"SELECT seed_id FROM read_parquet('{tmp_path / 'clean.parquet'}')").fetchall()]
     rem = duckdb.sql(f"SELECT seed_id, reason, duplicate_of, task_id, method FROM read_parquet('{tmp_path / 'removed.parquet'}')")
     return stats, kept, {r[0]: r[1:] for r in rem.fetchall()}
-
-
-def _stdlib_pairs(n):
-    """Clean text: docstring-like prose and code from the Python standard library."""
-    out, lib = [], Path(sysconfig.get_paths()["stdlib"])
-    for f in ("textwrap.py", "fractions.py", "heapq.py", "bisect.py", "shlex.py", "statistics.py", "difflib.py"):
-        lines = (lib / f).read_text(encoding="utf-8").splitlines()
-        for k in range(0, len(lines) - 40, 37):
-            out.append({"seed_id": f"{f}:{k}", "seed": "\n".join(lines[k:k + 5]),
-                        "problem": "Write a program like this.\n" + "\n".join(lines[k + 5:k + 20]),
-                        "solution": "```python\n" + "\n".join(lines[k + 20:k + 40]) + "\n```"})
-            if len(out) == n:
-                return out
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +47,7 @@ def planted(tmp_path_factory):
     he = humaneval()
     mbpp = {str(r["task_id"]): r for r in map(json.loads, (BENCH_DIR / "mbpp.jsonl").open())}
     ds = [json.loads(x) for x in gzip.open(BENCH_DIR / "ds1000.jsonl.gz", "rt")]
-    rows = _stdlib_pairs(40)
+    rows = stdlib_pairs(40)
     doc0 = he[0]["prompt"].split('"""')[1].strip()
     planted = {
         "exact-he": {"problem": doc0, "solution": "pass"},
@@ -133,7 +118,7 @@ def test_whitespace_insensitive_duplicates_name_the_kept_pair(tmp_path):
 
 
 def test_near_duplicates_are_removed_naming_the_kept_pair(tmp_path):
-    base = _stdlib_pairs(3)
+    base = stdlib_pairs(3)
     twin = dict(base[0], seed_id="twin", seed="other seed", problem=base[0]["problem"] + " Please.",
                 solution=base[0]["solution"].replace("\n```", "\n# one more comment\n```"))
     stats, kept, removed = _run(tmp_path, base + [twin])
@@ -165,7 +150,8 @@ def test_syntax_column_per_language(tmp_path, monkeypatch):
     blocks = [clean.code_blocks(sol, lang) for lang, sol, _ in cases.values()]
     got = dict(zip(cases, clean.check_syntax(blocks, timeout=60)))
     for k, (lang, _, want) in cases.items():
-        missing = [t for t in clean.CHECKERS[lang][0] if not clean.shutil.which(t)] if lang in clean.CHECKERS else []
+        checker = languages.syntax_checker(lang)
+        missing = sandbox.missing(checker[0]) if checker else []
         if missing and want != "skipped: no code block":
             assert got[k][0] == f"skipped: {missing[0]} not installed"
         else:
@@ -178,7 +164,7 @@ def test_syntax_column_per_language(tmp_path, monkeypatch):
 
 def test_a_hostile_block_cannot_hang_or_exhaust_a_compiler():
     """g++ reading /dev/zero grows until the sandbox's limits stop it; the stage goes on."""
-    if not clean.shutil.which("g++"):
+    if sandbox.missing(["g++"]):
         pytest.skip("g++ not installed")
     t0 = time.monotonic()
     [(status, ok)] = clean.check_syntax([clean.code_blocks('```cpp\n#include "/dev/zero"\n```', "cpp")], 5)

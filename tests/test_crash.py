@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from builders import MORE_ROWS, seeds_file, stdlib_pairs, validate_clean_file, write_clean
 
 # Every test here runs a stage several times over: the kill -9 suite is in `make test-all` only.
 pytestmark = pytest.mark.slow
@@ -236,14 +237,12 @@ def test_generate_killed_3_times_then_rerun_stores_every_key_exactly_once(tmp_pa
     decoding may pick another token where a sequence shares a batch with others), so what is compared
     is the store: every seed's key exactly once, no other key, and each row's deterministic fields
     (seed, prompt hash, model, settings hash) as the uninterrupted run made them."""
-    from test_generate import _seeds_file
-
     template = tmp_path / "short.txt"  # a tenth of oss_instruct.txt's tokens: the prompts are read faster
     template.write_text("You write programming problems.\n---\n"
                         "Write a problem about this {language} code:\n{snippet}\n")
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     for d in (whole, crashed):
-        _seeds_file(d / "seeds.parquet", GEN_SEEDS, lambda i: f"def f{i}(x):\n    return x * {i}\n")
+        seeds_file(d / "seeds.parquet", GEN_SEEDS, lambda i: f"def f{i}(x):\n    return x * {i}\n")
 
     def rows(d: Path) -> list[dict]:
         return _lines(d / "pairs.jsonl") + _lines(d / "rejected.jsonl")
@@ -275,14 +274,12 @@ VAL_PAIRS = 10
 def test_validate_killed_3_times_then_rerun_asks_for_every_test_exactly_once(tmp_path):
     """As generate's, the teacher's answers are compared by key (batched decoding is not
     byte-deterministic); the verdicts must cover every pair once, and validated.parquet be whole."""
-    from test_validate import clean_file
-
     template = tmp_path / "tests.txt"  # short: the prompts are read faster
     template.write_text("You write tests.\n---\nWrite {language} asserts ({assert_hint}) for:\n{problem}\n{code}\n")
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     for d in (whole, crashed):
         d.mkdir()
-        clean_file(d / "clean.parquet", {f"p{i}": ("python", f"```python\ndef f{i}(x):\n    return x * {i}\n```")
+        validate_clean_file(d / "clean.parquet", {f"p{i}": ("python", f"```python\ndef f{i}(x):\n    return x * {i}\n```")
                                          for i in range(VAL_PAIRS)})
 
     def rows(d: Path) -> list[dict]:
@@ -315,9 +312,8 @@ def test_clean_killed_3_times_then_rerun_gives_the_same_files(tmp_path):
     import pyarrow.parquet as pq
 
     from repro.benchmarks import humaneval
-    from test_clean import _stdlib_pairs
 
-    rows = _stdlib_pairs(80)
+    rows = stdlib_pairs(80)
     he = humaneval()[0]
     rows += [dict(rows[3], seed_id="dup-of-3"),
              {"seed_id": "he-0", "seed": "x", "problem": he["prompt"], "solution": he["canonical_solution"]}]
@@ -395,8 +391,6 @@ def test_train_killed_3_times_then_rerun_gives_the_same_adapter_and_loss_curve(t
     tokens/s and memory are measurements)."""
     import torch
     from safetensors.torch import load_file
-
-    from test_train import MORE_ROWS, write_clean
 
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
     for d in (whole, crashed):

@@ -10,7 +10,8 @@ import sys
 import duckdb
 import pytest
 
-from repro.cli import stages_of
+from repro.pipeline import stages_of
+from builders import FIGURES, SECTIONS, report_images
 
 STAGES = stages_of("oss")  # the paper's pipeline: no validate, no evol
 
@@ -60,12 +61,10 @@ def test_report_has_counts_and_a_pass_at_1_table_for_students_and_teacher(smoke_
 
 
 def test_the_html_report_of_a_real_run_has_every_section_and_figure(smoke_run):
-    from test_report import FIGURES, SECTIONS, _images
-
     md, page = (smoke_run / "report.md").read_text(), (smoke_run / "report.html").read_text()
     assert "could not be built" not in md and "not run yet" not in md
     assert all(f"## {head}\n" in md for head in SECTIONS)
-    assert len(_images(page)) == len(FIGURES)
+    assert len(report_images(page)) == len(FIGURES)
     c = json.loads((smoke_run / "report.json").read_text())["categories"]
     assert c["method"] == "embedding" and c["samples"] == c["of"] >= 1
     assert (smoke_run / "README.md").is_file() and (smoke_run / "log.txt").is_file()  # dataset card, log

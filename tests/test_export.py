@@ -19,6 +19,7 @@ from repro.artifacts import ReproError, sha256_file
 from repro.config import STUDENT_270M, ExportConfig
 from repro.engine import check_gguf
 from repro.models import cache_dir
+from builders import write_gguf
 
 
 def one_line(excinfo) -> str:
@@ -100,25 +101,6 @@ def test_a_cache_without_the_lora_converter_is_fetched_again_keeping_only_the_co
 
 # ---------------------------------------------------------------------------------------------
 # GGUF files that are not models
-
-
-def write_gguf(path: Path, general_type: str = "model", tensors: int = 2, side: int = 8) -> Path:
-    """A small valid GGUF file of `general_type` with `tensors` side x side float32 tensors
-    (tests/test_bad_input.py damages one)."""
-    import gguf
-    import numpy as np
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_type(general_type)
-    w.add_token_list(["<s>", "a", "b"])  # an array of strings, as a vocabulary is
-    w.add_token_scores([0.0, -1.0, -2.0])
-    for i in range(tensors):
-        w.add_tensor(f"t{i}", np.arange(side * side, dtype=np.float32).reshape(side, side))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 def test_a_small_valid_model_gguf_passes(tmp_path):

@@ -6,13 +6,12 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
-import pyarrow as pa
 import pytest
 
 from repro import generate
 from repro.artifacts import ReproError
 from repro.config import GenerateConfig
+from builders import seeds_file
 
 
 @pytest.mark.parametrize("text", [
@@ -182,20 +181,13 @@ def test_store_keeps_current_keys_once_and_drops_the_rest(tmp_path):
     assert rejected.read_text() == _row("s3/a")  # untouched
 
 
-def _seeds_file(path, n, snippet=lambda i: f"x{i} = {i}"):
-    rows = [{"seed_id": f"s{i}", "language": "python", "seed": snippet(i), "path": f"f{i}.py"} for i in range(n)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    duckdb.from_arrow(pa.Table.from_pylist(rows)).write_parquet(str(path))
-    return path
-
-
 def _keys(*paths):
     return [json.loads(line)["key"] for p in paths if p.exists() for line in p.read_text().splitlines()]
 
 
 @pytest.mark.e2e
 def test_rerun_asks_only_for_missing_keys_and_other_settings_start_over(tmp_path):
-    seeds = _seeds_file(tmp_path / "seeds.parquet", 2)
+    seeds = seeds_file(tmp_path / "seeds.parquet", 2)
     pairs, rejected = tmp_path / "pairs.jsonl", tmp_path / "rejected.jsonl"
     cfg = GenerateConfig(max_tokens=8, threads=1)  # too short to finish: rejected fast, still a stored answer
     first = generate.run(cfg, seeds, pairs, rejected)
@@ -229,7 +221,7 @@ def test_kill_9_mid_run_then_rerun_stores_every_key_exactly_once(tmp_path):
     """A real `repro generate` killed with SIGKILL once answers start to land; the rerun finishes."""
     run_dir = tmp_path / "run"
     n = 6
-    _seeds_file(run_dir / "seeds.parquet", n, lambda i: f"def f{i}(x):\n    return x * {i}\n")
+    seeds_file(run_dir / "seeds.parquet", n, lambda i: f"def f{i}(x):\n    return x * {i}\n")
     args = [sys.executable, "-m", "repro.cli", "generate", "--profile", "smoke", "--run-dir", str(run_dir), "--quiet",
             "--set", "generate.max_tokens=24", "--set", "generate.parallel=2", "--set", "generate.threads=1"]
     store = [run_dir / "pairs.jsonl", run_dir / "rejected.jsonl"]
@@ -274,7 +266,7 @@ def test_bad_generate_input_is_one_line_and_writes_nothing(tmp_path, sets, words
     corrupt = tmp_path / "model.gguf"
     corrupt.write_bytes(b"<html>not a model</html>" * 100)
     run_dir = tmp_path / "run"
-    _seeds_file(run_dir / "seeds.parquet", 1)
+    seeds_file(run_dir / "seeds.parquet", 1)
     r = _cli("generate", "--profile", "smoke", "--run-dir", str(run_dir),
              *[x for s in sets for x in ("--set", s.format(corrupt=corrupt))])
     lines = r.stderr.strip().splitlines()
@@ -292,7 +284,7 @@ def test_a_truncated_model_file_is_one_line(tmp_path):
     part = tmp_path / "part.gguf"
     with open(resolve(GenerateConfig().teacher), "rb") as f:
         part.write_bytes(f.read(1 << 20))  # a download cut short: the right magic, then nothing
-    seeds = _seeds_file(tmp_path / "seeds.parquet", 1)
+    seeds = seeds_file(tmp_path / "seeds.parquet", 1)
     with pytest.raises(ReproError, match="truncated or damaged GGUF.*download or export it again"):
         generate.run(GenerateConfig(teacher=str(part)), seeds, tmp_path / "pairs.jsonl", tmp_path / "rejected.jsonl")
     assert not (tmp_path / "pairs.jsonl").exists()

@@ -6,7 +6,6 @@ Most tests render a synthetic run directory (small fake artifacts, real manifest
 renders a real `smoke` run (in tests/test_e2e.py, which makes one smoke run for all).
 """
 
-import base64
 import json
 import os
 import re
@@ -19,14 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from repro import report
+from repro.pipeline import STAGES
 from repro.artifacts import ReproError, RunDir, write_json
 from repro.config import ReportConfig
-
-SECTIONS = ["Summary", "Pipeline", "Seeds and generated problems", "Lengths", "Categories",
-            "Similarity to HumanEval", "Training",
-            "Beyond the paper: validation and Evol-Instruct", "pass@1: HumanEval(+) and MBPP(+)",
-            "Other languages and data science: MultiPL-E and DS-1000", "Environment"]
-FIGURES = ["wall_time", "lengths", "categories", "similarity", "loss", "pass_at_1"]
+from builders import FIGURES, SECTIONS, report_images
 
 PROBLEMS = [  # (language, problem, solution code)
     ("python", "Write a SQL query that joins the orders and users tables and counts orders per user.",
@@ -130,12 +125,8 @@ def make_run(path: Path, stages=("seeds", "generate", "clean", "train", "export"
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     path = tmp_path_factory.mktemp("run")
-    stats = report.run(make_run(path), path / "report.md")
+    stats = report.run(make_run(path), path / "report.md", STAGES)
     return path, stats
-
-
-def _images(page: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
 
 
 def test_every_section_heading_is_in_both_reports(rendered):
@@ -149,7 +140,7 @@ def test_every_section_heading_is_in_both_reports(rendered):
 
 def test_every_figure_is_a_png_data_uri_in_the_html(rendered):
     path, stats = rendered
-    images = _images((path / "report.html").read_text())
+    images = report_images((path / "report.html").read_text())
     assert len(images) == len(FIGURES) == stats["figures"]
     for png in images:
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1024
@@ -196,7 +187,7 @@ def test_the_category_method_is_stored(rendered):
 @pytest.mark.parametrize("stages", [(), ("seeds",), ("seeds", "generate", "clean")])
 def test_missing_stages_say_not_run_yet(tmp_path, stages):
     make_run(tmp_path, stages)
-    report.run(RunDir(tmp_path), tmp_path / "report.md")
+    report.run(RunDir(tmp_path), tmp_path / "report.md", STAGES)
     md = (tmp_path / "report.md").read_text()
     assert "could not be built" not in md
     sections = dict(re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", md, re.S | re.M))
@@ -213,7 +204,7 @@ def test_a_damaged_artifact_costs_only_its_section(tmp_path):
     run = make_run(tmp_path)
     (tmp_path / "train_log.jsonl").write_text('{"step": 1, "loss": [1, 2]}\n{"step": 2, "loss": "x"}\n')
     (tmp_path / "clean.parquet").write_bytes(b"not a parquet file")
-    report.run(run, tmp_path / "report.md", ReportConfig(categories="tfidf"))
+    report.run(run, tmp_path / "report.md", STAGES, ReportConfig(categories="tfidf"))
     md = (tmp_path / "report.md").read_text()
     assert md.count("could not be built") == 4  # the four sections that read clean.parquet
     assert "## Training\n\nThe train stage has not run yet" in md  # no usable step: as if not run
@@ -224,7 +215,7 @@ def test_without_the_teacher_categories_fall_back_to_tfidf_and_say_why(tmp_path)
     run = make_run(tmp_path)
     no_teacher = {"generate": {"teacher": str(tmp_path / "no.gguf")}}
     write_json(tmp_path / "run.json", {"profile": "tiny", "config": no_teacher})
-    report.run(run, tmp_path / "report.md")  # report.categories=auto (the default)
+    report.run(run, tmp_path / "report.md", STAGES)  # report.categories=auto (the default)
     c = json.loads((tmp_path / "report.json").read_text())["categories"]
     assert c["method"] == "tfidf" and "not on this machine" in c["why_fallback"]
     assert "because the teacher's GGUF" in (tmp_path / "report.md").read_text()
@@ -232,7 +223,7 @@ def test_without_the_teacher_categories_fall_back_to_tfidf_and_say_why(tmp_path)
 
 def test_the_sample_is_capped(tmp_path):
     run = make_run(tmp_path)
-    report.run(run, tmp_path / "report.md", ReportConfig(categories="tfidf", category_samples=5))
+    report.run(run, tmp_path / "report.md", STAGES, ReportConfig(categories="tfidf", category_samples=5))
     c = json.loads((tmp_path / "report.json").read_text())["categories"]
     assert c["samples"] == 5 and c["of"] == 18
     assert "cap report.category_samples=5" in (tmp_path / "report.md").read_text()

@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from repro import seeds
+from repro.corpus import build_corpus, resolve_sources
 from repro.artifacts import ReproError
 from repro.config import SeedsConfig
 
@@ -93,7 +94,7 @@ def test_duckdb_and_plain_python_sampling_write_the_same_bytes(tree, tmp_path, m
         for i in range(20) for ext, c in (("py", "#"), ("c", "//"))})
     corpus = tmp_path / "corpus.parquet"
     cfg = SeedsConfig(source=[str(tree), str(table)], quotas="python=30,c=12,rust=2", num_seeds=0, mode=mode)
-    seeds.build_corpus(cfg, corpus)
+    build_corpus(cfg, corpus)
     seeds.sample(corpus, tmp_path / "duckdb.parquet", cfg, engine="duckdb")
     seeds.sample(corpus, tmp_path / "python.parquet", cfg, engine="python")
     assert (tmp_path / "duckdb.parquet").read_bytes() == (tmp_path / "python.parquet").read_bytes()
@@ -119,7 +120,7 @@ def test_seeds_are_clipped_at_the_end_of_the_file(tmp_path):
 
 
 def test_bad_files_are_counted_and_reported_in_one_line_each(tree, tmp_path):
-    stats = seeds.build_corpus(SeedsConfig(source=[str(tree)]), tmp_path / "corpus.parquet")
+    stats = build_corpus(SeedsConfig(source=[str(tree)]), tmp_path / "corpus.parquet")
     skipped = {k.removeprefix("skipped_"): v for k, v in stats.items() if k.startswith("skipped_")}
     assert skipped == {"binary": 1, "undecodable": 1, "empty": 1, "unknown_extension": 1, "too_large": 1,
                        "minified": 1}
@@ -153,7 +154,7 @@ def test_an_unreadable_archive_member_is_counted(tmp_path):
         z.writestr("bad.py", "y = 2  # this member is corrupted below\n")
     data = archive.read_bytes()
     archive.write_bytes(data.replace(b"this member", b"THIS MEMBER"))  # CRC no longer matches
-    stats = seeds.build_corpus(SeedsConfig(source=[str(archive)]), tmp_path / "corpus.parquet")
+    stats = build_corpus(SeedsConfig(source=[str(archive)]), tmp_path / "corpus.parquet")
     assert stats["skipped_unreadable"] == 1 and stats["files"] == 1
     assert any("1 files could not be read" in n for n in stats["notes"])
 
@@ -162,12 +163,12 @@ def test_vendored_copies_are_one_corpus_file(tmp_path):
     for d in ("app", "third_party/lib"):
         (tmp_path / "src" / d).mkdir(parents=True)
         (tmp_path / "src" / d / "util.py").write_text("def f():\n    return 1\n")
-    stats = seeds.build_corpus(SeedsConfig(source=[str(tmp_path / "src")]), tmp_path / "corpus.parquet")
+    stats = build_corpus(SeedsConfig(source=[str(tmp_path / "src")]), tmp_path / "corpus.parquet")
     assert stats["files"] == 1 and stats["skipped_duplicate"] == 1
 
 
 def test_corpus_ids_are_content_hashes_and_lines_are_counted(tree, tmp_path):
-    seeds.build_corpus(SeedsConfig(source=[str(tree)]), tmp_path / "corpus.parquet")
+    build_corpus(SeedsConfig(source=[str(tree)]), tmp_path / "corpus.parquet")
     rows = _read(tmp_path / "corpus.parquet")
     assert {"id", "source", "path", "language", "license", "bytes", "lines", "content"} <= set(rows[0])
     for r in rows:
@@ -183,7 +184,7 @@ def test_a_checkout_leaves_out_what_gitignore_ignores(tmp_path):
     (src / "sub" / ".gitignore").write_text("!keep.gen.py\n")
     for f in ("a.py", "build/b.py", "c.gen.py", "sub/keep.gen.py", "sub/d.gen.py"):
         (src / f).write_text(f"x = {f!r}\n")
-    stats = seeds.build_corpus(SeedsConfig(source=[str(src)]), tmp_path / "corpus.parquet")
+    stats = build_corpus(SeedsConfig(source=[str(src)]), tmp_path / "corpus.parquet")
     assert sorted(r["path"] for r in _read(tmp_path / "corpus.parquet")) == ["a.py", "sub/keep.gen.py"]
     assert stats["skipped_gitignored"] == 3  # build/, c.gen.py, sub/d.gen.py
 
@@ -192,7 +193,7 @@ def test_extensionless_scripts_get_their_language_from_the_shebang(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "deploy").write_text("#!/usr/bin/env bash\necho hi\n")
     (tmp_path / "src" / "Makefile").write_text("all:\n\techo hi\n")
-    seeds.build_corpus(SeedsConfig(source=[str(tmp_path / "src")]), tmp_path / "corpus.parquet")
+    build_corpus(SeedsConfig(source=[str(tmp_path / "src")]), tmp_path / "corpus.parquet")
     assert [(r["path"], r["language"]) for r in _read(tmp_path / "corpus.parquet")] == [("deploy", "shell")]
 
 
@@ -203,7 +204,7 @@ def test_licence_comes_from_spdx_tag_or_nearby_licence_file(tmp_path):
     (tmp_path / "mit" / "pkg" / "b.py").write_text("# SPDX-License-Identifier: Apache-2.0\nb = 2\n")
     (tmp_path / "none").mkdir()
     (tmp_path / "none" / "c.py").write_text("c = 3\n")
-    seeds.build_corpus(SeedsConfig(source=[str(tmp_path / "mit"), str(tmp_path / "none")]), tmp_path / "corpus.parquet")
+    build_corpus(SeedsConfig(source=[str(tmp_path / "mit"), str(tmp_path / "none")]), tmp_path / "corpus.parquet")
     got = {r["path"]: r["license"] for r in _read(tmp_path / "corpus.parquet")}
     assert got == {"pkg/a.py": "MIT", "pkg/b.py": "Apache-2.0", "c.py": "unknown"}
 
@@ -212,7 +213,7 @@ def test_licence_allow_list_skips_others_and_counts_them(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.py").write_text("# SPDX-License-Identifier: MIT\na = 1\n")
     (tmp_path / "src" / "b.py").write_text("b = 2\n")
-    stats = seeds.build_corpus(SeedsConfig(source=[str(tmp_path / "src")], licenses=["MIT"]), tmp_path / "c.parquet")
+    stats = build_corpus(SeedsConfig(source=[str(tmp_path / "src")], licenses=["MIT"]), tmp_path / "c.parquet")
     assert stats["files"] == 1 and stats["skipped_license"] == 1
 
 
@@ -256,7 +257,7 @@ def test_a_table_source_maps_dataset_language_names(tmp_path):
     duckdb.sql("SELECT * FROM (VALUES ('a', 'Python', 'x = 1\n'), ('b', 'C++', 'int x;\n'), "
                "('c', 'C#', 'class A {}\n'), ('d', 'Klingon', 'qapla\n')) t(path, lang, content)"
                ).write_parquet(str(path))
-    stats = seeds.build_corpus(SeedsConfig(source=[str(path)]), tmp_path / "corpus.parquet")
+    stats = build_corpus(SeedsConfig(source=[str(path)]), tmp_path / "corpus.parquet")
     assert {r["path"]: r["language"] for r in _read(tmp_path / "corpus.parquet")} == \
         {"a": "python", "b": "cpp", "c": "csharp"}
     assert stats["skipped_unknown_language"] == 1
@@ -266,11 +267,11 @@ def test_a_table_without_content_is_a_user_error(tmp_path):
     path = tmp_path / "t.parquet"
     duckdb.sql("SELECT 'a.py' AS path, 'python' AS lang").write_parquet(str(path))
     with pytest.raises(ReproError, match="no content column"):
-        seeds.build_corpus(SeedsConfig(source=[str(path)]), tmp_path / "corpus.parquet")
+        build_corpus(SeedsConfig(source=[str(path)]), tmp_path / "corpus.parquet")
 
 
 def test_installed_code_is_found_and_counted_per_language(tmp_path):
-    stats = seeds.build_corpus(SeedsConfig(source=["installed"], max_files_per_language=3), tmp_path / "c.parquet")
+    stats = build_corpus(SeedsConfig(source=["installed"], max_files_per_language=3), tmp_path / "c.parquet")
     assert stats["found_python"] > 100 and 1 <= stats["files_python"] <= 3  # the stdlib at least
     assert stats["notes"][0].startswith("found per language: ") and "python" in stats["notes"][0]
 
@@ -278,7 +279,7 @@ def test_installed_code_is_found_and_counted_per_language(tmp_path):
 def test_a_hub_source_offline_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ReproError, match="hf:bigcode/starcoderdata") as e:
-        seeds.build_corpus(SeedsConfig(source=["hf:bigcode/starcoderdata"]), tmp_path / "c.parquet")
+        build_corpus(SeedsConfig(source=["hf:bigcode/starcoderdata"]), tmp_path / "c.parquet")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "c.parquet").exists()
 
@@ -320,16 +321,16 @@ def test_only_binary_files_is_a_user_error_that_says_so(tmp_path):
 
 def test_missing_source_is_a_user_error(tmp_path):
     with pytest.raises(ReproError, match="not a directory"):
-        seeds.resolve_sources(str(tmp_path / "nope"))
+        resolve_sources(str(tmp_path / "nope"))
 
 
 def test_stage_settings_change_when_a_source_file_changes(tree):
-    from repro import cli, config
+    from repro import config, pipeline
     cfg = config.load("smoke", [f"seeds.source={tree}"])
-    before, _, outputs = cli.stage_plan("seeds", cfg)
+    before, _, outputs = pipeline.stage_plan("seeds", cfg)
     (tree / "pkg" / "m0.py").write_text("changed = 1\n")
     os.utime(tree / "pkg" / "m0.py", (1, 1))
-    assert cli.stage_plan("seeds", cfg)[0] != before
+    assert pipeline.stage_plan("seeds", cfg)[0] != before
     assert outputs == ["seeds.parquet", "corpus.parquet"]
 
 

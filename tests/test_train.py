@@ -13,12 +13,9 @@ import torch.nn.functional as F
 from repro import train
 from repro.artifacts import ReproError
 from repro.config import TrainConfig
+from builders import MORE_ROWS, ROWS, write_clean
 
 ROOT = Path(__file__).resolve().parent.parent
-
-ROWS = [{"problem": "write a function that adds two numbers", "solution": "def add ( x , y ) : return x + y"},
-        {"problem": "reverse the string s", "solution": "return s [ :: -1 ]"}]
-
 
 def test_prompt_is_masked_and_response_ends_with_eos(tiny_tokenizer):
     (ex, _), _ = train.build_examples(tiny_tokenizer, ROWS, max_len=256)
@@ -258,25 +255,6 @@ def test_our_kernels_leave_the_name_kernels_to_the_distribution_that_owns_it(tmp
 
 # ---------------------------------------------------------------------------------------------
 # Bad input: one clear line before anything is written
-
-MORE_ROWS = ROWS + [
-    {"problem": "write a function that returns the string s", "solution": "def f ( s ) : return s"},
-    {"problem": "add the two numbers x and y", "solution": "return x + y"},
-    {"problem": "reverse s", "solution": "def reverse ( s ) : return s [ :: -1 ]"},
-    {"problem": "write a function of x", "solution": "def f ( x ) : return x"},
-    {"problem": "return two numbers", "solution": "return x , y"},
-]
-
-
-def write_clean(path: Path, rows: list[dict]) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"problem": [r["problem"] for r in rows], "solution": [r["solution"] for r in rows]},
-                            schema=pa.schema([("problem", pa.string()), ("solution", pa.string())])), path)
-    return path
-
 
 @pytest.mark.parametrize("change,words", [
     ({"backend": "jax"}, ["train.backend='jax' is unknown", "peft, triton, unsloth"]),

@@ -3,28 +3,17 @@
 import json
 import shutil
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from repro import validate
 from repro.artifacts import ReproError
 from repro.config import GenerateConfig, ValidateConfig
+from builders import validate_clean_file
 
 ADD = "```python\ndef add(a, b):\n    return a + b\n```\nIt adds."
 WRONG = "```python\ndef add(a, b):\n    return a - b\n```"
 LOOP = "```python\ndef add(a, b):\n    while True:\n        pass\n```"
-PROBLEM = ("Write a Python function `add(a, b)` that returns the sum of the two integers a and b. "
-           "For example, add(2, 3) returns 5 and add(-1, 1) returns 0.")
-
-
-def clean_file(path, solutions: dict[str, tuple[str, str]]):
-    """A clean.parquet with clean's own columns: seed_id -> (language, solution)."""
-    rows = [{"seed_id": k, "language": lang, "path": f"{k}.py", "seed": "x = 1", "problem": PROBLEM,
-             "solution": sol, "syntax": None, "syntax_ok": None, "humaneval_similarity": 0.1}
-            for k, (lang, sol) in solutions.items()]
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 CUT = "<cut at max_tokens>"
@@ -50,7 +39,7 @@ GOOD_TESTS = "```python\nassert add(2, 3) == 5\nassert add(-1, 1) == 0\n```"
 
 def run(tmp_path, monkeypatch, solutions, answers, **cfg):
     monkeypatch.setattr(validate, "ask", fake_ask(answers))
-    src = clean_file(tmp_path / "clean.parquet", solutions)
+    src = validate_clean_file(tmp_path / "clean.parquet", solutions)
     stats = validate.run(ValidateConfig(timeout_s=3, **cfg), GenerateConfig(), src, tmp_path / "validated.parquet",
                          tmp_path / "validation.jsonl", tmp_path / "store.jsonl")
     kept = {r["seed_id"]: r for r in pq.read_table(tmp_path / "validated.parquet").to_pylist()}
@@ -140,7 +129,7 @@ def test_bad_settings_are_one_line(tmp_path):
 
 @pytest.mark.e2e
 def test_real_teacher_keeps_a_passing_pair_and_removes_a_failing_one(tmp_path):
-    src = clean_file(tmp_path / "clean.parquet", {"good": ("python", ADD), "wrong": ("python", WRONG),
+    src = validate_clean_file(tmp_path / "clean.parquet", {"good": ("python", ADD), "wrong": ("python", WRONG),
                                                   "loop": ("python", LOOP)})
     gen = GenerateConfig(threads=0, parallel=4)
     cfg = ValidateConfig(max_tokens=256, timeout_s=5)

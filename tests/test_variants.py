@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from repro import ablation, cli, config, train
+from repro import ablation, config, pipeline, train
 from repro.artifacts import ReproError, RunDir, fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,16 +34,16 @@ def write_pairs(path: Path, rows: list[dict]) -> Path:
 
 
 def test_variants_choose_their_stages_inputs_and_run_names():
-    assert cli.stages_of("oss") == ["seeds", "generate", "clean", "train", "export", "evaluate", "report"]
-    assert cli.stages_of("oss+validated+evol")[2:5] == ["clean", "validate", "evol"]
-    assert "evol" not in cli.stages_of("oss+validated") and "validate" not in cli.stages_of("oss+evol")
+    assert pipeline.stages_of("oss") == ["seeds", "generate", "clean", "train", "export", "evaluate", "report"]
+    assert pipeline.stages_of("oss+validated+evol")[2:5] == ["clean", "validate", "evol"]
+    assert "evol" not in pipeline.stages_of("oss+validated") and "validate" not in pipeline.stages_of("oss+evol")
     cfg = config.load("smoke")
     for variant, inputs, name in [("oss", ["clean.parquet"], "tiny"),
                                   ("oss+validated", ["validated.parquet"], "tiny-validated"),
                                   ("oss+evol", ["clean.parquet", "evol.parquet"], "tiny-evol"),
                                   ("oss+validated+evol", ["validated.parquet", "evol.parquet"], "tiny-validated-evol")]:
         cfg.variant = variant
-        assert cli.train_inputs(cfg) == inputs and cli.run_name("tiny", variant) == name
+        assert pipeline.train_inputs(cfg) == inputs and pipeline.run_name("tiny", variant) == name
 
 
 def test_an_unknown_variant_is_one_line(tmp_path):
@@ -132,7 +132,7 @@ def test_no_evolved_pairs_leaves_the_first_stage_as_the_model_and_says_so(tmp_pa
     from repro import report
     (run / "manifests" / "evol.json").write_text(json.dumps({"stats": {
         "problems": 5, "evolved": 2, "pairs": 0, "kept": 0, "pairs_by_heuristic": {}, "teacher": {}}}))
-    text = " ".join(str(x) for x in report.sec_beyond(report._Run(RunDir(run))))
+    text = " ".join(str(x) for x in report.sec_beyond(report._Run(RunDir(run), pipeline.STAGES)))
     assert "No second training stage" in text and "3 steps" in text
 
 

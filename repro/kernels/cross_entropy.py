@@ -14,7 +14,7 @@ mean, as HF's causal-LM loss does).
 
 import torch
 
-from repro.kernels import num_warps, require_triton, tl, triton
+from repro.kernels._triton import num_warps, require_triton, tl, triton
 
 MAX_BLOCK_V = 32768  # vocabulary entries a program handles per step of its loop over a row
 CHUNK_ELEMENTS = 2 ** 26  # default chunk: rows whose logits make ~256 MiB in fp32

@@ -8,7 +8,7 @@ intermediate tensors; the backward recomputes act(gate) rather than saving it.
 import torch
 import torch.nn.functional as F
 
-from repro.kernels import require_triton, tl, triton
+from repro.kernels._triton import require_triton, tl, triton
 
 KINDS = {"swiglu": 0, "geglu": 1}
 BLOCK = 1024

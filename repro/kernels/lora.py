@@ -13,7 +13,7 @@ sets lora_dropout to 0.
 
 import torch
 
-from repro.kernels import require_triton, tl, triton
+from repro.kernels._triton import require_triton, tl, triton
 
 
 def lora_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

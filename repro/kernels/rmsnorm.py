@@ -10,7 +10,7 @@ multiplying by the weight, so in bf16 our output can differ from theirs by one b
 
 import torch
 
-from repro.kernels import require_triton, num_warps, tl, triton
+from repro.kernels._triton import require_triton, num_warps, tl, triton
 
 MAX_BLOCK_H = 65536  # one row must fit in one program's block
 
