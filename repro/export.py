@@ -36,7 +36,7 @@ from pathlib import Path
 
 from repro.artifacts import ReproError, atomic_path, sha256_file
 from repro.config import ExportConfig
-from repro.engine import check_gguf
+from repro.models import check_gguf
 from repro.models import cache_dir, hf_checkpoint, llama_model, load_llama, resolve
 
 CHECK_TEXT = "def fibonacci(n):\n    "

@@ -1,7 +1,7 @@
 """The generate stage (OSS-Instruct's core): a teacher model turns each seed into a problem and a solution.
 
 The teacher is a local GGUF in llama.cpp (chat completion with the chat template stored in the
-file), or any OpenAI-compatible server (`generate.backend=openai`, see repro/engine.py). The
+file), or any OpenAI-compatible server (`generate.backend=openai`, see repro/engine/). The
 prompt is our own wording of the paper's (data/prompts/oss_instruct.txt): take inspiration from
 the snippet, write a self-contained `[Problem Description]` and a correct `[Solution]`. With
 `generate.structured=json` the answer is instead a JSON object {problem, solution}, forced by a
@@ -153,7 +153,7 @@ def check(cfg: GenerateConfig) -> None:
 
 
 def teacher_path(cfg: GenerateConfig) -> Path | None:
-    from repro.engine import check_gguf
+    from repro.models import check_gguf
     from repro.models import resolve
 
     if not cfg.teacher:

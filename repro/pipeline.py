@@ -77,13 +77,13 @@ def check_model_file(spec: str, setting: str) -> None:
     one line naming the setting before anything is written (llama.cpp would say less, later).
     Embedded models are verified by their published hash instead; a checkpoint directory (a
     train.student) is checked by train."""
-    from repro import engine, models
+    from repro import models
 
     if not spec.startswith("embedded:") and Path(spec).expanduser().is_dir():
         return
     path = models.resolve(spec)
     if not spec.startswith("embedded:"):
-        engine.check_gguf(path, setting)
+        models.check_gguf(path, setting)
 
 
 def _quant_file(cfg: Config) -> str:
@@ -304,12 +304,12 @@ def _evaluate_check(cfg: Config) -> None:
 
 
 def _evaluate_run(cfg: Config, run: RunDir, progress) -> dict:
-    from repro import engine, evaluate, models
+    from repro import evaluate, models
     e = cfg.evaluate
     if "finetuned" in e.models:
         finetuned = run / _quant_file(cfg)
         try:
-            engine.check_gguf(finetuned, "export")
+            models.check_gguf(finetuned, "export")
         except ReproError as err:
             why = str(err).split(": ", 1)[-1].split("; ", 1)[0]  # check_gguf's fix is for a download
             raise ReproError(f"{finetuned} (the export stage's output): {why}; rerun "

@@ -17,7 +17,7 @@ import pytest
 from repro import export
 from repro.artifacts import ReproError, sha256_file
 from repro.config import STUDENT_270M, ExportConfig
-from repro.engine import check_gguf
+from repro.models import check_gguf
 from repro.models import cache_dir
 from builders import write_gguf
 
