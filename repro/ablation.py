@@ -27,7 +27,7 @@ from repro import pipeline
 from repro.artifacts import ReproError, RunDir, parquet_rows, write_json, write_text
 from repro.stats import paired_bootstrap, wilson
 
-DATA_STAGES = ("seeds", "generate", "clean", "validate", "evol")
+DATA_STAGES = tuple(pipeline.NAMES[:pipeline.NAMES.index("train")])  # what the variants share: the data
 NAMES = {"humaneval": "HumanEval", "mbpp": "MBPP"}
 
 
@@ -75,7 +75,7 @@ def run(profile: str, sets: list[str], variants: list[str], top: Path, plain: li
             cfgs[v].evol.train_pairs = m
     # 3. Train, export, evaluate, report each.
     for v in variants:
-        pipeline.run_stages(cfgs[v], runs[v], ["train", "export", "evaluate", "report"], opts)
+        pipeline.run_stages(cfgs[v], runs[v], [s for s in pipeline.stages_of(v) if s not in DATA_STAGES], opts)
     # 4. Compare.
     result = compare({v: runs[v] for v in variants}, pools, n, m)
     write_json(top / "ablation.json", result)
