@@ -139,7 +139,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from repro import decontam
-    from repro.benchmarks import DECONTAM_BENCHMARKS, references, resolve
+    from repro.data.benchmarks import DECONTAM_BENCHMARKS, references, resolve
 
     refs, checked = [], []
     for b in DECONTAM_BENCHMARKS:

@@ -6,7 +6,7 @@
                                         [--out evalcheck.json] [--keep] [--no-reasons]
     .venv/bin/python bench/evalcheck.py --run runs/<name> [--benchmarks ...] [--out ...]
 
-Why: repro/harness.py mirrors EvalPlus's rules in our own sandboxed code rather than importing
+Why: repro/eval/harness.py mirrors EvalPlus's rules in our own sandboxed code rather than importing
 evalplus (not a dependency of the project). This runs EvalPlus itself, `pip install
 evalplus==0.3.1` (the newest on PyPI) in an isolated venv, on the very samples our harness judges,
 and compares the verdicts per (task, sample): base_status and plus_status. It prints the agreement
@@ -28,7 +28,7 @@ VmSize, through a descriptor opened before EvalPlus's guard; `--no-reasons` leav
 is (the overhead is a read of /proc/self/status per run and per failing test).
 
 Samples: `--run` takes a run's `eval/<model>/<benchmark>/samples.jsonl` (written by
-repro/evaluate.py), all models of a benchmark in one pass. `--synthetic` builds them here, per
+repro/eval/evaluate.py), all models of a benchmark in one pass. `--synthetic` builds them here, per
 task: the canonical solution and wrong or awkward ones (see KINDS): raising, a wrong value, a
 wrong type, None, prints (swallowed), an `if __name__ == "__main__":` block (not run: exec's
 globals are empty), input() and stdin at load (reading raises); on every `--rare-every`-th task
@@ -48,8 +48,8 @@ md5), PYTHONHASHSEED=0 (ours is 0 too), EVALPLUS_* variables are removed (defaul
 samples are copies in that folder: EvalPlus reloads an `*_eval_results.json` beside the samples
 instead of evaluating.
 
-Our side, in this process: `repro.harness.ground_truth` (with a fresh cache folder unless
-`--cached-gt`, so that both sides compute it) then `repro.harness.evaluate_samples`, each timed.
+Our side, in this process: `repro.eval.harness.ground_truth` (with a fresh cache folder unless
+`--cached-gt`, so that both sides compute it) then `repro.eval.harness.evaluate_samples`, each timed.
 Both sides use `--workers` processes (default: the cores); they run one after the other.
 """
 
@@ -290,7 +290,7 @@ def program(kind: str, canonical: str, ep: str, atol: float) -> str:
 
 
 def synthetic(bench, task_ids: list[str], gt: dict, rare_every: int, loop_tasks: int) -> list[dict]:
-    from repro.harness_child import MBPP_OUTPUT_SET_EQ_TASKS, is_floats
+    from repro.eval.harness_child import MBPP_OUTPUT_SET_EQ_TASKS, is_floats
 
     # The module-level loop costs min(60, sum of the limits) + 2 s per split: the fewest inputs.
     def loop_cost(t):
@@ -318,7 +318,7 @@ def synthetic(bench, task_ids: list[str], gt: dict, rare_every: int, loop_tasks:
 
 
 def run_samples(run_dir: Path, name: str) -> list[dict]:
-    """Every model's samples of one benchmark in a run (repro/evaluate.py's layout)."""
+    """Every model's samples of one benchmark in a run (repro/eval/evaluate.py's layout)."""
     samples = []
     for f in sorted(run_dir.glob(f"eval/*/{name}/samples.jsonl")):
         model = f.parent.parent.name
@@ -384,7 +384,7 @@ def run_evalplus(bench, samples: list[dict], work: Path, workers: int, timeout_s
 
 
 def run_ours(bench, samples: list[dict], workers: int, cached_gt: bool, work: Path) -> dict:
-    from repro import harness
+    from repro.eval import harness
 
     task_ids = list(dict.fromkeys(s["task_id"] for s in samples))
     saved = os.environ.get("REPRO_CACHE")
@@ -404,7 +404,7 @@ def run_ours(bench, samples: list[dict], workers: int, cached_gt: bool, work: Pa
 
 
 def evaluate_ours(bench, samples: list[dict], gt: dict, workers: int) -> dict:
-    from repro import harness
+    from repro.eval import harness
 
     step = max(1, len(samples) // 10)
 
@@ -517,7 +517,7 @@ def main() -> None:
         print(f"{VENV.relative_to(ROOT)} is missing or incomplete: creating it now (or run --setup first)")
         setup()
 
-    from repro import evalplus_data
+    from repro.eval import evalplus_data
 
     work = Path(tempfile.mkdtemp(prefix="evalcheck-"))
     report = {"date": date.today().isoformat(), "machine": f"{platform.node()}, {os.cpu_count()} cores",

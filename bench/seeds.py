@@ -4,14 +4,14 @@
     .venv/bin/python bench/seeds.py --corpus runs/x/corpus.parquet   # time an existing corpus
 
 Why: the paper drew 80K seeds (40K Python, 5K each of eight other languages) from a corpus of
-millions of files; `repro.seeds.sample` does it in DuckDB. This builds a corpus.parquet of
+millions of files; `repro.data.seeds.sample` does it in DuckDB. This builds a corpus.parquet of
 `--files` files, samples `--seeds` seeds with the paper's quotas (scaled to --seeds) with both
-engines of `repro.seeds.sample`, checks that they wrote byte-identical seeds.parquet, and prints
+engines of `repro.data.seeds.sample`, checks that they wrote byte-identical seeds.parquet, and prints
 both times, their ratio and each engine's peak memory. Each engine runs in its own fresh process,
 so that its peak RSS is its own; its time is taken inside that process, imports excluded.
 
 What is built: the corpus table itself (corpus.parquet, the file `repro seeds` samples from),
-not a million files on disk. `repro.corpus.build_corpus` first reads this machine's installed code
+not a million files on disk. `repro.data.corpus.build_corpus` first reads this machine's installed code
 (up to 3,000 files per language); every file is cut into chunks of up to 120 lines, and file i
 of the big corpus is a spread-out chunk under a first comment line naming i, so every file's
 content (and id) is distinct. Half the files are labelled Python and 1/16 each of the paper's
@@ -58,7 +58,7 @@ SELECT 'any' AS pool, row_number() OVER (ORDER BY id, off) - 1 AS k, source, pat
 """
 
 # File i: the i-th label of LABELS, a spread-out chunk of that label's pool under a comment line
-# naming i. Row groups as large as repro.corpus.build_corpus writes them (8,192 rows).
+# naming i. Row groups as large as repro.data.corpus.build_corpus writes them (8,192 rows).
 COPIES_SQL = """
 COPY (
     SELECT md5(content) AS id, 'bench:' || source AS source, 'copy' || i || '/' || path || '.' || ext AS path,
@@ -85,7 +85,7 @@ def _peak_rss_gib() -> float:
 def build_corpus(workdir: Path, n_files: int) -> tuple[Path, str, float]:
     import duckdb
 
-    from repro import corpus
+    from repro.data import corpus
     from repro.config import SeedsConfig
 
     base, out = workdir / "base.parquet", workdir / "corpus.parquet"
@@ -105,7 +105,7 @@ def build_corpus(workdir: Path, n_files: int) -> tuple[Path, str, float]:
 
 
 def time_engine(corpus: str, out: str, n_seeds: int, engine: str) -> tuple[float, dict, float]:
-    from repro import seeds
+    from repro.data import seeds
     from repro.config import SeedsConfig
 
     cfg = SeedsConfig(quotas="paper", num_seeds=n_seeds)

@@ -12,7 +12,7 @@ random N. With the same epochs and batch size, every variant then also takes the
 optimizer steps. Each fine-tuned model is evaluated as in `repro evaluate` (HumanEval(+) and
 MBPP(+); MultiPL-E and DS-1000 only when evaluate.multilingual is --set), and each variant's
 pass@1 is compared with the oss variant's on the same problems: the difference with a paired
-bootstrap 95% interval (repro/stats.py).
+bootstrap 95% interval (repro/eval/stats.py).
 
 Writes ablation.json and ablation.md in runs/<name>-ablation/, the conclusion included, whatever it is.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from repro import config as config_mod
 from repro import pipeline
 from repro.artifacts import ReproError, RunDir, parquet_rows, write_json, write_text
-from repro.stats import paired_bootstrap, wilson
+from repro.eval.stats import paired_bootstrap, wilson
 
 DATA_STAGES = tuple(pipeline.NAMES[:pipeline.NAMES.index("train")])  # what the variants share: the data
 NAMES = {"humaneval": "HumanEval", "mbpp": "MBPP"}

@@ -48,7 +48,7 @@ PAPER_SIMILARITY = {"OSS-Instruct": 0.105, "evol-codealpaca": 0.131, "Code Alpac
 
 def check_settings(cfg: CleanConfig) -> None:
     """Bad settings fail before anything is written (called by pipeline.check)."""
-    from repro.benchmarks import DECONTAM_BENCHMARKS, parse_paths
+    from repro.data.benchmarks import DECONTAM_BENCHMARKS, parse_paths
 
     for b in cfg.benchmarks:
         if b not in DECONTAM_BENCHMARKS:
@@ -69,7 +69,7 @@ def check_settings(cfg: CleanConfig) -> None:
 
 def sources(cfg: CleanConfig) -> dict:
     """Where each configured benchmark's data is (files are hashed, not read)."""
-    from repro.benchmarks import parse_paths, resolve
+    from repro.data.benchmarks import parse_paths, resolve
 
     paths = parse_paths(cfg.benchmark_paths)
     return {b: resolve(b, paths, cfg.fetch_benchmarks) for b in cfg.benchmarks}
@@ -227,7 +227,7 @@ def humaneval_similarity(texts: list[str]) -> list[float]:
         return []
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from repro.benchmarks import humaneval
+    from repro.data.benchmarks import humaneval
 
     he = [p["prompt"] + p["canonical_solution"] for p in humaneval()]
     vec = TfidfVectorizer().fit(texts + he)
@@ -239,7 +239,7 @@ def decontaminate(con, cfg: CleanConfig, texts: list[str], notes: list[str]) -> 
     """Flags of both methods for `texts` (ids are positions in it), the per-benchmark report
     (flag counts filled in later) and the number of specific reference n-grams."""
     from repro import decontam
-    from repro.benchmarks import references
+    from repro.data.benchmarks import references
 
     bench_report, refs = {}, []
     for name, src in sources(cfg).items():

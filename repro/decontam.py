@@ -5,7 +5,7 @@ Both look at a pair's `problem + "\n" + solution` (what the student is trained o
 
 - `substring` (the paper's rule, after BigCode): a pair is flagged when a reference text (a
   HumanEval docstring or canonical solution, an MBPP test problem or its code, a DS-1000 prompt,
-  a GSM8K or APPS test question; see repro/benchmarks.py) occurs in it, compared in lower case
+  a GSM8K or APPS test question; see repro/data/benchmarks.py) occurs in it, compared in lower case
   with every run of whitespace made one space.
 - `ngram`: text is cut into *normalized words*: maximal runs of ASCII letters, digits and `_`,
   lower-cased (everything else, non-ASCII letters included, separates words). A pair is flagged
@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from repro.benchmarks import Reference
+from repro.data.benchmarks import Reference
 
 # One normalization, two implementations: the SQL below and `words` must agree exactly.
 # RE2's \W is ASCII-only ([^0-9A-Za-z_]), as is Python's with re.ASCII; after the replacement

@@ -95,19 +95,19 @@ def _quant_file(cfg: Config) -> str:
 
 
 def _seeds_settings(cfg: Config) -> dict:
-    from repro import corpus
+    from repro.data import corpus
     return {**cfg.section("seeds"), "sources": corpus.source_fingerprints(cfg.seeds),
             "tables": [digest(DATA_DIR / n) for n in ("languages.tsv", "licenses.tsv")]}
 
 
 def _seeds_check(cfg: Config) -> None:
-    from repro import corpus, seeds
+    from repro.data import corpus, seeds
     seeds.check_settings(cfg.seeds)          # quotas, mode, counts
     corpus.resolve_sources(cfg.seeds.source)  # source kinds, and that each path exists
 
 
 def _seeds_run(cfg: Config, run: RunDir, progress) -> dict:
-    from repro import seeds
+    from repro.data import seeds
     with busy(progress, "seeds: read the sources, cut seeds"):
         stats = seeds.run(cfg.seeds, run / "seeds.parquet", run / "corpus.parquet")
     print_notes("seeds", stats["notes"], progress)  # filters, shortfalls, rebalancing: one line each
@@ -275,7 +275,8 @@ def _export_run(cfg: Config, run: RunDir, progress) -> dict:
 
 
 def _evaluate_settings(cfg: Config) -> dict:
-    from repro import evalplus_data, models
+    from repro import models
+    from repro.eval import evalplus_data
     e = cfg.evaluate
     data = {b: evalplus_data.load(b, path=getattr(e, f"{b}_path"), fetch=e.fetch).sha256 for b in e.benchmarks}
     return {**cfg.section("evaluate"), "base_id": models.model_id(cfg.train.student),
@@ -285,7 +286,8 @@ def _evaluate_settings(cfg: Config) -> dict:
 
 
 def _evaluate_check(cfg: Config) -> None:
-    from repro import engine, evalplus_data, evaluate, models
+    from repro import engine, models
+    from repro.eval import evalplus_data, evaluate
     e = cfg.evaluate
     engine.check_settings("evaluate", e.backend, e.parallel, e.n_ctx)
     if e.backend == "openai":
@@ -304,7 +306,8 @@ def _evaluate_check(cfg: Config) -> None:
 
 
 def _evaluate_run(cfg: Config, run: RunDir, progress) -> dict:
-    from repro import evaluate, models
+    from repro import models
+    from repro.eval import evaluate
     e = cfg.evaluate
     if "finetuned" in e.models:
         finetuned = run / _quant_file(cfg)

@@ -74,7 +74,7 @@ def student_dir(tmp_path, tiny_model, tiny_tokenizer):
 def no_benchmark_files(tmp_path, monkeypatch):
     """data/benchmarks/ and the cache as empty folders (a user who deleted the carried files);
     returns the stand-in for data/benchmarks/, which a test may fill."""
-    from repro import benchmarks
+    from repro.data import benchmarks
 
     d = tmp_path / "no-benchmarks"
     d.mkdir()
@@ -92,7 +92,7 @@ def file_server(tmp_path, monkeypatch):
     import http.server
     import threading
 
-    from repro import benchmarks
+    from repro.data import benchmarks
 
     served = tmp_path / "served"
     served.mkdir()

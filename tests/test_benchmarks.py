@@ -9,7 +9,7 @@ import re
 import pytest
 
 from repro.artifacts import ROOT, ReproError
-from repro.benchmarks import BENCH_DIR, FILES, Missing, locate, parse_paths, references, resolve
+from repro.data.benchmarks import BENCH_DIR, FILES, Missing, locate, parse_paths, references, resolve
 
 
 # ---------------------------------------------------------------------------------------------

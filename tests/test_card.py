@@ -44,7 +44,7 @@ def _fake_generate(run: RunDir) -> None:
     """pairs.jsonl and the generate manifest as the generate stage writes them, answers made up."""
     import duckdb
 
-    from repro.benchmarks import humaneval
+    from repro.data.benchmarks import humaneval
 
     cfg = config.load("smoke")
     seeds = duckdb.sql(f"SELECT seed_id, language, path, seed FROM read_parquet('{run / 'seeds.parquet'}')").fetchall()

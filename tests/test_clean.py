@@ -7,7 +7,7 @@ import pytest
 
 from repro import clean, cli, languages, sandbox
 from repro.artifacts import ReproError
-from repro.benchmarks import BENCH_DIR, humaneval
+from repro.data.benchmarks import BENCH_DIR, humaneval
 from repro.config import CleanConfig
 from builders import stdlib_pairs
 

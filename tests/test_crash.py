@@ -311,7 +311,7 @@ def test_clean_killed_3_times_then_rerun_gives_the_same_files(tmp_path):
     equal it except the seconds each step took."""
     import pyarrow.parquet as pq
 
-    from repro.benchmarks import humaneval
+    from repro.data.benchmarks import humaneval
 
     rows = stdlib_pairs(80)
     he = humaneval()[0]

@@ -1,7 +1,7 @@
 import duckdb
 
 from repro import decontam
-from repro.benchmarks import Reference, humaneval, references, resolve
+from repro.data.benchmarks import Reference, humaneval, references, resolve
 
 N = 10
 TRICKY = ["Héllo wörld_1 İK naïve—x\u00a0y\tz\n日本 ab", "", "   ", "a", "snake_case CamelCase 3.14 x+=1",

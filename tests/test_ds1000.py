@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from repro import ds1000
+from repro.eval import ds1000
 from repro.artifacts import ReproError
-from repro.benchmarks import BENCH_DIR, FILES
+from repro.data.benchmarks import BENCH_DIR, FILES
 
 FILE = BENCH_DIR / FILES["ds1000"].name
 SUBSET_STRIDE = 40  # problems 0, 40, 80, ... of each library: 28 problems, 23 of them judged here

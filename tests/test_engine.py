@@ -7,9 +7,9 @@ import pytest
 
 from repro import models
 from repro.artifacts import ReproError
-from repro.benchmarks import humaneval
+from repro.data.benchmarks import humaneval
 from repro.engine import Request, check_settings, open_engine
-from repro.evaluate import EOS_STOPS, EXTRA_STOPS
+from repro.eval.evaluate import EOS_STOPS, EXTRA_STOPS
 
 COMPLETION_STOPS = EOS_STOPS + EXTRA_STOPS["humaneval"]
 

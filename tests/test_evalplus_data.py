@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from repro import evalplus_data as ed
+from repro.eval import evalplus_data as ed
 from repro.artifacts import ReproError
-from repro.benchmarks import BENCH_DIR, FILES, Missing
+from repro.data.benchmarks import BENCH_DIR, FILES, Missing
 
 HE, MBPP = BENCH_DIR / FILES["humaneval+"].name, BENCH_DIR / FILES["mbpp+"].name
 

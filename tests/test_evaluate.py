@@ -2,10 +2,10 @@ from dataclasses import replace
 
 import pytest
 
-from repro import evaluate
+from repro.eval import evaluate
 from repro.config import EvaluateConfig
 from repro.engine import Completion, Stats
-from repro.stats import paired_bootstrap, wilson
+from repro.eval.stats import paired_bootstrap, wilson
 
 HE = {"task_id": "HumanEval/0", "entry_point": "add",
       "prompt": 'def add(a, b):\n    """Add two numbers."""\n', "canonical_solution": "    return a + b\n"}
@@ -153,7 +153,7 @@ def test_canonical_answers_score_everything_and_results_have_evalplus_shapes(tmp
     """The stage end to end, llama.cpp replaced by canonical answers: base and plus all pass."""
     import json
 
-    from repro import evalplus_data
+    from repro.eval import evalplus_data
 
     monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
     cfg = EvaluateConfig(limit=3, models=["base", "teacher"], multilingual=[])
@@ -210,7 +210,7 @@ def test_multipl_e_through_the_stage_scores_each_model_on_the_same_problems(tmp_
 
 def test_ds1000_through_the_stage_runs_the_reference_answers_and_reports_libraries(tmp_path, fake_engine,
                                                                                    monkeypatch):
-    from repro import ds1000
+    from repro.eval import ds1000
 
     monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
     bench = ds1000.load()

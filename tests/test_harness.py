@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from repro import evalplus_data as ed
-from repro import harness
+from repro.eval import evalplus_data as ed
+from repro.eval import harness
 
 NAMES = list(ed.RELEASES)  # humaneval, mbpp: HumanEval+ and MBPP+ from data/benchmarks/
 

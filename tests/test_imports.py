@@ -50,7 +50,8 @@ def test_no_module_takes_part_in_an_import_cycle():
     assert set(order) == set(known)
     stage_modules = ["seeds", "generate", "clean", "validate", "evol", "train", "export", "evaluate", "report"]
     for m in stage_modules:
-        assert not {"repro.cli", "repro.pipeline"} & graph[f"repro.{m}"], m
+        [module] = [name for name in known if name.rsplit(".", 1)[-1] == m]
+        assert not {"repro.cli", "repro.pipeline"} & graph[module], module
 
 
 def test_every_module_imports_in_dependency_order_in_a_fresh_interpreter():

@@ -7,10 +7,10 @@ as "not run" the same way).
 
 import pytest
 
-from repro import multipl_e as me
+from repro.eval import multipl_e as me
 from repro import sandbox
 from repro.artifacts import ReproError
-from repro.benchmarks import FILES, Missing
+from repro.data.benchmarks import FILES, Missing
 
 # Completions written as a model would: the body, then the function's closing brace (cut by the
 # stop tokens where the tests bring their own).

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from repro import evalplus_data as ed
-from repro import harness, sandbox
+from repro.eval import evalplus_data as ed
+from repro import sandbox
+from repro.eval import harness
 
 ROOT_USER = os.geteuid() == 0
 

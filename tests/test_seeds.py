@@ -9,8 +9,8 @@ from collections import Counter
 import duckdb
 import pytest
 
-from repro import seeds
-from repro.corpus import build_corpus, resolve_sources
+from repro.data import seeds
+from repro.data.corpus import build_corpus, resolve_sources
 from repro.artifacts import ReproError
 from repro.config import SeedsConfig
 

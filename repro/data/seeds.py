@@ -5,7 +5,7 @@ Shell, C#, Rust, PHP and Swift, each seed 1-15 consecutive lines of a random doc
 uniform over the file's lines, length uniform in 1..15, shorter if it runs past the end; no
 content filter; a fixed random seed). This module does the same from whatever code there is.
 
-1. Corpus (`corpus.parquet`, one row per distinct file): built by repro/corpus.py from the sources
+1. Corpus (`corpus.parquet`, one row per distinct file): built by repro/data/corpus.py from the sources
    in `seeds.source`, every skipped file counted by reason.
 2. Seeds (`seeds.parquet`): per-language quotas, sampled and cut in DuckDB SQL with md5-keyed
    pseudo-random numbers, so that the same corpus, settings and random seed give byte-identical
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from repro.artifacts import sql_str, ReproError, atomic_path
 from repro.config import SeedsConfig
-from repro.corpus import build_corpus, known_languages
+from repro.data.corpus import build_corpus, known_languages
 
 # The paper's quotas (starcoderdata; Swift from the-stack), and the tiny profile's: mostly Python,
 # plus the other languages a typical Linux machine with Python, a C toolchain, Node and a JDK has.

@@ -1,4 +1,4 @@
-"""The program that repro/harness.py runs in a fresh interpreter, inside repro.sandbox.
+"""The program that repro/eval/harness.py runs in a fresh interpreter, inside repro.sandbox.
 
 It is copied into the sandbox as `program.py` and needs only the standard library (numpy is
 imported only when a float comparison may need it). It reads `task.pkl`, deletes it (so the code

@@ -1,8 +1,8 @@
 """The evaluate stage: pass@1 on HumanEval(+) and MBPP(+) of the base student, the fine-tuned student and
 the teacher, through llama.cpp on the GGUF files users run (the students quantized), greedy.
 
-Benchmarks are EvalPlus's files (repro/evalplus_data.py): each problem has base tests (HumanEval,
-MBPP) and plus tests (HumanEval+, MBPP+); programs are judged by repro/harness.py with EvalPlus's
+Benchmarks are EvalPlus's files (repro/eval/evalplus_data.py): each problem has base tests (HumanEval,
+MBPP) and plus tests (HumanEval+, MBPP+); programs are judged by repro/eval/harness.py with EvalPlus's
 rules, in our sandbox. Prompt styles:
 - `completion` (a base model): EvalPlus's direct completion — the benchmark's prompt (MBPP's
   stripped, plus a newline), stopped at EvalPlus's stop strings; the solution is the prompt plus
@@ -18,8 +18,8 @@ student's and the teacher's answers are made once and reused by every later run 
 student's file changes with each training). Programs run only after every answer is decoded.
 
 The paper's other axes (`evaluate.multilingual`): MultiPL-E's HumanEval in Java, JavaScript, C++,
-PHP, Swift and Rust (repro/multipl_e.py; a completion prompt for every model, as the bigcode harness
-the paper used) and DS-1000 (repro/ds1000.py; completion for a base model, Magicoder's
+PHP, Swift and Rust (repro/eval/multipl_e.py; a completion prompt for every model, as the bigcode harness
+the paper used) and DS-1000 (repro/eval/ds1000.py; completion for a base model, Magicoder's
 instruction split for the others). Their programs run after the answers, in the same sandbox; a
 language whose toolchain is missing, or a DS-1000 library that does not import here, is "not run"
 with the reason, never a zero. Verdicts in `eval/<model>/<name>/verdicts.jsonl`.
@@ -36,12 +36,12 @@ import json
 import re
 from pathlib import Path
 
-from repro import ds1000, evalplus_data, multipl_e
+from repro.eval import ds1000, evalplus_data, multipl_e
 from repro.artifacts import DATA_DIR, ReproError, append_jsonl, fingerprint, read_jsonl, repair_jsonl, \
     sha256_file, write_json, write_text
-from repro.benchmarks import Missing
+from repro.data.benchmarks import Missing
 from repro.config import EvaluateConfig
-from repro.stats import paired_bootstrap, wilson
+from repro.eval.stats import paired_bootstrap, wilson
 from repro.train import format_prompt
 
 STYLES = ("completion", "instruct", "chat")
@@ -219,7 +219,7 @@ def _rate(passed: list[bool]) -> dict:
 
 def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path, progress=None) -> dict:
     """`models`: label -> (GGUF path, prompt style)."""
-    from repro import harness
+    from repro.eval import harness
 
     out_dir.mkdir(parents=True, exist_ok=True)
     benches = {b: evalplus_data.load(b, path=getattr(cfg, f"{b}_path"), fetch=cfg.fetch) for b in cfg.benchmarks}

@@ -47,8 +47,8 @@ from typing import Callable, Iterable
 
 from repro import sandbox
 from repro.artifacts import ReproError
-from repro.evalplus_data import Benchmark, serialize_inputs
-from repro.harness_child import MBPP_OUTPUT_NOT_NONE_TASKS, is_floats
+from repro.eval.evalplus_data import Benchmark, serialize_inputs
+from repro.eval.harness_child import MBPP_OUTPUT_NOT_NONE_TASKS, is_floats
 from repro.models import cache_dir
 
 MIN_TIME_LIMIT = 1.0  # evalplus config.py DEFAULT_MIN_TIME_LIMIT

@@ -63,10 +63,10 @@ from pathlib import Path
 
 from repro import sandbox
 from repro.artifacts import ReproError
-from repro.benchmarks import locate
-from repro.stats import wilson
+from repro.data.benchmarks import locate
+from repro.eval.stats import wilson
 
-VERSION = "2024 simplified format (xlang-ai/DS-1000 @ b39aab7)"  # the file: repro.benchmarks.FILES["ds1000"]
+VERSION = "2024 simplified format (xlang-ai/DS-1000 @ b39aab7)"  # the file: repro.data.benchmarks.FILES["ds1000"]
 PATH_SETTING = "evaluate.ds1000_path"
 LIBRARIES = ("Pandas", "Numpy", "Matplotlib", "Sklearn", "Scipy", "Pytorch", "Tensorflow")  # the file's order
 STOP = ["</code>", "# SOLUTION END"]
@@ -106,7 +106,7 @@ class Verdict:
 
 
 def load(path: str = "", fetch: bool = True) -> Benchmark:
-    """The DS-1000 file, verified by its sha256 (`repro.benchmarks.locate`: `path` if given, else
+    """The DS-1000 file, verified by its sha256 (`repro.data.benchmarks.locate`: `path` if given, else
     data/benchmarks/, the cache, the download); `benchmarks.Missing` when it is nowhere."""
     found = locate("ds1000", path, PATH_SETTING, fetch, "evaluate.fetch")
     return Benchmark("ds1000", VERSION, str(found.path), found.sha256, _parse(found.sha256, found.path.read_bytes()))

@@ -5,7 +5,7 @@ from the sources in `seeds.source`: code installed on this machine (the offline 
 directories and git checkouts (.gitignore respected), .zip archives, parquet/jsonl tables, and the
 Hub's starcoderdata / the-stack when online. Files that are binary, undecodable, too large,
 minified, empty or duplicates are counted by reason, never dropped silently. The seeds stage
-(repro/seeds.py) builds it and samples its seeds from it.
+(repro/data/seeds.py) builds it and samples its seeds from it.
 
 What it does not do: near-duplicate detection, or licence detection beyond a cheap look at SPDX
 tags, licence headers, a nearby LICENSE/COPYING file and Python package metadata.

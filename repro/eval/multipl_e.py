@@ -2,7 +2,7 @@
 
 Data: the "reworded" files (MultiPL-E's standard variant), `humaneval-<lang>-reworded.jsonl`, from
 data/benchmarks/multipl-e/ (else the cache, else MultiPL-E's repository at the commit they come
-from; `repro.benchmarks.locate`), each checked against its sha256 (data/benchmarks/README.md says
+from; `repro.data.benchmarks.locate`), each checked against its sha256 (data/benchmarks/README.md says
 where they come from). These are the files Magicoder's evaluation used (bigcode-evaluation-harness
 at the revision it pinned; same problems and counts).
 MultiPL-E's licence forbids training on them: evaluation (and decontamination) only.
@@ -29,7 +29,7 @@ from typing import Callable
 
 from repro import languages, sandbox
 from repro.artifacts import ReproError
-from repro.benchmarks import locate
+from repro.data.benchmarks import locate
 
 TIMEOUT_S = 15.0  # MultiPL-E's per-program limit (its containers' --timeout default), compile included
 JAVATUPLES = languages.JAVATUPLES
@@ -54,7 +54,7 @@ def humaneval_id(name: str) -> int:
 
 
 def load(lang: str, fetch: bool = True) -> Problems:
-    """One language's problems, checked against the published file's sha256 (`repro.benchmarks.locate`);
+    """One language's problems, checked against the published file's sha256 (`repro.data.benchmarks.locate`);
     `benchmarks.Missing` when the file is nowhere."""
     if lang not in LANGS:
         raise ReproError(f"evaluate.multipl_e_langs: {lang!r} is unknown; choose among {', '.join(LANGS)}")

