@@ -210,11 +210,6 @@ def syntax_checker(name: str) -> tuple[tuple[str, ...], Callable[[list[str], flo
     return lang.check_tools, lambda blocks, timeout: _check_files(lang, blocks, timeout)
 
 
-def checkable() -> list[str]:
-    """The languages the clean stage can check the syntax of (where their tools exist)."""
-    return [n for n in LANGUAGES if syntax_checker(n) is not None]
-
-
 # ---------------------------------------------------------------------------------------------
 # MultiPL-E programs
 

@@ -34,6 +34,8 @@ class Stage:
     run: Callable[[Config, RunDir, object], dict]  # (config, run dir, progress) -> stats
     summary: Callable[[dict], str]              # the closing line, from the stats
     variant_only: bool = False                  # runs only in the variants that name it (validate, evol)
+    asks_teacher: bool = False                  # uses generate's teacher: its settings are checked once
+    uses_student: bool = False                  # uses train.student: its file is checked once
     fingerprinted: bool = True                  # False: rebuilt every time from what is on disk (report)
 
 
@@ -125,11 +127,6 @@ def _generate_settings(cfg: Config) -> dict:
             "prompt_hash": _prompt_hash(cfg.generate.prompt)}
 
 
-def _generate_check(cfg: Config) -> None:
-    from repro import generate
-    generate.check(cfg.generate)             # settings, the teacher's file, the server
-
-
 def _generate_run(cfg: Config, run: RunDir, progress) -> dict:
     from repro import generate
     # Resumable by itself: answers already in the store under the same key are kept.
@@ -176,8 +173,7 @@ def _validate_settings(cfg: Config) -> dict:
 
 
 def _validate_check(cfg: Config) -> None:
-    from repro import generate, validate
-    generate.check(cfg.generate)             # it asks generate's teacher
+    from repro import validate
     validate.check(cfg.validate)
 
 
@@ -197,9 +193,8 @@ def _evol_settings(cfg: Config) -> dict:
 
 
 def _evol_check(cfg: Config) -> None:
-    from repro import clean, evol, generate
+    from repro import clean, evol
     clean.check_settings(cfg.clean)          # its pairs are cleaned by clean's code
-    generate.check(cfg.generate)             # it asks generate's teacher
     evol.check(cfg.evol)
 
 
@@ -239,7 +234,6 @@ def _train_settings(cfg: Config) -> dict:
 
 def _train_check(cfg: Config) -> None:
     from repro import train
-    check_model_file(cfg.train.student, "train.student")  # a damaged GGUF: one line, before any work
     train.check_settings(cfg.train)         # backend, CUDA, packages, student, max_len vs template
 
 
@@ -257,9 +251,8 @@ def _train_run(cfg: Config, run: RunDir, progress) -> dict:
 
 def _export_check(cfg: Config) -> None:
     from repro import export, models
-    check_model_file(cfg.train.student, "train.student")
     export.check_settings(cfg.export)       # outtype, quant and round-trip types
-    models.resolve(cfg.train.student)
+    models.resolve(cfg.train.student)       # export reads the student's GGUF (train may use a checkpoint)
 
 
 def _export_run(cfg: Config, run: RunDir, progress) -> dict:
@@ -296,8 +289,7 @@ def _evaluate_check(cfg: Config) -> None:
     unknown = [m for m in e.models if m not in ("base", "finetuned", "teacher")]
     if unknown or not e.models:
         raise ReproError(f"evaluate.models={','.join(e.models)}: choose from base, finetuned, teacher")
-    check_model_file(cfg.train.student, "train.student")
-    models.resolve(cfg.train.student)
+    models.resolve(cfg.train.student)       # the base student is evaluated as its GGUF
     if "teacher" in e.models:
         check_model_file(teacher_spec(cfg), "evaluate.teacher" if e.teacher else "generate.teacher")
     for b in e.benchmarks:  # names, files and their hashes: before any work
@@ -356,7 +348,7 @@ STAGES: list[Stage] = [
           lambda s: f"{s['seeds']} seeds from {s['files']} files"),
     Stage("generate", "the teacher writes a problem and a solution per seed",
           lambda c: ["seeds.parquet"], lambda c: ["pairs.jsonl", "rejected.jsonl"], _generate_settings,
-          _generate_check, _generate_run, _generate_summary),
+          _nothing, _generate_run, _generate_summary, asks_teacher=True),
     Stage("clean", "check, decontaminate and deduplicate the pairs",
           lambda c: ["pairs.jsonl"],
           lambda c: ["clean.parquet", "removed.parquet", "decontamination.json", "decontamination.md"],
@@ -368,19 +360,19 @@ STAGES: list[Stage] = [
           lambda s: (f"{s['kept']} kept of {s['pairs_in']}: {s['passed']} passed, {s['failed']} failed, "
                      f"{s['timeout']} timed out, {s['no_tests']} without usable tests, {s['not_run']} "
                      f"not testable here; {s['pairs_per_minute']} pairs/min"),
-          variant_only=True),
+          variant_only=True, asks_teacher=True),
     Stage("evol", "rewrite problems harder with Evol-Instruct and answer them (beyond the paper)",
           lambda c: ["clean.parquet"],
           lambda c: ["evol.parquet", "evol_pairs.jsonl", "evol_rejected.jsonl", "evol_removed.parquet",
                      "evol_decontamination.json", "evol_decontamination.md"],
-          _evol_settings, _evol_check, _evol_run, _evol_summary, variant_only=True),
+          _evol_settings, _evol_check, _evol_run, _evol_summary, variant_only=True, asks_teacher=True),
     Stage("train", "LoRA fine-tune the student on the pairs",
           train_inputs,
           lambda c: ["adapter", "train_log.jsonl"] + (["adapter-oss", "train_log_evol.jsonl"]
                                                      if _train_two_stages(c) else []),
           _train_settings, _train_check, _train_run,
           lambda s: f"{s['steps']} steps, loss {s['first_loss']:.3f} → {s['final_loss']:.3f}, "
-                    f"{s['tokens_per_second']} tokens/s"),
+                    f"{s['tokens_per_second']} tokens/s", uses_student=True),
     Stage("export", "merge, convert to GGUF, quantize, check the round trip",
           lambda c: ["adapter"],
           lambda c: [_quant_file(c), "export.json"] + ([f"adapter-{c.export.outtype}.gguf"] if c.export.lora_gguf else []),
@@ -388,10 +380,11 @@ STAGES: list[Stage] = [
           _export_check, _export_run,
           lambda s: (f"{s['quant']} GGUF, {s['bytes'] / 2**20:.0f} MiB, loads in llama.cpp; greedy agreement "
                      "with PyTorch: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in
-                                                  s.get("roundtrip", {}).get("agreement", {}).items()))),
+                                                  s.get("roundtrip", {}).get("agreement", {}).items())),
+          uses_student=True),
     Stage("evaluate", "pass@1 of the base and fine-tuned student and the teacher",
           lambda c: [_quant_file(c)], lambda c: ["eval/results.json"], _evaluate_settings, _evaluate_check,
-          _evaluate_run, _evaluate_summary),
+          _evaluate_run, _evaluate_summary, uses_student=True),
     Stage("report", "the report and the dataset card, from what is on disk",
           lambda c: [], lambda c: ["report.md"], lambda c: {}, _nothing, _report_run, _report_summary,
           fingerprinted=False),
@@ -423,9 +416,19 @@ def stage_plan(stage: str, cfg: Config) -> tuple[dict, list[str], list[str]]:
 
 
 def check(cfg: Config, stages: list[str]) -> None:
-    """Fail on bad settings before anything is written into the run directory."""
-    for name in stages:
-        BY_NAME[name].check(cfg)
+    """Fail on bad settings before anything is written into the run directory. What several
+    stages share (the teacher's settings and file or server, the student's file) is checked once."""
+    from repro import generate
+
+    teacher = student = False
+    for s in (BY_NAME[name] for name in stages):  # in stage order: the first problem is the one said
+        if s.asks_teacher and not teacher:
+            generate.check(cfg.generate)          # settings, the teacher's file, the server
+            teacher = True
+        if s.uses_student and not student:
+            check_model_file(cfg.train.student, "train.student")  # a damaged GGUF: one line, before any work
+            student = True
+        s.check(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,7 +569,3 @@ def sibling_runs(base: str, variant: str) -> list[RunDir]:
     finished stages a run may copy, so that variants generate and clean only once."""
     return [RunDir(ROOT / "runs" / run_name(base, v)) for v in config_mod.VARIANTS if v != variant]
 
-
-__all__ = ["Stage", "STAGES", "BY_NAME", "NAMES", "Options", "stages_of", "train_inputs", "teacher_spec",
-           "stage_plan", "check", "check_model_file", "run_stage", "run_stages", "load_config", "run_name",
-           "find_run", "sibling_runs", "producer"]

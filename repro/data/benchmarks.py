@@ -33,6 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from repro.artifacts import DATA_DIR, ReproError, atomic_path, sha256_file
+from repro.languages import MULTIPL_E
 
 BENCH_DIR = DATA_DIR / "benchmarks"
 FETCH_TIMEOUT_S = 120
@@ -58,12 +59,12 @@ class File:
 
 _MULTIPL_E_URL = ("https://raw.githubusercontent.com/nuprl/MultiPL-E/7bc20f22f27ebd353b07586695a2a9e3740cfcf8/"
                   "prompts/humaneval-{lang}-reworded.jsonl")
-_MULTIPL_E = {"java": ("Java", "a38a4fab2136b0b7d03236f2c423d2182b2d4a182edd0fa9639305c3afb733a5"),
-              "js": ("JavaScript", "47536b7f7a0221586cdecc16c900ff8e7ba7dd60cc4bab3bddbbc4e866e0cef8"),
-              "cpp": ("C++", "4910aa71c605754136ec9c95efcf458704967d21b3d09ed2a141eaca5a1903a2"),
-              "php": ("PHP", "588a969eb171a380c4ef4e2dcf461fc2617648bc85c25b2ff497b341c5cc6d86"),
-              "swift": ("Swift", "4de14494655de7d4bf294a5902fe8088839fd2011bde392470ae1ab642b79f8b"),
-              "rs": ("Rust", "3e528744b7b6dcbc8054b489f3928b88901386911ba9bcf908b4f2b53c5bcc87")}
+_MULTIPL_E = {"java": "a38a4fab2136b0b7d03236f2c423d2182b2d4a182edd0fa9639305c3afb733a5",
+              "js": "47536b7f7a0221586cdecc16c900ff8e7ba7dd60cc4bab3bddbbc4e866e0cef8",
+              "cpp": "4910aa71c605754136ec9c95efcf458704967d21b3d09ed2a141eaca5a1903a2",
+              "php": "588a969eb171a380c4ef4e2dcf461fc2617648bc85c25b2ff497b341c5cc6d86",
+              "swift": "4de14494655de7d4bf294a5902fe8088839fd2011bde392470ae1ab642b79f8b",
+              "rs": "3e528744b7b6dcbc8054b489f3928b88901386911ba9bcf908b4f2b53c5bcc87"}
 
 FILES = {
     "humaneval+": File("HumanEval+ v0.1.10", "HumanEvalPlus-v0.1.10.jsonl.gz",
@@ -86,9 +87,9 @@ FILES = {
                   ("3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",),
                   "https://raw.githubusercontent.com/openai/grade-school-math/3101c7d5072418e28b9008a6636bde82a006892c/"
                   "grade_school_math/data/test.jsonl"),
-    **{f"multipl-e/{k}": File(f"MultiPL-E {title}", f"multipl-e/humaneval-{k}-reworded.jsonl", (sha,),
+    **{f"multipl-e/{k}": File(f"MultiPL-E {MULTIPL_E[k].title}", f"multipl-e/humaneval-{k}-reworded.jsonl", (sha,),
                               _MULTIPL_E_URL.format(lang=k))
-       for k, (title, sha) in _MULTIPL_E.items()},
+       for k, sha in _MULTIPL_E.items()},
 }
 
 
