@@ -5,7 +5,7 @@
     .venv/bin/python bench/train.py --device cuda --random-init  # GPU: eager PEFT vs triton vs unsloth
         [--config bench/configs/gemma-3-270m.json] [--batch 8] [--seq 1024] [--out train-bench.json]
 
-Every configuration runs the trainer's own code (repro.train.load_model + train_loop: LoRA r=16 on
+Every configuration runs the trainer's own code (repro.student.load_model + train_loop: LoRA r=16 on
 all projections, AdamW, the response-only loss) on the same synthetic batch of random tokens, the
 first quarter of each sequence masked as a prompt, in a subprocess of its own, so that peak
 memory (RSS on the CPU, torch.cuda.max_memory_allocated on CUDA) is that configuration's alone.
@@ -57,7 +57,7 @@ CUDA_RUNS = {"eager": {"backend": "peft"}, "triton": {"backend": "triton"}, "uns
 def worker(spec: dict) -> dict:
     import torch
 
-    from repro import train
+    from repro import student, train
     from repro.config import TrainConfig
 
     if spec["backend"] == "unsloth":
@@ -71,8 +71,8 @@ def worker(spec: dict) -> dict:
                       lora_dropout=0.0, batch_size=spec["batch"], micro_batch=spec["batch"],
                       max_steps=spec["warmup"] + spec["steps"], lr=1e-5, warmup_steps=0, save_every=0,
                       max_len=spec["seq"], seed=0)
-    device = train.resolve_device(cfg)
-    bf16 = train.use_bf16(cfg, device)
+    device = student.resolve_device(cfg)
+    bf16 = student.use_bf16(cfg, device)
     ckpt = Path(spec["model_dir"])
     vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
     g = torch.Generator().manual_seed(0)
@@ -85,10 +85,10 @@ def worker(spec: dict) -> dict:
     out: dict = {}
     if spec["backend"] == "triton" and spec["check"]:
         # Eager PEFT first, then the same model patched: same weights, same batch.
-        model, backend, notes = train.load_model(_replace(cfg, backend="peft"), ckpt, device, bf16)
+        model, backend, notes = student.load_model(_replace(cfg, backend="peft"), ckpt, device, bf16)
         ids, labels = train.collate(examples, device)
         eager = _loss_and_grads(model, backend, ids, labels)
-        backend, counts = train.kernel_backend(model, device, bf16)
+        backend, counts = student.kernel_backend(model, device, bf16)
         notes = [f"patched {counts['rmsnorm']} RMSNorm, {counts['mlp']} MLP, {counts['lora_linear']} LoRA"
                  + (f"; left alone {counts['left_alone']}" if counts["left_alone"] else "")]
         patched = _loss_and_grads(model, backend, ids, labels)
@@ -98,7 +98,7 @@ def worker(spec: dict) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     else:
-        model, backend, notes = train.load_model(cfg, ckpt, device, bf16)
+        model, backend, notes = student.load_model(cfg, ckpt, device, bf16)
     rows: list[dict] = []
     train.train_loop(model, examples, cfg, log=rows.append, backend=backend)
     timed = rows[spec["warmup"]:]
@@ -118,11 +118,11 @@ def _replace(cfg, **kw):
 
 
 def _loss_and_grads(model, backend, ids, labels):
-    from repro import train
+    from repro import student
 
     model.zero_grad(set_to_none=True)
     with backend.autocast():
-        loss, n = train.batch_loss(model, ids, labels, backend.head)
+        loss, n = student.batch_loss(model, ids, labels, backend.head)
     (loss / n).backward()
     return (loss.item() / n, {k: p.grad.float().clone() for k, p in model.named_parameters() if p.requires_grad})
 
@@ -167,7 +167,7 @@ def machine(device: str) -> str:
     if device == "cuda":
         p = torch.cuda.get_device_properties(0)
         return f"{p.name}, {p.total_memory / 2**30:.0f} GiB"
-    from repro.train import cpu_has_bf16
+    from repro.student import cpu_has_bf16
 
     name = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                  if l.startswith("model name")), "CPU")

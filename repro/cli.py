@@ -122,7 +122,7 @@ def cmd_doctor(args) -> int:
 
     from repro import models, versions
     from repro.export import has_converter
-    from repro.train import cpu_has_bf16
+    from repro.student import cpu_has_bf16
 
     ok = True
     print(f"repro root: {ROOT}")

@@ -181,7 +181,7 @@ class EvaluateConfig:
 
 @dataclass
 class ReportConfig:
-    # The paper's category analysis (repro/report.py): auto = the teacher's embeddings where its GGUF
+    # The paper's category analysis (repro/report/categories.py): auto = the teacher's embeddings where its GGUF
     # is here, else TF-IDF | embedding (falls back to TF-IDF, with the reason, where it cannot) | tfidf
     categories: str = "auto"
     category_samples: int = 100     # pairs categorized at most (a fixed random subset); embeddings are

@@ -226,8 +226,8 @@ def _train_two_stages(cfg: Config) -> bool:
 
 
 def _train_settings(cfg: Config) -> dict:
-    from repro import train
-    return {**cfg.section("train"), "student_id": train.student_id(cfg.train.student),
+    from repro import student
+    return {**cfg.section("train"), "student_id": student.student_id(cfg.train.student),
             "template": digest(DATA_DIR / "prompts" / "train_template.txt"),
             **({"evol_train_pairs": cfg.evol.train_pairs} if _train_two_stages(cfg) else {})}
 

@@ -6,7 +6,7 @@ covers only the response tokens: prompt positions get label -100, and the langua
 applied only at the positions that predict a response token (with Gemma's 262K vocabulary the
 logits over the prompt would cost as much as the rest of the model).
 
-Backends (`train.backend`), one training loop:
+Backends (`train.backend`, loaded by repro/student.py), one training loop:
 - `peft`: transformers + PEFT, on the CPU or CUDA. CPU: bf16 autocast where the CPU has native
   bf16 (AVX512-BF16 / AMX), fp32 otherwise; `OMP_WAIT_POLICY=PASSIVE` must be set before torch
   starts (the CLI does it): on a loaded 2-core machine busy-waiting OpenMP threads made training
@@ -32,7 +32,6 @@ lr, tokens/s, peak memory).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -49,9 +48,9 @@ from typing import Callable
 from repro.artifacts import (sql_str, DATA_DIR, ReproError, append_jsonl, atomic_path, digest, fingerprint, parquet_rows,
                              read_jsonl, write_json, write_text)
 from repro.config import TrainConfig
+from repro.student import (BACKENDS, CUDA_ONLY, Backend, batch_loss, brief, causal_lm, decoder, load_model,
+                           load_tokenizer, resolve_device, student_checkpoint, use_bf16)
 
-BACKENDS = ("peft", "triton", "unsloth")
-CUDA_ONLY = ("triton", "unsloth")
 
 
 def template() -> str:
@@ -94,90 +93,6 @@ def template_tokens(tok) -> int:
     return len(tok(format_prompt(""), add_special_tokens=True)["input_ids"])
 
 
-# ---------------------------------------------------------------------------------------------
-# Settings and devices
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_device(cfg: TrainConfig) -> str:
-    """'cuda' or 'cpu' for these settings, or a ReproError naming the setting and the fix."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if cfg.backend in CUDA_ONLY:
-        if cfg.device == "cpu":
-            raise ReproError(f"train.backend={cfg.backend} runs on CUDA only; drop train.device=cpu "
-                             "or use train.backend=peft")
-        if not cuda:
-            raise ReproError(f"train.backend={cfg.backend} needs a CUDA GPU; none found — use train.backend=peft")
-        return "cuda"
-    if cfg.device == "cuda" and not cuda:
-        raise ReproError("train.device=cuda: no CUDA GPU found; use train.device=auto or cpu")
-    return "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
-
-
-def use_bf16(cfg: TrainConfig, device: str) -> bool:
-    import torch
-
-    if cfg.precision != "auto":
-        return cfg.precision == "bf16"
-    return torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
-
-
-def student_checkpoint(spec: str) -> Path:
-    """A transformers checkpoint directory for a student spec: a local one as is, else a GGUF's."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ReproError(f"train.student={spec}: a directory without config.json; give a transformers "
-                             "checkpoint directory, a .gguf file, hf://… or an embedded: name")
-        return p
-    from repro.models import hf_checkpoint
-
-    try:
-        return hf_checkpoint(spec)
-    except ReproError:
-        raise
-    except Exception as e:  # transformers' GGUF loader: an architecture it cannot dequantize, a bad file
-        raise ReproError(f"train.student={spec}: transformers could not read this GGUF "
-                         f"({_brief(e)}); choose a student transformers supports") from None
-
-
-def _brief(e: Exception) -> str:
-    """An exception as a short single line, to sit inside a one-line error."""
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:200]}{'…' if len(text) > 200 else ''}"
-
-
-def student_id(spec: str) -> str:
-    """The stage fingerprint's identity of a student: a checkpoint directory's file names, sizes
-    and times, else the model spec's (repro.models.model_id)."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return fingerprint([(f.name, f.stat().st_size, int(f.stat().st_mtime))
-                            for f in sorted(p.iterdir()) if f.is_file()])
-    from repro.models import model_id
-
-    return model_id(spec)
-
-
-def load_tokenizer(cfg: TrainConfig, ckpt: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(ckpt)
-    except Exception as e:
-        raise ReproError(f"train.student={cfg.student}: its tokenizer does not load from {ckpt} "
-                         f"({_brief(e)}); give a checkpoint with tokenizer files") from None
-
-
 def check_settings(cfg: TrainConfig) -> None:
     """Fail on bad train settings before anything is written (pipeline.check).
 
@@ -213,7 +128,7 @@ def check_settings(cfg: TrainConfig) -> None:
         model_type = AutoConfig.from_pretrained(ckpt).model_type
     except Exception as e:
         raise ReproError(f"train.student={cfg.student}: its config does not load from {ckpt} "
-                         f"({_brief(e)})") from None
+                         f"({brief(e)})") from None
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ReproError(f"train.student={cfg.student}: a {model_type!r} model is not a causal language "
                          "model transformers can train; choose a decoder-only student")
@@ -221,216 +136,6 @@ def check_settings(cfg: TrainConfig) -> None:
     if cfg.max_len <= n:
         raise ReproError(f"train.max_len={cfg.max_len} leaves no room for a problem: the training template "
                          f"alone is {n} tokens; use at least {n + 256}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Models and backends
-
-
-@dataclass
-class Backend:
-    """Where and how a step runs: device, autocast, and the loss head."""
-    name: str = "peft"
-    device: str = "cpu"
-    bf16: bool = False
-    # (hidden[N, H], lm_head module, targets[N], softcap) -> summed cross-entropy; None: logits_head
-    head: Callable | None = None
-
-    def autocast(self):
-        import torch
-
-        return torch.autocast(self.device, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-
-    @property
-    def precision(self) -> str:
-        return "bf16-autocast" if self.bf16 else "fp32"
-
-
-def lora_targets(model, cfg: TrainConfig) -> list[str]:
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [m for m in cfg.target_modules if m in present]
-    if not targets:
-        raise ReproError(f"train.target_modules={cfg.target_modules}: none of these modules exist in the "
-                         "student; name its linear layers (e.g. q_proj,v_proj)")
-    return targets
-
-
-def add_lora(model, cfg: TrainConfig):
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=lora_targets(model, cfg), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
-
-
-def kernel_backend(model, device: str, bf16: bool, impl: str = "triton") -> tuple[Backend, dict]:
-    """Patch repro/kernels/ into `model` (in place) and return the backend whose loss is the fused head.
-
-    impl="reference" installs the kernels' PyTorch references instead: same patching, any device
-    (the CPU tests check the patching with it).
-    """
-    from repro.kernels.patch import kernel_functions, patch_model
-
-    counts = patch_model(model, impl)
-    lce = kernel_functions(impl).linear_cross_entropy
-
-    def head(h, lm_head, targets, softcap):
-        return lce(h, lm_head.weight.to(h.dtype), targets, softcap=softcap)
-
-    return Backend("triton", device, bf16, head), counts
-
-
-def load_model(cfg: TrainConfig, ckpt: Path, device: str, bf16: bool) -> tuple[object, Backend, list[str]]:
-    """The student with LoRA, ready for `train_loop` with the returned backend; plus notes."""
-    import torch
-
-    if cfg.backend == "unsloth":
-        return _load_unsloth(cfg, ckpt, bf16)
-    from transformers import AutoModelForCausalLM
-
-    notes = []
-    # CPU: fp32 weights under autocast (the measured path). CUDA in bf16: the frozen base in bf16
-    # (half the memory, no cast per step); PEFT keeps the LoRA weights in fp32.
-    dtype = torch.bfloat16 if device == "cuda" and bf16 else torch.float32
-    try:
-        # SDPA on the CPU too: its fused kernel keeps no [heads, seq, seq] probabilities for the
-        # backward (eager attention's are ~0.4 GB at 1,216 tokens over Gemma's 18 layers).
-        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, attn_implementation="sdpa")
-    except Exception as e:
-        raise ReproError(f"train.student={cfg.student}: transformers could not load the weights in {ckpt} "
-                         f"({_brief(e)})") from None
-    model.to(device)
-    if cfg.backend == "triton" and cfg.lora_dropout:
-        notes.append(f"train.lora_dropout={cfg.lora_dropout} set to 0 for the triton backend "
-                     "(the fused LoRA kernel has no dropout)")
-        cfg = dataclasses.replace(cfg, lora_dropout=0.0)
-    model = add_lora(model, cfg)
-    backend = Backend("peft", device, bf16, chunked_head)
-    if cfg.backend == "triton":
-        backend, counts = kernel_backend(model, device, bf16)
-        left = ", ".join(f"{k} ×{v}" for k, v in counts["left_alone"].items())
-        notes.append(f"kernels: {counts['rmsnorm']} RMSNorm, {counts['mlp']} MLP activations, "
-                     f"{counts['lora_linear']} LoRA projections patched, fused linear + cross-entropy loss"
-                     + (f"; left on PyTorch: {left}" if left else ""))
-    if cfg.compile:
-        _decoder(model).compile()  # in place: parameter names (and the saved adapter) unchanged
-    return model, backend, notes
-
-
-def _load_unsloth(cfg: TrainConfig, ckpt: Path, bf16: bool):
-    from unsloth import FastLanguageModel  # imported before transformers by check_settings/run
-
-    # dtype=None: Unsloth picks the dtype (bf16 where the GPU has it). Unquantized base weights:
-    # QLoRA (load_in_4bit) would change the model being trained, not only its speed. No gradient
-    # checkpointing (Unsloth's default; for Gemma 3 it is set at loading): the other backends do
-    # not recompute activations either, so the comparison is of kernels, not of memory for time.
-    model, _ = FastLanguageModel.from_pretrained(model_name=str(ckpt), max_seq_length=cfg.max_len,
-                                                 dtype=None, load_in_4bit=False,
-                                                 use_gradient_checkpointing=False)
-    model = FastLanguageModel.get_peft_model(
-        model, r=cfg.lora_r, target_modules=lora_targets(model, cfg), lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout, bias="none", use_gradient_checkpointing=False, random_state=cfg.seed)
-    return model, Backend("unsloth", "cuda", bf16), []
-
-
-def _causal_lm(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _decoder(model):
-    lm = _causal_lm(model)
-    return getattr(lm, lm.base_model_prefix)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss
-
-
-def logits_head(h, lm_head, targets, softcap):
-    """Summed cross-entropy from the logits of the kept positions only."""
-    import torch
-    import torch.nn.functional as F
-
-    logits = lm_head(h).float()
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    return F.cross_entropy(logits, targets, reduction="sum")
-
-
-# Rows of a chunk in `chunked_head`: its logits make ~256 MiB in fp32.
-CHUNK_ELEMENTS = 2 ** 26
-
-
-def chunked_head(h, lm_head, targets, softcap):
-    """`logits_head`'s result and hidden-state gradient without the full [N, V] logits, in
-    PyTorch ops (any device): the design of repro/kernels/cross_entropy.py. Rows go through in chunks;
-    each chunk's logits give its loss and, at once, its rows' gradient (softmax - onehot, times
-    the softcap's derivative) @ W, so the backward only scales what the forward stored. The
-    head's weight gets no gradient: in a LoRA student it is frozen (Gemma ties it to the
-    embedding); a trained head goes the plain way.
-
-    Why: with Gemma's 262K vocabulary the full logits of 600 response tokens are 630 MB in fp32,
-    and the cross-entropy's softmax and gradients hold several copies of them.
-    """
-    import torch
-
-    if lm_head.weight.requires_grad:
-        return logits_head(h, lm_head, targets, softcap)
-
-    class Fn(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, hidden):
-            w = lm_head.weight
-            dev = hidden.device.type
-            # Autocast's dtype for the matmul, cast once per call (autocast would cast the frozen
-            # weight again for every chunk).
-            dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
-            with torch.autocast(dev, enabled=False):
-                wd, hd = w.to(dt), hidden.to(dt)
-                chunk = max(1, CHUNK_ELEMENTS // w.shape[0])
-                total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-                grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-                for s in range(0, hd.shape[0], chunk):
-                    z = (hd[s:s + chunk] @ wd.T).float()
-                    y = targets[s:s + chunk]
-                    t = None
-                    if softcap is not None:
-                        t = torch.tanh(z / softcap)
-                        z = softcap * t
-                    lse = torch.logsumexp(z, dim=-1)
-                    rows = torch.arange(z.shape[0], device=z.device)
-                    total += (lse - z[rows, y]).sum()
-                    if grad is not None:
-                        g = z.sub_(lse[:, None]).exp_()  # softmax, in place
-                        g[rows, y] -= 1.0
-                        if t is not None:
-                            g.mul_(1.0 - t * t)
-                        grad[s:s + chunk] = (g.to(dt) @ wd).to(grad.dtype)
-            ctx.save_for_backward(grad)
-            return total
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            (grad,) = ctx.saved_tensors
-            return grad * grad_out.to(grad.dtype)
-
-    return Fn.apply(h)
-
-
-def batch_loss(model, ids, labels, head: Callable | None = None):
-    """Summed cross-entropy over labels != -100 of a [batch, seq] batch, and the count.
-
-    The decoder's hidden states are kept only where the next token is a label, and the head sees
-    just those rows. Right padding needs no attention mask: under the causal mask no real token
-    attends to the pads that follow it, and pads carry label -100.
-    """
-    lm = _causal_lm(model)
-    hidden = _decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
-    keep = labels[:, 1:] != -100  # position t predicts token t+1
-    targets = labels[:, 1:][keep]
-    loss = (head or logits_head)(hidden[:, :-1][keep], lm.get_output_embeddings(), targets,
-                                 getattr(lm.config, "final_logit_softcapping", None))
-    return loss, int(targets.numel())
 
 
 def collate(batch: list[Example], device="cpu"):
@@ -458,7 +163,7 @@ def greedy_agreement(model, examples: list[Example], backend: Backend, k: int = 
     """
     import torch
 
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     head = lm.get_output_embeddings()
 
     def agree() -> tuple[int, int]:
@@ -466,7 +171,7 @@ def greedy_agreement(model, examples: list[Example], backend: Backend, k: int = 
         for ex in examples[:k]:
             ids, labels = collate([ex], backend.device)
             with torch.no_grad(), backend.autocast():
-                hidden = _decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
+                hidden = decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
                 keep = labels[:, 1:] != -100
                 h, targets = hidden[:, :-1][keep], labels[:, 1:][keep]
                 for i in range(0, len(h), 256):  # a final softcap is monotonic: argmax unchanged
@@ -665,7 +370,7 @@ def load_adapter(model, adapter_dir: Path) -> None:
         weights = load_file(f)
         result = set_peft_model_state_dict(model, weights)
     except Exception as e:
-        raise ReproError(f"train: cannot start from the adapter {adapter_dir} ({_brief(e)}); "
+        raise ReproError(f"train: cannot start from the adapter {adapter_dir} ({brief(e)}); "
                          "its first stage must use the same student and LoRA settings") from None
     if getattr(result, "unexpected_keys", None):
         raise ReproError(f"train: the adapter {adapter_dir} does not fit this student's LoRA layers "

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from repro import report
+from repro.report import categories
 from repro.pipeline import STAGES
 from repro.artifacts import ReproError, RunDir, write_json
 from repro.config import ReportConfig
@@ -231,7 +232,7 @@ def test_the_sample_is_capped(tmp_path):
 
 def test_tfidf_assigns_obvious_texts_to_their_categories():
     texts = [code for _, _, code in PROBLEMS[:3]] + ["A Django view that handles the HTTP POST of a login form."]
-    got = report.categorize(texts, "tfidf")["assigned"]
+    got = categories.categorize(texts, "tfidf")["assigned"]
     assert got == ["Database & SQL", "Web", "Algorithms & data structures", "Web"]
 
 
@@ -248,10 +249,10 @@ def _teacher() -> Path:
 def test_teacher_embeddings_categorize_and_are_cached(tmp_path):
     gguf, cache = _teacher(), tmp_path / "emb.npz"
     texts = [code for _, _, code in PROBLEMS[:3]]
-    first = report.categorize(texts, "embedding", gguf, cache, "teacher")
-    assert first["method"] == "embedding" and first["embedded_now"] == len(report.CATEGORIES) + 3
-    assert first["assigned"][0] == "Database & SQL" and set(first["assigned"]) <= set(report.CATEGORIES)
-    again = report.categorize(texts, "embedding", gguf, cache, "teacher")
+    first = categories.categorize(texts, "embedding", gguf, cache, "teacher")
+    assert first["method"] == "embedding" and first["embedded_now"] == len(categories.CATEGORIES) + 3
+    assert first["assigned"][0] == "Database & SQL" and set(first["assigned"]) <= set(categories.CATEGORIES)
+    again = categories.categorize(texts, "embedding", gguf, cache, "teacher")
     assert again["embedded_now"] == 0 and again["assigned"] == first["assigned"]
 
 

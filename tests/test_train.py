@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repro import train
+from repro import student, train
 from repro.artifacts import ReproError
 from repro.config import TrainConfig
 from builders import MORE_ROWS, ROWS, write_clean
@@ -49,12 +49,12 @@ def test_response_loss_equals_masked_full_cross_entropy(tiny_model, tiny_tokeniz
 @pytest.mark.parametrize("softcap", [None, 5.0])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_chunked_head_gives_the_full_logits_loss_and_gradient(softcap, autocast, monkeypatch):
-    monkeypatch.setattr(train, "CHUNK_ELEMENTS", 3 * 50)  # 3 rows a chunk: 4 chunks
+    monkeypatch.setattr(student, "CHUNK_ELEMENTS", 3 * 50)  # 3 rows a chunk: 4 chunks
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
     targets = torch.randint(0, 50, (10,))
     results = []
-    for fn in (train.logits_head, train.chunked_head):
+    for fn in (student.logits_head, student.chunked_head):
         h = (3 * torch.randn(10, 16, generator=torch.Generator().manual_seed(1))).requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = fn(h, head, targets, softcap)
@@ -71,7 +71,7 @@ def test_lora_training_lowers_the_loss_and_leaves_base_weights(tiny_model, tiny_
     cfg = TrainConfig(max_steps=40, batch_size=2, lr=1e-2, warmup_steps=2, lora_r=8, lora_alpha=16,
                       lora_dropout=0.0, precision="fp32")
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    model = train.add_lora(tiny_model, cfg)
+    model = student.add_lora(tiny_model, cfg)
     stats = train.train_loop(model, exs, cfg)
     assert stats["final_loss"] < 0.5 * stats["first_loss"]
     merged = model.merge_and_unload()
@@ -83,7 +83,7 @@ def test_the_adapter_moves_greedy_output_to_the_training_target(tiny_model, tiny
     exs, _ = train.build_examples(tiny_tokenizer, ROWS, max_len=256)
     cfg = TrainConfig(max_steps=120, batch_size=2, lr=2e-2, warmup_steps=2, lora_r=8, lora_alpha=16,
                       lora_dropout=0.0, precision="fp32")
-    model = train.add_lora(tiny_model, cfg)
+    model = student.add_lora(tiny_model, cfg)
     ex = exs[0]
     n_prompt = next(i for i, label in enumerate(ex.labels) if label != -100)
     target = ex.input_ids[n_prompt:]  # the solution's tokens and EOS
@@ -98,7 +98,7 @@ def test_the_adapter_moves_greedy_output_to_the_training_target(tiny_model, tiny
     before = greedy()
     train.train_loop(model, exs, cfg)
     assert before != target and greedy() == target
-    fit = train.greedy_agreement(model, exs, train.Backend())
+    fit = train.greedy_agreement(model, exs, student.Backend())
     assert fit["tokens"] == sum(label != -100 for e in exs for label in e.labels[1:])
     assert fit["adapter_on"] == 1.0 and fit["adapter_off"] < 0.5
     with model.disable_adapter():
@@ -122,7 +122,7 @@ def tiny_qwen2(vocab_size: int, init: float = 0.5):
 
 def lora_grads(model, ids, labels, head=None):
     model.zero_grad(set_to_none=True)
-    loss, _ = train.batch_loss(model, ids, labels, head)
+    loss, _ = student.batch_loss(model, ids, labels, head)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -138,7 +138,7 @@ def test_kernels_patched_in_give_the_same_loss_and_gradients(arch, impl, tiny_mo
     pytest.importorskip("triton")
     model = tiny_model if arch == "gemma3" else tiny_qwen2(len(tiny_tokenizer))
     cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    model = train.add_lora(model, cfg)
+    model = student.add_lora(model, cfg)
     for n, p in model.named_parameters():  # PEFT starts B at zero: make the LoRA path count
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.5)
@@ -146,7 +146,7 @@ def test_kernels_patched_in_give_the_same_loss_and_gradients(arch, impl, tiny_mo
     ids, labels = train.collate(exs, "cpu")  # two rows of different lengths: padding included
     loss, grads = lora_grads(model, ids, labels)
 
-    backend, counts = train.kernel_backend(model, "cpu", False, impl=impl)
+    backend, counts = student.kernel_backend(model, "cpu", False, impl=impl)
     # Gemma 3: 4 norms + q_norm + k_norm per layer, and the final norm; Qwen2: 2 per layer + final.
     assert counts == {"rmsnorm": 13 if arch == "gemma3" else 5, "mlp": 2, "lora_linear": 14, "left_alone": {}}
     patched_loss, patched_grads = lora_grads(model, ids, labels, backend.head)
@@ -159,11 +159,11 @@ def test_kernels_patched_in_give_the_same_loss_and_gradients(arch, impl, tiny_mo
 
 def test_patched_lora_falls_back_to_peft_when_the_adapter_is_disabled(tiny_model, tiny_tokenizer):
     base_logits = tiny_model(input_ids=torch.tensor([[2, 5, 6, 7]])).logits
-    model = train.add_lora(tiny_model, TrainConfig(lora_r=4, lora_dropout=0.0))
+    model = student.add_lora(tiny_model, TrainConfig(lora_r=4, lora_dropout=0.0))
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.5)
-    train.kernel_backend(model, "cpu", False, impl="reference")
+    student.kernel_backend(model, "cpu", False, impl="reference")
     ids = torch.tensor([[2, 5, 6, 7]])
     assert not torch.allclose(model(input_ids=ids).logits, base_logits, atol=1e-3)
     with model.disable_adapter():
@@ -173,7 +173,7 @@ def test_patched_lora_falls_back_to_peft_when_the_adapter_is_disabled(tiny_model
 def test_lora_with_dropout_is_left_on_peft_and_counted(tiny_model):
     from repro.kernels.patch import patch_model
 
-    model = train.add_lora(tiny_model, TrainConfig(lora_r=4, lora_dropout=0.1))
+    model = student.add_lora(tiny_model, TrainConfig(lora_r=4, lora_dropout=0.1))
     counts = patch_model(model, impl="reference")
     assert counts["lora_linear"] == 0 and counts["left_alone"] == {"lora.Linear: lora_dropout > 0": 14}
 
@@ -217,7 +217,7 @@ import sys
 sys.path.insert(0, "")  # the checkout first, as `python -m pytest` and `python` in it have it
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-from repro import train
+from repro import student, train
 from repro.config import TrainConfig
 import kernels
 
@@ -226,8 +226,8 @@ model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).float()
 rows = [{"problem": "write a function that adds two numbers", "solution": "def add ( x , y ) : return x + y"}]
 exs, _ = train.build_examples(tok, rows, max_len=256)
 cfg = TrainConfig(max_steps=3, batch_size=1, lr=1e-2, warmup_steps=1, lora_r=4, lora_dropout=0.0, precision="fp32")
-model = train.add_lora(model, cfg)
-backend, counts = train.kernel_backend(model, "cpu", False, impl="reference")
+model = student.add_lora(model, cfg)
+backend, counts = student.kernel_backend(model, "cpu", False, impl="reference")
 stats = train.train_loop(model, exs, cfg, backend=backend)
 print(kernels.__file__, getattr(kernels, "STAND_IN", False), counts["rmsnorm"], stats["steps"])
 """
@@ -327,7 +327,7 @@ RESUME_SETTINGS = ["train.max_steps=8", "train.batch_size=2", "train.save_every=
 KILL_AT = """
 import os, signal, sys
 from pathlib import Path
-from repro import config, train
+from repro import config, student, train
 run, overrides, kill_at = Path(sys.argv[1]), sys.argv[3:], int(sys.argv[2])
 cfg = config.load("smoke", overrides).train
 def crash(step):
@@ -395,7 +395,7 @@ def test_triton_backend_matches_eager_peft_on_cuda(arch, tiny_model, tiny_tokeni
 
     def build(dtype=torch.bfloat16):
         torch.manual_seed(1)  # the same LoRA initialisation for all
-        m = train.add_lora(copy.deepcopy(template).to(dtype).cuda(), cfg)
+        m = student.add_lora(copy.deepcopy(template).to(dtype).cuda(), cfg)
         for n, p in m.named_parameters():  # PEFT starts B at zero: make the LoRA path count
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.5)
@@ -404,8 +404,8 @@ def test_triton_backend_matches_eager_peft_on_cuda(arch, tiny_model, tiny_tokeni
     exs, _ = train.build_examples(tiny_tokenizer, MORE_ROWS, max_len=256)
     ids, labels = train.collate(exs[:4], "cuda")
     eager, patched = build(), build()
-    eager_backend = train.Backend("peft", "cuda", True)
-    triton_backend, counts = train.kernel_backend(patched, "cuda", True)
+    eager_backend = student.Backend("peft", "cuda", True)
+    triton_backend, counts = student.kernel_backend(patched, "cuda", True)
     assert counts["rmsnorm"] == (13 if arch == "gemma3" else 5) and counts["mlp"] == 2
     assert counts["lora_linear"] == 14
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from repro import ablation, config, pipeline, train
+from repro import ablation, config, pipeline, student, train
 from repro.artifacts import ReproError, RunDir, fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def test_two_stage_training_starts_the_second_from_the_first_adapter(tmp_path, s
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
     cfg = config.load("smoke", SETTINGS).train
-    model = train.add_lora(AutoModelForCausalLM.from_pretrained(student_dir), cfg)
+    model = student.add_lora(AutoModelForCausalLM.from_pretrained(student_dir), cfg)
     first = load_file(run / "adapter-oss" / "adapter_model.safetensors")
     train.load_adapter(model, run / "adapter-oss")
     named = {n.replace(".default", ""): p for n, p in model.named_parameters() if "lora_" in n}
@@ -129,19 +129,19 @@ def test_no_evolved_pairs_leaves_the_first_stage_as_the_model_and_says_so(tmp_pa
     assert not (run / "adapter" / "repro-stage.json").exists()
 
     # The report's section on the variant says so (an evol manifest as the stage writes it for 0 kept).
-    from repro import report
+    from repro.report import sections
     (run / "manifests" / "evol.json").write_text(json.dumps({"stats": {
         "problems": 5, "evolved": 2, "pairs": 0, "kept": 0, "pairs_by_heuristic": {}, "teacher": {}}}))
-    text = " ".join(str(x) for x in report.sec_beyond(report._Run(RunDir(run), pipeline.STAGES)))
+    text = " ".join(str(x) for x in sections.sec_beyond(sections.RunData(RunDir(run), pipeline.STAGES)))
     assert "No second training stage" in text and "3 steps" in text
 
 
 def test_an_adapter_of_another_shape_is_one_line(tmp_path, student_dir, tiny_model):
     cfg = config.load("smoke", SETTINGS).train
-    model = train.add_lora(tiny_model, cfg)
+    model = student.add_lora(tiny_model, cfg)
     model.save_pretrained(tmp_path / "a4")
     from transformers import AutoModelForCausalLM
-    other = train.add_lora(AutoModelForCausalLM.from_pretrained(student_dir), config.load("smoke", SETTINGS + ["train.lora_r=8"]).train)
+    other = student.add_lora(AutoModelForCausalLM.from_pretrained(student_dir), config.load("smoke", SETTINGS + ["train.lora_r=8"]).train)
     with pytest.raises(ReproError, match="cannot start from the adapter"):
         train.load_adapter(other, tmp_path / "a4")
 

@@ -3,7 +3,7 @@
 Nearest by the cosine of llama.cpp embeddings of the text and of one sentence per category (the
 teacher's last-token state after a prompt that asks for the topic), or by TF-IDF where no GGUF is
 at hand. A rough picture of a small sample, not a validated classifier: nothing here was checked
-against labelled data. Used by the report (repro/report.py).
+against labelled data. Used by the report (repro/report/sections.py).
 """
 
 from __future__ import annotations

@@ -1,208 +1,27 @@
-"""The report stage: the report — `report.md` and a self-contained `report.html` for one run directory.
-
-    repro report --profile tiny          # rebuild runs/tiny/report.{md,html} from what is on disk
-
-Everything is read from the stage manifests and artifacts on disk, so the report can be rebuilt
-alone, at any point of a run: a section whose stage has not run says "not run yet". Sections:
-a summary for newcomers; the pipeline funnel (rows in and out, removal reasons, wall time, peak
-memory, throughput); the seeds' languages and licences and the solutions' languages; length
-histograms; the paper's category analysis; TF-IDF similarity to HumanEval; the training loss;
-pass@1 with intervals beside the paper's Table 1; the environment.
-
-The category analysis (the paper's Figure 2) assigns each pair (problem + solution) the nearest
-of ten categories, each described by a sentence of ours that is embedded the same way. The
-embeddings are the teacher's own, through llama.cpp: the hidden state of the last token of a
-prompt asking for the text's topic (the paper used INSTRUCTOR, which is not here offline), for at
-most `report.category_samples` pairs, cached in the run dir by content hash; without the
-teacher's GGUF, or with `report.categories=tfidf`, TF-IDF over identifier-split words stands in.
-Either is a rough picture of a small sample, not a classifier anyone validated.
-
-Figures are matplotlib PNGs (Agg backend): files under `report-figures/` for the Markdown, base64
-data URIs inside the HTML (no external CSS, JS or images). `report.json` records what the category
-analysis used and found, and which tokenizer counted the lengths.
-"""
+"""The report's sections: each `sec_*` returns its blocks — ("p", text), ("table", header, rows),
+("ul", items), ("pre", text) or ("fig", name, png, caption) — which render.py turns into Markdown
+and HTML. A section reads the run through `RunData` and computes nothing that a stage should have
+recorded (the category analysis is the one computation, in categories.py)."""
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import random
-import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 from repro import versions
-from repro.artifacts import sql_str, ReproError, RunDir, atomic_path, read_jsonl, write_json, write_text
+from repro.artifacts import sql_str, read_jsonl
 from repro.clean import PAPER_SIMILARITY
-from repro.categories import CATEGORIES, EMBED_CHARS, categorize
 from repro.config import ReportConfig
 from repro.languages import MULTIPL_E
-from repro.render import render_html, render_markdown
+from repro.report.categories import CATEGORIES, EMBED_CHARS, categorize
+from repro.report.rundata import (BENCH_NAMES, CACHE_FILE, NOT_RUN, PAPER_PAIRS, PAPER_ROWS, RunData, columns,
+                                  counts, figure_block, join, local_gguf, model_sha, model_title, not_run, pct,
+                                  png_of)
 
-# The paper's own numbers (Magicoder README, EvalPlus pass@1, greedy): 7B models trained on the
-# full 75K OSS-Instruct set — a scale reference, not something a 270M student can reach.
-PAPER_ROWS = [  # HumanEval, HumanEval+, MBPP, MBPP+
-    ("Magicoder-CL-7B (paper)", 60.4, 55.5, 64.2, 52.6),
-    ("Magicoder-S-CL-7B (paper)", 70.7, 66.5, 68.4, 56.6),
-    ("Magicoder-DS-6.7B (paper)", 66.5, 60.4, 75.4, 61.9),
-    ("Magicoder-S-DS-6.7B (paper)", 76.8, 70.7, 75.7, 64.4),
-]
-PAPER_PAIRS = 75_000  # OSS-Instruct's size in the paper (75K pairs)
-BENCH_NAMES = {"humaneval": "HumanEval", "mbpp": "MBPP"}
-
-
-CACHE_FILE = "report-embeddings.npz"
-FIGURE_DIR = "report-figures"
-NOT_RUN = "not run yet"
-
-
-# ---------------------------------------------------------------------------------------------
-# The run on disk
-
-
-class _Run:
-    """The run directory's manifests, settings and artifacts, each read once when first needed."""
-
-    def __init__(self, run: RunDir, stages: list):
-        self.run, self.path, self._memo = run, run.path, {}
-        # The stages with a manifest, in order (repro/pipeline.py's table, passed in: the pipeline
-        # runs the report, not the other way round); the optional ones appear only where the
-        # run's variant has them.
-        self.order = [s.name for s in stages if s.fingerprinted]
-        self.optional = tuple(s.name for s in stages if s.variant_only)
-        self.m = {s: run.manifest(s) or {} for s in self.order}
-        try:
-            self.run_json = json.loads((run.path / "run.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            self.run_json = {}
-
-    def stats(self, stage: str) -> dict:
-        return self.m[stage].get("stats") or {}
-
-    def setting(self, section: str, key: str):
-        """A setting of the run: run.json (the last command's config), else the stage's manifest,
-        else the default (a run with neither ran nothing that used it)."""
-        from repro import config
-
-        if (v := self.run_json.get("config", {}).get(section, {}).get(key)) is not None:
-            return v
-        if (v := self.m.get(section, {}).get("config", {}).get(key)) is not None:
-            return v
-        return getattr(getattr(config.Config(), section), key)
-
-    def table(self, name: str) -> list[dict] | None:
-        """The rows of a parquet artifact (None when the stage has not written it)."""
-        if name not in self._memo:
-            p = self.path / name
-            if not p.exists():
-                self._memo[name] = None
-            else:
-                import pyarrow.parquet as pq
-                self._memo[name] = pq.read_table(p).to_pylist()
-        return self._memo[name]
-
-    def teacher(self) -> str:
-        return self.setting("generate", "teacher") or ""
-
-    def student(self) -> str:
-        return self.setting("train", "student") or ""
-
-
-def _counts(query: str) -> list[tuple[str, int]]:
-    import duckdb
-
-    return [(str(k), int(n)) for k, n in duckdb.connect().execute(query).fetchall()]
-
-
-def model_title(spec: str) -> str:
-    from repro import models
-
-    if spec.startswith("embedded:") and spec.removeprefix("embedded:") in models.EMBEDDED:
-        return models.EMBEDDED[spec.removeprefix("embedded:")].title
-    return Path(spec).name if spec else "(none)"
-
-
-def local_gguf(spec: str) -> Path | None:
-    """The model's GGUF if it is on this machine without a download, else None (never raises)."""
-    from repro import models
-
-    if not spec or spec.startswith("hf://"):
-        return None  # the hub would need a network; the report must not
-    try:
-        return models.resolve(spec)
-    except (ReproError, OSError):
-        return None
-
-
-def _model_sha(spec: str) -> str:
-    from repro import models
-
-    name = spec.removeprefix("embedded:")
-    return models.EMBEDDED[name].sha256 if spec.startswith("embedded:") and name in models.EMBEDDED else ""
-
-
-# ---------------------------------------------------------------------------------------------
-# Token counts
-
-
-def token_counter(specs: list[str]):
-    """(count(text) -> int, what it counts): the first of `specs` whose GGUF is here, its
-    vocabulary only (no weights, well under a second); else a stated regex."""
-    from repro import models
-
-    for spec in specs:
-        if (path := local_gguf(spec)) is None:
-            continue
-        try:
-            vocab = models.llama_model(path, vocab_only=True, what="read its vocabulary")
-        except ReproError:
-            continue
-        return ((lambda t: len(vocab.tokenize(t.encode("utf-8"), False, False))),
-                f"tokens of the {model_title(spec)} tokenizer (llama.cpp, no BOS)")
-    pattern = re.compile(r"\w+|[^\w\s]")
-    return ((lambda t: len(pattern.findall(t))),
-            "regex tokens (runs of word characters and single punctuation marks, `\\w+|[^\\w\\s]`): "
-            "no tokenizer GGUF on this machine")
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
-
-
-def _figure(draw, size=(8, 3.2)) -> bytes:
-    """A PNG of `draw(fig)` (matplotlib's Agg backend: no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=size, dpi=110)
-    try:
-        draw(fig)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
-
-
-def _fig(name: str, png: bytes, caption: str) -> tuple:
-    return ("fig", name, png, caption)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sections: each returns its blocks — ("p", text), ("table", header, rows), ("ul", items),
-# ("pre", text) or ("fig", name, png, caption) — rendered to Markdown and HTML below.
-
-
-def _not_run(stage: str, artifact: str) -> tuple:
-    return ("p", f"The {stage} stage has {NOT_RUN} (no `{artifact}`).")
-
-
-def _funnel(r: _Run) -> list[tuple[str, str, str, str]]:
+def _funnel(r: RunData) -> list[tuple[str, str, str, str]]:
     rows = []
     if s := r.stats("seeds"):
         rows.append(("seeds", f"{s.get('files', 0)} files", f"{s.get('seeds', 0)} seeds",
@@ -243,7 +62,7 @@ def _funnel(r: _Run) -> list[tuple[str, str, str, str]]:
     return sorted(rows, key=lambda row: order[row[0]])
 
 
-def _throughput(r: _Run, stage: str) -> str:
+def _throughput(r: RunData, stage: str) -> str:
     s, secs = r.stats(stage), r.m[stage].get("seconds")
     if not s or not secs:
         return "-"
@@ -266,7 +85,7 @@ def _throughput(r: _Run, stage: str) -> str:
     return f"{rate:.0f} {work[1]}/s" if rate >= 100 else f"{rate:.3g} {work[1]}/s" if rate else "-"
 
 
-def sec_pipeline(r: _Run) -> list:
+def sec_pipeline(r: RunData) -> list:
     m = r.m
     rows = [[stage, cin, cout, notes, str(m[stage].get("seconds", "-")), str(m[stage].get("peak_rss_mib", "-")),
              _throughput(r, stage)] for stage, cin, cout, notes in _funnel(r)]
@@ -287,7 +106,7 @@ def sec_pipeline(r: _Run) -> list:
                 ax.text(t / 60, i, f" {t / 60:.1f} min" if t >= 60 else f" {t:.0f} s", va="center", fontsize=8)
             ax.set_xlabel("wall time, minutes")
             ax.set_xlim(0, max(t for _, t in times) / 60 * 1.2 or 1)
-        out.append(_fig("wall_time", _figure(draw, (8, 2.6)), "Wall time per stage (from the stage manifests)."))
+        out.append(figure_block("wall_time", png_of(draw, (8, 2.6)), "Wall time per stage (from the stage manifests)."))
     if g := r.stats("generate"):
         out.append(("p", f"Teacher throughput: {g.get('tokens_per_second')} tokens/s over "
                          f"{g.get('completion_tokens')} generated tokens, {g.get('backend', 'llama')} backend with "
@@ -311,14 +130,14 @@ def sec_pipeline(r: _Run) -> list:
     return out
 
 
-def sec_data(r: _Run) -> list:
+def sec_data(r: RunData) -> list:
     out = []
     seeds = r.path / "seeds.parquet"
     if seeds.exists():
         # Seeds per language and per detected licence, most first.
-        langs = _counts(f"SELECT language, count(*) AS n FROM read_parquet({sql_str(seeds)}) "
+        langs = counts(f"SELECT language, count(*) AS n FROM read_parquet({sql_str(seeds)}) "
                         "GROUP BY language ORDER BY n DESC, language")
-        lic = _counts(f"SELECT coalesce(license, 'unknown') AS l, count(*) AS n FROM read_parquet({sql_str(seeds)}) "
+        lic = counts(f"SELECT coalesce(license, 'unknown') AS l, count(*) AS n FROM read_parquet({sql_str(seeds)}) "
                       "GROUP BY l ORDER BY n DESC, l")
         n = sum(k for _, k in langs)
         out += [("p", f"**Seeds**: {n} snippets in {len(langs)} languages, with the licence detected for their file "
@@ -327,12 +146,12 @@ def sec_data(r: _Run) -> list:
                  + ([[f"{len(lic) - 12} others", str(sum(v for _, v in lic[12:]))]] if len(lic) > 12 else []))]
     else:
         langs = []
-        out.append(_not_run("seeds", "seeds.parquet"))
+        out.append(not_run("seeds", "seeds.parquet"))
     clean = r.path / "clean.parquet"
     if clean.exists():
         # Kept pairs per seed language, and the solutions' fenced code blocks per declared language.
-        pairs = dict(_counts(f"SELECT language, count(*) FROM read_parquet({sql_str(clean)}) GROUP BY language"))
-        blocks = dict(_counts(f"SELECT coalesce(nullif(b.language, ''), 'unlabelled'), count(*) FROM "
+        pairs = dict(counts(f"SELECT language, count(*) FROM read_parquet({sql_str(clean)}) GROUP BY language"))
+        blocks = dict(counts(f"SELECT coalesce(nullif(b.language, ''), 'unlabelled'), count(*) FROM "
                               f"(SELECT unnest(code_blocks) AS b FROM read_parquet({sql_str(clean)})) GROUP BY 1"))
         names = list(dict.fromkeys([k for k, _ in langs] + sorted(pairs, key=lambda k: -pairs[k])
                                    + sorted(blocks, key=lambda k: -blocks[k])))
@@ -344,11 +163,11 @@ def sec_data(r: _Run) -> list:
     else:
         if langs:
             out.append(("table", ["language", "seeds"], [[k, str(v)] for k, v in langs]))
-        out.append(_not_run("clean", "clean.parquet"))
+        out.append(not_run("clean", "clean.parquet"))
     return out
 
 
-def sec_lengths(r: _Run, count, counted: str) -> list:
+def sec_lengths(r: RunData, count, counted: str) -> list:
     series = []
     if (seeds := r.table("seeds.parquet")) is not None:
         series.append(("seeds", [count(x["seed"] or "") for x in seeds]))
@@ -356,7 +175,7 @@ def sec_lengths(r: _Run, count, counted: str) -> list:
         series.append(("problems", [count(x["problem"] or "") for x in clean]))
         series.append(("solutions", [count(x["solution"] or "") for x in clean]))
     if not series:
-        return [_not_run("seeds", "seeds.parquet")]
+        return [not_run("seeds", "seeds.parquet")]
 
     def draw(fig):
         for i, (name, xs) in enumerate(series, 1):
@@ -373,17 +192,17 @@ def sec_lengths(r: _Run, count, counted: str) -> list:
     out = [("table", ["text", "n", "median", "mean", "max"],
             [[name, str(len(xs)), str(sorted(xs)[len(xs) // 2]), f"{sum(xs) / len(xs):.0f}", str(max(xs))]
              for name, xs in series if xs]),
-           _fig("lengths", _figure(draw, (9, 2.8)),
+           figure_block("lengths", png_of(draw, (9, 2.8)),
                 f"Lengths in {counted}: the seed snippets, and the kept pairs' problems and solutions.")]
     if clean is None:
-        out.append(_not_run("clean", "clean.parquet"))
+        out.append(not_run("clean", "clean.parquet"))
     return out
 
 
-def sec_categories(r: _Run, cfg: ReportConfig, facts: dict) -> list:
+def sec_categories(r: RunData, cfg: ReportConfig, facts: dict) -> list:
     clean = r.table("clean.parquet")
     if clean is None:
-        return [_not_run("clean", "clean.parquet")]
+        return [not_run("clean", "clean.parquet")]
     if not clean:
         return [("p", "No pairs were kept, so there is nothing to categorize.")]
     idx = list(range(len(clean)))
@@ -401,7 +220,7 @@ def sec_categories(r: _Run, cfg: ReportConfig, facts: dict) -> list:
     res = None
     if method != "tfidf":
         try:
-            res = categorize(texts, "embedding", gguf, r.path / CACHE_FILE, _model_sha(teacher) or str(gguf))
+            res = categorize(texts, "embedding", gguf, r.path / CACHE_FILE, model_sha(teacher) or str(gguf))
         except Exception as e:  # llama.cpp failing here must not cost the rest of the report
             why = f"embedding failed ({type(e).__name__}: {e})"
     if res is None:
@@ -434,19 +253,19 @@ def sec_categories(r: _Run, cfg: ReportConfig, facts: dict) -> list:
               f"{cfg.category_samples})")
     return [("p", f"The paper's category analysis (its Figure 2): each pair (the first {EMBED_CHARS:,} characters of "
                   f"problem + solution) gets the nearest of ten categories, each described by one sentence of ours "
-                  f"(`repro/report.py`, CATEGORIES). Method: {how}. Sample: {sample}, categorized in "
+                  f"(`repro/report/categories.py`, CATEGORIES). Method: {how}. Sample: {sample}, categorized in "
                   f"{res['seconds']} s." + (f" {unassigned} pairs share no word with any description and are left "
                                               "unassigned." if unassigned else "")
                   + " A rough picture of a small sample, not a validated classifier."),
-            _fig("categories", _figure(draw, (8, 3.2)),
+            figure_block("categories", png_of(draw, (8, 3.2)),
                  f"Pairs per category ({'teacher embeddings' if res['method'] == 'embedding' else 'TF-IDF'}, "
                  f"{len(idx)} pairs).")]
 
 
-def sec_similarity(r: _Run) -> list:
+def sec_similarity(r: RunData) -> list:
     clean = r.table("clean.parquet")
     if clean is None:
-        return [_not_run("clean", "clean.parquet")]
+        return [not_run("clean", "clean.parquet")]
     sims = [x["humaneval_similarity"] for x in clean if x.get("humaneval_similarity") is not None]
     if not sims:
         return [("p", "No per-pair similarity in `clean.parquet` (clean.similarity=false, or no pairs kept).")]
@@ -466,15 +285,15 @@ def sec_similarity(r: _Run) -> list:
                   f"{len(sims)} pairs; the paper's means: " + ", ".join(f"{k} {v}" for k, v in PAPER_SIMILARITY.items())
                   + ". Our TF-IDF is fit on our few pairs plus HumanEval, so its vocabulary and weights differ from "
                     "the paper's; compare the shapes more than the third decimal."),
-            _fig("similarity", _figure(draw, (8, 3.2)),
+            figure_block("similarity", png_of(draw, (8, 3.2)),
                  "Similarity to HumanEval, with the paper's three reference means as dashed lines.")]
 
 
-def sec_training(r: _Run) -> list:
+def sec_training(r: RunData) -> list:
     log = read_jsonl(r.path / "train_log.jsonl")
     steps = [x for x in log if isinstance(x.get("loss"), (int, float)) and "step" in x]
     if not steps:
-        return [_not_run("train", "train_log.jsonl")]
+        return [not_run("train", "train_log.jsonl")]
     t = r.stats("train")
 
     def draw(fig):
@@ -496,10 +315,10 @@ def sec_training(r: _Run) -> list:
                   + f"; loss {steps[0]['loss']:.3f} at the first step, {steps[-1]['loss']:.3f} at the last"
                   + (f"; {sum(tps) / len(tps):.1f} tokens/s on average" if tps else "") + ". A training loss "
                     "says the student fits its pairs, not that it codes better: see pass@1 below."),
-            _fig("loss", _figure(draw, (8, 3)), "Training loss and learning rate per optimizer step.")]
+            figure_block("loss", png_of(draw, (8, 3)), "Training loss and learning rate per optimizer step.")]
 
 
-def sec_beyond(r: _Run) -> list:
+def sec_beyond(r: RunData) -> list:
     """The validation and Evol-Instruct stages of a variant run (repro/validate.py, repro/evol.py)."""
     v, e = r.stats("validate"), r.stats("evol")
     variant = r.run_json.get("variant", "oss")
@@ -548,17 +367,9 @@ def sec_beyond(r: _Run) -> list:
     return out
 
 
-def _pct(x: dict) -> str:
-    return f"{100 * x['pass@1']:.1f} ({100 * x['ci95'][0]:.0f}–{100 * x['ci95'][1]:.0f})"
 
 
-def _columns(ev: dict) -> list[tuple[str, str, str]]:
-    return [(b, split, BENCH_NAMES.get(b, b) + ("+" if split == "plus" else ""))
-            for b, info in ev.get("benchmarks", {}).items()
-            for split in (("base", "plus") if info.get("plus") else ("base",))]
-
-
-def sec_evaluation(r: _Run) -> list:
+def sec_evaluation(r: RunData) -> list:
     ev = r.stats("evaluate")
     paper = [("p", "For scale, **the paper's 7B models** (Table 1 of the paper: full fine-tuning on 75K OSS-Instruct "
                    "pairs, S = plus Evol-Instruct; EvalPlus pass@1, greedy; from the Magicoder README) — the paper's "
@@ -567,7 +378,7 @@ def sec_evaluation(r: _Run) -> list:
               [[row[0]] + [str(x) for x in row[1:]] for row in PAPER_ROWS])]
     if not ev:
         return [("p", f"The evaluate stage has {NOT_RUN} (no `manifests/evaluate.json`).")] + paper
-    cols = _columns(ev)
+    cols = columns(ev)
     out = [("p", f"Greedy, at most {ev.get('max_tokens')} new tokens, one answer per problem, through llama.cpp on the "
                  "GGUF files (the students quantized), judged with EvalPlus's rules; pass@1 in % with its 95% Wilson "
                  "interval. A plus pass needs the base tests too.")]
@@ -582,7 +393,7 @@ def sec_evaluation(r: _Run) -> list:
                        + (f" ({info['note']})" if info.get("note") else "")
                        for b, info in ev.get("benchmarks", {}).items()]))
     out.append(("table", ["model", "prompt"] + [c[2] for c in cols] + ["answers decoded now / reused"],
-                [[label, res.get("prompt_style", "-")] + [_pct(res[b][s]) if s in res.get(b, {}) else "-"
+                [[label, res.get("prompt_style", "-")] + [pct(res[b][s]) if s in res.get(b, {}) else "-"
                                                           for b, s, _ in cols]
                  + [f"{res.get('generated', '-')} / {res.get('reused', '-')}"] for label, res in ev["models"].items()]))
     if ev.get("comparisons"):
@@ -617,7 +428,7 @@ def sec_evaluation(r: _Run) -> list:
         ax.set_ylabel("pass@1, %")
         ax.set_ylim(0, 100)
         ax.legend(fontsize=8)
-    out.append(_fig("pass_at_1", _figure(draw, (8, 3.4)),
+    out.append(figure_block("pass_at_1", png_of(draw, (8, 3.4)),
                     "pass@1 of each model with its 95% Wilson interval (this run's problems only)."))
     return out + paper
 
@@ -626,7 +437,7 @@ def sec_evaluation(r: _Run) -> list:
 PAIR_LANGUAGE = {key: lang.name for key, lang in MULTIPL_E.items()}
 
 
-def sec_multilingual(r: _Run) -> list:
+def sec_multilingual(r: RunData) -> list:
     """MultiPL-E per language and DS-1000 per library, each model with its interval, beside the
     share of training pairs in each language (the paper's ablation: non-Python seeds raised MultiPL-E)."""
     ev = r.stats("evaluate")
@@ -661,7 +472,7 @@ def sec_multilingual(r: _Run) -> list:
             cells = []
             for m in models:
                 res = ev["models"][m].get(n)
-                cells.append(_pct(res["base"]) if res else "not run")
+                cells.append(pct(res["base"]) if res else "not run")
             diff = next((c for c in ev.get("comparisons", []) if c["benchmark"] == n and
                          {c["a"], c["b"]} == {"finetuned", "base"}), None)
             sign = 1 if diff and diff["a"] == "finetuned" else -1
@@ -687,7 +498,7 @@ def sec_multilingual(r: _Run) -> list:
             for m in models:
                 res = ev["models"][m].get("ds1000")
                 v = (res or {}).get("per_library", {}).get(lib) if lib != "all" else (res or {}).get("base")
-                row.append(_pct(v) + f" of {len(v['per_task'])}" if v else "-")
+                row.append(pct(v) + f" of {len(v['per_task'])}" if v else "-")
             rows.append(row)
         out.append(("table", ["library"] + models, rows) if libs else ("p", f"DS-1000: {ds.get('subset') or 'not run'}."))
     return out
@@ -719,7 +530,7 @@ def _machine() -> list[list[str]]:
     return [["CPU", f"{cpu}, {os.cpu_count()} logical cores"], ["memory", mem], ["GPU", gpu]]
 
 
-def sec_environment(r: _Run) -> list:
+def sec_environment(r: RunData) -> list:
     here = versions()
     at_run = {}
     for s in r.order:
@@ -735,8 +546,8 @@ def sec_environment(r: _Run) -> list:
         out.append(("p", f"Training ran on {t.get('device', '?')} with the {t.get('backend', '?')} backend, "
                          f"{t.get('threads', '?')} threads, {t.get('precision', '?')}."))
     ev = r.stats("evaluate").get("models", {})
-    roles = [("teacher", r.teacher(), _model_sha(r.teacher()) or ev.get("teacher", {}).get("sha256", "")),
-             ("student (base)", r.student(), _model_sha(r.student()) or ev.get("base", {}).get("sha256", "")),
+    roles = [("teacher", r.teacher(), model_sha(r.teacher()) or ev.get("teacher", {}).get("sha256", "")),
+             ("student (base)", r.student(), model_sha(r.student()) or ev.get("base", {}).get("sha256", "")),
              ("fine-tuned student", "export: " + (r.stats("export").get("quant") or "-") + " GGUF",
               r.stats("export").get("sha256") or ev.get("finetuned", {}).get("sha256", ""))]
     out.append(("table", ["model", "spec", "sha256"],
@@ -747,7 +558,7 @@ def sec_environment(r: _Run) -> list:
     return out
 
 
-def sec_summary(r: _Run, facts: dict) -> list:
+def sec_summary(r: RunData, facts: dict) -> list:
     s, g, c, t, ev = (r.stats(x) for x in ("seeds", "generate", "clean", "train", "evaluate"))
     if not any((s, g, c, t, ev)):
         return [("p", f"Nothing has run in `{r.path.name}` yet: every stage is {NOT_RUN}. Start with "
@@ -778,7 +589,7 @@ def sec_summary(r: _Run, facts: dict) -> list:
         made.append(f"LoRA-fine-tuned the student {student} on {on} for {t.get('steps', '?')} steps")
     variant = r.run_json.get("variant", "oss")
     text = [f"This run (`{r.path.name}`, profile `{r.run_json.get('profile', '?')}`"
-            + (f", variant `{variant}`" if variant != "oss" else "") + ") " + _join(made) + "."]
+            + (f", variant `{variant}`" if variant != "oss" else "") + ") " + join(made) + "."]
     if not g:
         text.append(f"Generation has {NOT_RUN}.")
     if ev and "finetuned" in ev.get("models", {}) and "base" in ev.get("models", {}):
@@ -804,10 +615,10 @@ def sec_summary(r: _Run, facts: dict) -> list:
                         "up or down. It shows that the pipeline works end to end, not that OSS-Instruct helps.")
         else:
             if better:
-                text.append(f"The fine-tuned student is measurably better on {_join(better)} "
+                text.append(f"The fine-tuned student is measurably better on {join(better)} "
                             "(its interval excludes 0).")
             if worse:
-                text.append(f"The fine-tuned student is measurably worse on {_join(worse)} (its interval excludes 0): "
+                text.append(f"The fine-tuned student is measurably worse on {join(worse)} (its interval excludes 0): "
                             "the pairs taught it something that costs it there.")
         if (tr := ev["models"].get("teacher")) and (he := next(iter(ev.get("benchmarks", {})), None)):
             if tr.get(he, {}).get("base"):
@@ -837,79 +648,6 @@ def sec_summary(r: _Run, facts: dict) -> list:
                 f"for OSS-Instruct")
     if (cat := facts.get("categories")) and cat["samples"]:
         top = sorted(cat["counts"].items(), key=lambda kv: -kv[1])[:2]
-        cmp += (f"; the most frequent categories here are {_join([f'{k} ({v})' for k, v in top])} "
+        cmp += (f"; the most frequent categories here are {join([f'{k} ({v})' for k, v in top])} "
                 f"({'teacher embeddings' if cat['method'] == 'embedding' else 'TF-IDF'})")
     return [("p", " ".join(text)), ("p", cmp + ".")]
-
-
-def _join(items: list[str]) -> str:
-    items = [i for i in items if i]
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
-
-
-# ---------------------------------------------------------------------------------------------
-# The stage
-
-
-def settings_of(run: RunDir) -> ReportConfig:
-    """The report settings of the run's last command (run.json), else the defaults."""
-    try:
-        d = json.loads((run.path / "run.json").read_text()).get("config", {}).get("report") or {}
-    except (OSError, json.JSONDecodeError):
-        d = {}
-    known = ReportConfig.__dataclass_fields__
-    return ReportConfig(**{k: v for k, v in d.items() if k in known})
-
-
-def build(run: RunDir, stages: list, cfg: ReportConfig | None = None) -> tuple[str, list[tuple[str, list]], dict]:
-    """(title, sections, facts): every section from what is on disk now. A section that fails on
-    an artifact it does not expect says so in place; the rest of the report still appears."""
-    cfg = cfg or settings_of(run)
-    r, facts = _Run(run, stages), {}
-    count, counted = token_counter([r.teacher(), r.student()])
-    facts["tokens"] = counted
-    title = f"magicoder-repro report: `{run.path.name}`"
-    parts = [("Pipeline", lambda: sec_pipeline(r)),
-             ("Seeds and generated problems", lambda: sec_data(r)),
-             ("Lengths", lambda: sec_lengths(r, count, counted)),
-             ("Categories", lambda: sec_categories(r, cfg, facts)),
-             ("Similarity to HumanEval", lambda: sec_similarity(r)),
-             ("Training", lambda: sec_training(r)),
-             ("Beyond the paper: validation and Evol-Instruct", lambda: sec_beyond(r)),
-             ("pass@1: HumanEval(+) and MBPP(+)", lambda: sec_evaluation(r)),
-             ("Other languages and data science: MultiPL-E and DS-1000", lambda: sec_multilingual(r)),
-             ("Environment", lambda: sec_environment(r))]
-    sections = []
-    for head, make in parts:
-        try:
-            sections.append((head, make()))
-        except Exception as e:  # an old or damaged artifact costs its section, never the report
-            sections.append((head, [("p", f"This section could not be built: {type(e).__name__}: {e}.")]))
-    try:
-        summary = sec_summary(r, facts)
-    except Exception as e:
-        summary = [("p", f"The summary could not be built: {type(e).__name__}: {e}.")]
-    return title, [("Summary", summary)] + sections, facts
-
-
-def run(run_dir: RunDir, out: Path, stages: list, cfg: ReportConfig | None = None) -> dict:
-    """Write `out` (report.md), its figures beside it, `report.html` (self-contained) and
-    `report.json` (what the category analysis used and found). Each file is written atomically."""
-    t0 = time.perf_counter()
-    out = Path(out)
-    title, sections, facts = build(run_dir, stages, cfg)
-    figures = [b for _, blocks in sections for b in blocks if b[0] == "fig"]
-    figure_dir = out.parent / FIGURE_DIR
-    with atomic_path(figure_dir) as tmp:
-        tmp.mkdir()
-        for b in figures:
-            (tmp / f"{b[1]}.png").write_bytes(b[2])
-    text = render_markdown(title, sections, FIGURE_DIR)
-    page = render_html(title, sections)
-    write_text(out, text)
-    write_text(out.with_suffix(".html"), page)
-    facts.update(figures=[b[1] for b in figures], sections=[h for h, _ in sections],
-                 seconds=round(time.perf_counter() - t0, 2))
-    write_json(out.parent / "report.json", facts)
-    return {"bytes": len(text), "html_bytes": len(page), "figures": len(figures), "seconds": facts["seconds"],
-            "categories": (facts.get("categories") or {}).get("method")}
