@@ -12,6 +12,11 @@ TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 EXTRAS         ?= dev,embedded-models
 PROFILE        ?= tiny
+# llama-cpp-python's build: empty = detect (tools/build-choice: cuda where nvidia-smi lists a GPU
+# and nvcc is found, else cpu), or GPU=cuda / GPU=cpu. A cuda build targets CUDA_ARCHITECTURES
+# (CMake's: native = the GPUs of this machine; e.g. 89 to build for an RTX 4090 elsewhere).
+GPU                ?=
+CUDA_ARCHITECTURES ?= native
 # The exact versions the tests last passed with; `make setup` installs those and no others
 # (pyproject.toml keeps ranges for people who install the package into their own environment).
 # Refresh on purpose with `make lock`, which resolves anew, then reinstalls and runs every test.
@@ -20,20 +25,76 @@ LOCK           ?= requirements.lock
 # Busy-waiting OpenMP threads made CPU training 10x slower on a loaded 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup toolchains reproduce ablate test test-all lock doctor clean-runs
+.PHONY: setup toolchains reproduce ablate test test-all lock doctor clean-runs FORCE
 
 setup: $(STAMP)
+
+# What the last `make setup` installed: $(VENV)/.llama-build says cpu or cuda, the stamp
+# "extras=dev,embedded-models,...". A stamp from before these were recorded is empty: that
+# environment is a CPU build with the default extras.
+comma := ,
+empty :=
+space := $(empty) $(empty)
+SETUP_DONE   := $(if $(wildcard $(STAMP)),$(or $(shell cat $(STAMP) 2>/dev/null),extras=dev$(comma)embedded-models))
+LLAMA_BUILT  := $(or $(shell cat $(VENV)/.llama-build 2>/dev/null),$(if $(SETUP_DONE),cpu))
+SETUP_EXTRAS := $(subst $(comma), ,$(patsubst extras=%,%,$(filter extras=%,$(SETUP_DONE))))
+# PROFILE=workstation needs the hub extra (its teacher is hf://...) and, with a cuda build, the
+# cuda one (Unsloth: it needs a GPU, so a cpu build leaves it out). $(1): the build.
+PROFILE_EXTRAS = $(if $(filter workstation,$(PROFILE)),hub $(if $(filter cuda,$(1)),cuda))
+# Set up again when GPU= asks for another build than the installed one, or an extra is missing
+# (make reproduce PROFILE=workstation after make setup). The build is detected when the
+# environment is first made; afterwards, without GPU=, it is kept (a working cuda build is not
+# replaced behind your back); GPU=auto detects anew whenever the environment is set up again.
+WANT_BUILD   := $(or $(filter cuda cpu,$(GPU)),$(LLAMA_BUILT))
+SETUP_STALE  := $(if $(SETUP_DONE),$(filter-out $(LLAMA_BUILT),$(WANT_BUILD)) \
+                  $(filter-out $(SETUP_EXTRAS),$(subst $(comma), ,$(EXTRAS)) $(call PROFILE_EXTRAS,$(WANT_BUILD))))
+
+# Only while the environment is being (re)built: the build, chosen once (its line, on stderr,
+# says why; tools/build-choice prints nothing on stdout on an error such as GPU=cuda without
+# nvcc), and what it implies.
+LLAMA_KEPT   := $(if $(GPU),,$(LLAMA_BUILT))
+LLAMA_CHOOSE  = $(if $(LLAMA_KEPT),$(LLAMA_KEPT)$(shell echo "llama.cpp build: $(LLAMA_KEPT) (the one \
+                  installed; GPU=auto detects anew, GPU=cuda or GPU=cpu chooses)" >&2), \
+                  $(shell GPU='$(GPU)' CUDA_ARCHITECTURES='$(CUDA_ARCHITECTURES)' tools/build-choice))
+LLAMA_BUILD   = $(eval LLAMA_BUILD := $$(strip $$(LLAMA_CHOOSE)))$(LLAMA_BUILD)
+CUDA_BUILD    = $(filter cuda,$(LLAMA_BUILD))
+SETUP_EXTRAS_NOW = $(subst $(space),$(comma),$(sort $(subst $(comma), ,$(EXTRAS)) \
+                     $(call PROFILE_EXTRAS,$(LLAMA_BUILD)) $(filter-out $(if $(CUDA_BUILD),,cuda),$(SETUP_EXTRAS))))
+EXTRAS_WHY = $(if $(filter workstation,$(PROFILE)),$(if $(CUDA_BUILD), (PROFILE=workstation adds hub \
+               and cuda), (PROFILE=workstation adds hub$(comma) and cuda only with a cuda build$(comma) not this cpu one)))
+# llama.cpp's CMake options, read by llama-cpp-python's build from CMAKE_ARGS. pip caches the
+# wheel it builds under the name and version alone, so the cuda build bypasses the cache
+# (--no-binary alone does not, since pip 23.1) and any wheel an index or find-links offers: it is
+# compiled anew from the sdist, and not cached, so that a later cpu build still finds the cpu wheel.
+# A cuda build (or a switch back to cpu: --force-reinstall) is installed on its own, before the
+# package; the cpu build comes with the package, from pip's cache, as it always has.
+LLAMA_REPLACE = $(if $(filter-out $(LLAMA_BUILT),$(LLAMA_BUILD)),$(if $(LLAMA_BUILT)$(CUDA_BUILD),--force-reinstall --no-deps))
+LLAMA_INSTALL = $(strip $(if $(CUDA_BUILD),CMAKE_ARGS="-DGGML_CUDA=on \
+                  -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES) -DCMAKE_CUDA_COMPILER=$(shell tools/build-choice --nvcc)" \
+                  $(BIN)/pip install --no-binary llama-cpp-python --no-cache-dir $(LLAMA_REPLACE) -c $(LOCK) llama-cpp-python, \
+                  $(if $(LLAMA_REPLACE),$(BIN)/pip install $(LLAMA_REPLACE) -c $(LOCK) llama-cpp-python)))
+# With the cuda extra, torch is named again, so that no dependency of Unsloth's swaps it for
+# another version (pip says what conflicts instead); after a cuda set-up, a CPU torch is said.
+KEEP_TORCH    = $(if $(filter cuda,$(subst $(comma), ,$(SETUP_EXTRAS_NOW))), "$(TORCH_SPEC)")
+TORCH_NOTE    = $(if $(CUDA_BUILD),@$(BIN)/python -c "import torch; torch.version.cuda or print('note: torch ' \
+                  + torch.__version__ + ' is a CPU build: training will not use the GPU; see docs/gpu.md (TORCH_SPEC, TORCH_PIP_ARGS)')")
 
 # llama-cpp-python has no wheel on the registry: the first install compiles it (~5-15 min on
 # 2 cores); pip caches the wheel. The AMX crash of the default build is avoided at run time
 # (repro/models.py), so no CPU-specific build flags are needed.
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(if $(strip $(SETUP_STALE)),FORCE)
+	@$(if $(LLAMA_BUILD),echo "setup: extras $(SETUP_EXTRAS_NOW)$(EXTRAS_WHY)",exit 2)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -c $(LOCK) $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/pip install -c $(LOCK) -e ".[$(EXTRAS)]"
+	$(LLAMA_INSTALL)
+	echo $(LLAMA_BUILD) > $(VENV)/.llama-build
+	$(BIN)/pip install -c $(LOCK) -e ".[$(SETUP_EXTRAS_NOW)]"$(KEEP_TORCH)
+	$(TORCH_NOTE)
 	$(BIN)/repro fetch
 	-$(MAKE) --no-print-directory toolchains
-	touch $(STAMP)
+	echo "extras=$(SETUP_EXTRAS_NOW)" > $(STAMP)
+
+FORCE:
 
 # MultiPL-E's PHP and the javatuples jar every Java prompt imports, from Debian's registry. Only as
 # root with apt-get (CI, containers); elsewhere evaluation marks those languages "not run" and says

@@ -98,6 +98,46 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_evaluate_alone(args) -> int:
+    """`repro evaluate --model SPEC` or `--samples FILE`: one model or one samples file, no run."""
+    from repro.console import TeeConsole, progress_display
+    from repro.eval import alone
+
+    if args.model and args.samples:
+        raise ReproError("repro evaluate: give --model or --samples, not both")
+    if args.style and not args.model:
+        raise ReproError("repro evaluate --style applies to --model only")
+    if args.variant != "oss" or args.share:
+        raise ReproError("repro evaluate --model/--samples evaluates outside a run: drop --variant and --share")
+    cfg = load_config(args)
+    if args.samples:
+        result = alone.judge_samples(cfg, Path(args.samples))
+    else:
+        style = args.style or "completion"
+        alone.check(cfg, args.model, style)  # before the run directory exists
+        out = run_dir_of(args)
+        run = RunDir(out)
+        with run.locked():
+            log = RunLog(out / "log.txt")
+            try:
+                log.write(command_line(args))
+                args.opts = pipeline.Options(command=command_line(args), quiet=args.quiet, force=args.force)
+                args.opts.logged = True
+                console = TeeConsole(log, stderr=True, quiet=args.quiet)
+                with progress_display(console, log, args.quiet) as progress:
+                    result = alone.run_model(cfg, args.model, style, out, progress)
+                for line in alone.lines(result):
+                    console.print(line, highlight=False, soft_wrap=True)
+                console.print(f"results: {out / 'eval' / 'results.json'}", style="dim", highlight=False,
+                              soft_wrap=True)
+            finally:
+                log.close()
+        return 0
+    for line in alone.lines(result):
+        print(line)
+    return 0
+
+
 def log_error(args, line: str) -> None:
     """A command's last line (its error) into the run directory's log.txt, after the command line
     when the command failed before writing it; never creates the directory (bad settings leave
@@ -145,6 +185,15 @@ def cmd_doctor(args) -> int:
     iso = isolation()
     print(f"sandbox: {iso['level']} isolation, {'an own uid per run' if iso['uid'] == 'own' else 'runs under our uid'}"
           + (f" ({iso['why']})" if iso["why"] else ""))
+    from repro import gpu
+    print("llama.cpp GPU offload: " + ("yes (a GPU build, e.g. CUDA): generate and evaluate put layers on the GPU"
+                                       if gpu.llama_offload() else
+                                       "no (a CPU build): generate and evaluate run on the CPU"))
+    devices = gpu.cuda_devices()
+    for name, total, free in devices:
+        print(f"  GPU (nvidia-smi): {name}, {free / gpu.GIB:.1f} of {total / gpu.GIB:.1f} GiB free")
+    if not devices:
+        print("  no NVIDIA GPU found (nvidia-smi is missing or lists none)")
     try:
         import torch
         print(f"cuda: {'yes, ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
@@ -175,6 +224,11 @@ def run_dir_of(args) -> Path | None:
     """The run directory a stage command works in (what a failed write without a file name was in)."""
     if getattr(args, "run_dir", None):
         return Path(args.run_dir)
+    if getattr(args, "samples", None):
+        return None  # judging a samples file writes beside it, in no run directory
+    if getattr(args, "model", None):
+        from repro.eval.alone import slug
+        return ROOT / "runs" / f"eval-{args.name or slug(args.model)}"
     if args.command == "run" or args.command in pipeline.BY_NAME:
         return run_path(args, getattr(args, "variant", None) or "oss")
     if args.command == "ablate":
@@ -233,6 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     for s in pipeline.STAGES:
         p = sub.add_parser(s.name, help=s.help)
         stage_args(p)
+        if s.name == "evaluate":
+            p.add_argument("--model", metavar="SPEC",
+                           help="evaluate this model alone, outside a run (→ runs/eval-<model>/): a .gguf, "
+                                "embedded:NAME, hf://org/repo/file.gguf, a transformers checkpoint folder or hub id "
+                                "(converted to GGUF once), or openai:http://host:port/v1")
+            p.add_argument("--style", choices=["completion", "instruct", "chat"],
+                           help="the prompt style for --model: completion (default; a base model, or any openai: server), "
+                                "instruct (our training template) or chat (the GGUF's chat template)")
+            p.add_argument("--samples", metavar="FILE",
+                           help="judge an EvalPlus samples.jsonl (HumanEval or MBPP task ids) with its base and "
+                                "plus tests; results beside it as FILE_eval_results.json")
         if s.name == "report":
             p.add_argument("run", nargs="?", metavar="RUN",
                            help="rebuild this run's report and dataset card from its artifacts, rerunning "
@@ -261,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_stages(args, pipeline.NAMES)
         if args.command == "ablate":
             return cmd_ablate(args)
+        if args.command == "evaluate" and (args.model or args.samples or args.style):
+            return cmd_evaluate_alone(args)
         if args.command in pipeline.BY_NAME:
             return cmd_stages(args, [args.command])
         if args.command == "doctor":

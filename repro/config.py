@@ -4,8 +4,10 @@ Profiles:
 - `smoke`: for tests. A handful of seeds, two optimizer steps, a few eval problems (minutes).
 - `tiny`: the default of `make reproduce`. The embedded models on a 2-core CPU; every 6th
   HumanEval(+) and MBPP(+) problem for the base and fine-tuned student and the teacher.
-- `workstation`: one consumer CUDA GPU with a 7B teacher from the hub and the Triton training
-  backend (documented, not run here: needs a GPU, the `cuda`/`hub` extras and a network).
+- `workstation`: one consumer CUDA GPU (24 GB): a 7B instruct teacher (GGUF) and a 1.5B base code
+  model (a transformers checkpoint) as student, both from the hub, 20,000 seeds at the paper's
+  language quotas, the Triton training backend, every benchmark problem. Needs a GPU, the
+  `cuda`/`hub` extras (`make reproduce PROFILE=workstation` installs them) and a network.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from repro.artifacts import ReproError
 TEACHER_0P5B = "embedded:qwen2.5-coder-0.5b-instruct-q4_k_m"
 TEACHER_1P5B = "embedded:qwen2.5-coder-1.5b-instruct-q4_k_m"
 STUDENT_270M = "embedded:gemma-3-270m-q4_k_m"
+TEACHER_7B = "hf://Qwen/Qwen2.5-Coder-7B-Instruct-GGUF/qwen2.5-coder-7b-instruct-q4_k_m.gguf"
+STUDENT_1P5B = "Qwen/Qwen2.5-Coder-1.5B"  # the base model (Apache-2.0), a transformers checkpoint
 
 
 @dataclass
@@ -52,6 +56,11 @@ class GenerateConfig:
     backend: str = "llama-batched"  # llama-batched | llama (one request at a time, the reference) | openai
     parallel: int = 8               # sequences decoded together (llama-batched); requests in flight (openai)
     threads: int = 0                # 0 = choose from the machine's current load
+    n_gpu_layers: int = -1          # -1 = all layers on the GPU when llama.cpp was built with CUDA (ignored
+                                    # by a CPU build); 0 = CPU only; N = the first N layers (llama backends)
+    flash_attn: str = "auto"        # auto | on | off, used only with layers on the GPU (auto: llama.cpp's
+                                    # choice, faster and smaller there); on the CPU it stays off, as the
+                                    # `llama` reference backend has it, so both give the same greedy text
     seed: int = 42
     structured: str = ""            # "" = free text with two headings; json = a JSON object {problem, solution}
                                     # forced by a grammar (llama backends) or response_format (openai)
@@ -167,6 +176,9 @@ class EvaluateConfig:
     backend: str = "llama-batched"  # llama-batched | llama (one request at a time, the reference)
     parallel: int = 16              # sequences decoded together (short prompts: more fit a step)
     threads: int = 0
+    n_gpu_layers: int = -1          # -1 = all layers on the GPU when llama.cpp was built with CUDA (ignored
+                                    # by a CPU build); 0 = CPU only; N = the first N layers
+    flash_attn: str = "auto"        # auto | on | off, used only with layers on the GPU (see generate.flash_attn)
     workers: int = 0                # programs run at once (0 = the cores)
     base_prompt: str = "completion"  # a base model continues the benchmark's own prompt
     tuned_prompt: str = "instruct"   # the fine-tuned one gets the training template
@@ -259,22 +271,29 @@ def _tiny() -> Config:
 
 
 def _workstation() -> Config:
-    # One consumer GPU: a stronger teacher from the hub (needs the `hub` extra and a network), many
-    # more pairs, and our Triton training backend. The student stays the embedded Gemma-3-270M.
+    # One consumer CUDA GPU with 24 GB. The paper fine-tunes 7B base code models on a 75K-pair set
+    # made by GPT-3.5; on one card the fair miniature is a 7B teacher and a 1-2B base student of a
+    # code family (Magicoder's users start from such base models), with the paper's seed mix.
     c = Config(profile="workstation")
     c.seeds.quotas = "paper"        # the paper's 40K Python + 8 x 5K, scaled to num_seeds
-    c.seeds.num_seeds = 5000
+    c.seeds.num_seeds = 20000
     c.seeds.max_files_per_language = 0
-    c.generate.teacher = "hf://Qwen/Qwen2.5-Coder-7B-Instruct-GGUF/qwen2.5-coder-7b-instruct-q4_k_m.gguf"
+    c.generate.teacher = TEACHER_7B
     c.generate.n_ctx = 4096
+    # 7B Q4_K_M (4.4 GiB) + the KV cache of 32 x 4096 tokens (7 GiB in f16) fits 24 GB with room
+    # for llama.cpp's buffers; the engine checks the sum against the free memory before loading.
+    c.generate.parallel = 32
+    c.train.student = STUDENT_1P5B
     c.train.epochs = 2
     c.train.batch_size = 32
+    c.train.max_len = 1536
     # Our own kernels rather than Unsloth: nothing to install beyond the triton that CUDA builds
     # of torch ship, and each kernel is tested against its PyTorch reference (repro/kernels/).
     c.train.backend = "triton"
     c.train.lora_dropout = 0.0      # the fused LoRA kernel has no dropout (Unsloth's advice too)
     c.train.micro_batch = 8
     c.train.save_every = 50
+    c.evaluate.parallel = 64        # short prompts; 64 x 2048 tokens of the 7B's KV is 7 GiB
     return c
 
 
@@ -309,6 +328,7 @@ RANGES = {
     "generate.temperature": (0, True, None, False),
     "generate.top_p": (0, False, 1, True),
     "generate.threads": (0, True, None, False),
+    "generate.n_gpu_layers": (-1, True, None, False),
     "generate.timeout_s": (0, False, None, False),
     "generate.retries": (0, True, None, False),
     "clean.near_dup_ngram": (1, True, None, False),
@@ -335,6 +355,7 @@ RANGES = {
     "evaluate.multilingual_stride": (1, True, None, False),
     "evaluate.max_tokens": (1, True, None, False),
     "evaluate.threads": (0, True, None, False),
+    "evaluate.n_gpu_layers": (-1, True, None, False),
     "evaluate.workers": (0, True, None, False),
     "report.category_samples": (1, True, None, False),
 }

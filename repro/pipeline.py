@@ -77,11 +77,11 @@ def teacher_spec(cfg: Config) -> str:
 def check_model_file(spec: str, setting: str) -> None:
     """Resolve a model spec and, for a local GGUF, check its header: a corrupt or truncated file is
     one line naming the setting before anything is written (llama.cpp would say less, later).
-    Embedded models are verified by their published hash instead; a checkpoint directory (a
-    train.student) is checked by train."""
+    Embedded models are verified by their published hash instead; a transformers checkpoint (a
+    folder or a hub id, allowed for train.student only) is checked by train."""
     from repro import models
 
-    if not spec.startswith("embedded:") and Path(spec).expanduser().is_dir():
+    if setting == "train.student" and models.is_checkpoint(spec):
         return
     path = models.resolve(spec)
     if not spec.startswith("embedded:"):
@@ -90,6 +90,20 @@ def check_model_file(spec: str, setting: str) -> None:
 
 def _quant_file(cfg: Config) -> str:
     return f"model-{cfg.export.quant}.gguf"
+
+
+def _base_files(cfg: Config) -> list[str]:
+    """The base student's own GGUF in the run, when the student is a transformers checkpoint:
+    export converts and quantizes it exactly as the fine-tuned one, so that evaluation compares
+    like with like. A GGUF student is evaluated from its own file: no such output."""
+    from repro import models
+    return [f"base-{cfg.export.quant}.gguf"] if models.is_checkpoint(cfg.train.student) else []
+
+
+def base_student_gguf(cfg: Config, run: RunDir) -> Path:
+    """The GGUF the base student is evaluated from."""
+    from repro import models
+    return run / _base_files(cfg)[0] if _base_files(cfg) else models.resolve(cfg.train.student)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,8 +240,8 @@ def _train_two_stages(cfg: Config) -> bool:
 
 
 def _train_settings(cfg: Config) -> dict:
-    from repro import student
-    return {**cfg.section("train"), "student_id": student.student_id(cfg.train.student),
+    from repro import models
+    return {**cfg.section("train"), "student_id": models.model_id(cfg.train.student),
             "template": digest(DATA_DIR / "prompts" / "train_template.txt"),
             **({"evol_train_pairs": cfg.evol.train_pairs} if _train_two_stages(cfg) else {})}
 
@@ -252,13 +266,15 @@ def _train_run(cfg: Config, run: RunDir, progress) -> dict:
 def _export_check(cfg: Config) -> None:
     from repro import export, models
     export.check_settings(cfg.export)       # outtype, quant and round-trip types
-    models.resolve(cfg.train.student)       # export reads the student's GGUF (train may use a checkpoint)
+    if not models.is_checkpoint(cfg.train.student):
+        models.resolve(cfg.train.student)   # export reads the student's GGUF (train may use a checkpoint)
 
 
 def _export_run(cfg: Config, run: RunDir, progress) -> dict:
     from repro import export
     with busy(progress, "export: merge, convert, quantize, compare"):
-        stats = export.run(cfg.export, cfg.train.student, run / "adapter", run / _quant_file(cfg), run / "export-work")
+        stats = export.run(cfg.export, cfg.train.student, run / "adapter", run / _quant_file(cfg), run / "export-work",
+                           base_out=run / _base_files(cfg)[0] if _base_files(cfg) else None)
     write_json(run / "export.json", stats)
     return stats
 
@@ -289,7 +305,8 @@ def _evaluate_check(cfg: Config) -> None:
     unknown = [m for m in e.models if m not in ("base", "finetuned", "teacher")]
     if unknown or not e.models:
         raise ReproError(f"evaluate.models={','.join(e.models)}: choose from base, finetuned, teacher")
-    models.resolve(cfg.train.student)       # the base student is evaluated as its GGUF
+    if not models.is_checkpoint(cfg.train.student):
+        models.resolve(cfg.train.student)   # the base student is evaluated as its GGUF (else export's)
     if "teacher" in e.models:
         check_model_file(teacher_spec(cfg), "evaluate.teacher" if e.teacher else "generate.teacher")
     for b in e.benchmarks:  # names, files and their hashes: before any work
@@ -309,7 +326,7 @@ def _evaluate_run(cfg: Config, run: RunDir, progress) -> dict:
             why = str(err).split(": ", 1)[-1].split("; ", 1)[0]  # check_gguf's fix is for a download
             raise ReproError(f"{finetuned} (the export stage's output): {why}; rerun "
                              f"`repro export --profile {cfg.profile} --force` to make it again") from None
-    every = {"base": lambda: (models.resolve(cfg.train.student), e.base_prompt),
+    every = {"base": lambda: (base_student_gguf(cfg, run), e.base_prompt),
              "finetuned": lambda: (run / _quant_file(cfg), e.tuned_prompt),
              "teacher": lambda: (models.resolve(teacher_spec(cfg)), e.teacher_prompt)}
     results = evaluate.run(e, {m: every[m]() for m in e.models}, run / "eval", progress)
@@ -375,7 +392,8 @@ STAGES: list[Stage] = [
                     f"{s['tokens_per_second']} tokens/s", uses_student=True),
     Stage("export", "merge, convert to GGUF, quantize, check the round trip",
           lambda c: ["adapter"],
-          lambda c: [_quant_file(c), "export.json"] + ([f"adapter-{c.export.outtype}.gguf"] if c.export.lora_gguf else []),
+          lambda c: [_quant_file(c), *_base_files(c), "export.json"]
+          + ([f"adapter-{c.export.outtype}.gguf"] if c.export.lora_gguf else []),
           lambda c: {**c.section("export"), "student_id": _model_id(c.train.student)},
           _export_check, _export_run,
           lambda s: (f"{s['quant']} GGUF, {s['bytes'] / 2**20:.0f} MiB, loads in llama.cpp; greedy agreement "
@@ -383,7 +401,8 @@ STAGES: list[Stage] = [
                                                   s.get("roundtrip", {}).get("agreement", {}).items())),
           uses_student=True),
     Stage("evaluate", "pass@1 of the base and fine-tuned student and the teacher",
-          lambda c: [_quant_file(c)], lambda c: ["eval/results.json"], _evaluate_settings, _evaluate_check,
+          lambda c: [_quant_file(c)] + (_base_files(c) if "base" in c.evaluate.models else []),
+          lambda c: ["eval/results.json"], _evaluate_settings, _evaluate_check,
           _evaluate_run, _evaluate_summary, uses_student=True),
     Stage("report", "the report and the dataset card, from what is on disk",
           lambda c: [], lambda c: ["report.md"], lambda c: {}, _nothing, _report_run, _report_summary,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from repro.artifacts import ReproError, fingerprint
+from repro.artifacts import ReproError
 from repro.config import TrainConfig
 
 BACKENDS = ("peft", "triton", "unsloth")
@@ -57,17 +57,12 @@ def use_bf16(cfg: TrainConfig, device: str) -> bool:
 
 
 def student_checkpoint(spec: str) -> Path:
-    """A transformers checkpoint directory for a student spec: a local one as is, else a GGUF's."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ReproError(f"train.student={spec}: a directory without config.json; give a transformers "
-                             "checkpoint directory, a .gguf file, hf://… or an embedded: name")
-        return p
-    from repro.models import hf_checkpoint
+    """A transformers checkpoint folder for a student spec (repro.models.checkpoint_dir: a local
+    folder, a hub model id, or a GGUF dequantized), or one line saying why not."""
+    from repro.models import checkpoint_dir
 
     try:
-        return hf_checkpoint(spec)
+        return checkpoint_dir(spec)
     except ReproError:
         raise
     except Exception as e:  # transformers' GGUF loader: an architecture it cannot dequantize, a bad file
@@ -79,18 +74,6 @@ def brief(e: Exception) -> str:
     """An exception as a short single line, to sit inside a one-line error."""
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:200]}{'…' if len(text) > 200 else ''}"
-
-
-def student_id(spec: str) -> str:
-    """The stage fingerprint's identity of a student: a checkpoint directory's file names, sizes
-    and times, else the model spec's (repro.models.model_id)."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return fingerprint([(f.name, f.stat().st_size, int(f.stat().st_mtime))
-                            for f in sorted(p.iterdir()) if f.is_file()])
-    from repro.models import model_id
-
-    return model_id(spec)
 
 
 def load_tokenizer(cfg: TrainConfig, ckpt: Path):

@@ -34,6 +34,44 @@ def write_gguf(path: Path, general_type: str = "model", tensors: int = 2, side: 
 
 
 # ---------------------------------------------------------------------------------------------
+# A transformers student checkpoint that llama.cpp's converter reads (test_hf_student)
+
+
+def write_hf_student(out: Path) -> Path:
+    """A two-layer Gemma-3 checkpoint folder with random weights and a small SentencePiece
+    tokenizer trained here (tokenizer.model, which llama.cpp's converter reads, beside the
+    transformers files): a Hugging Face student in miniature, made without a download."""
+    import io
+    import json
+
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = ("def add(x, y):\n    return x + y\n\nWrite a function that reverses a string.\n"
+            "def reverse(s):\n    return s[::-1]\nfrom typing import List\n") * 50
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()), model_writer=buf, vocab_size=320, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True, minloglevel=2)
+    (out / "tokenizer.model").write_bytes(buf.getvalue())
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+        "unk_token": "<unk>", "add_bos_token": True}))
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
+                           sliding_window=64, initializer_range=0.5, bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    Gemma3ForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # seeds.parquet (test_generate, test_crash)
 
 

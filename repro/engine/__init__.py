@@ -31,13 +31,24 @@ from repro.engine.openai_backend import OpenAIEngine, probe  # noqa: F401
 
 
 def open_engine(backend: str, gguf: Path | None, *, n_ctx: int = 2048, parallel: int = 8, threads: int = 0,
-                seed: int = 42, n_batch: int = 512, server: Server | None = None) -> "Engine":
+                seed: int = 42, n_batch: int = 512, server: Server | None = None, n_gpu_layers: int = -1,
+                flash_attn: str = "auto", section: str = "engine") -> "Engine":
     """`n_ctx` is the context of ONE sequence (prompt + answer).
 
     For `openai`, `server` says where to send requests and `gguf` (optional) is a local copy of the
     served model, used only to count tokens (`Engine.tokenizer`).
+
+    For the llama backends, `n_gpu_layers` layers go to the GPU (-1 = all, 0 = none) where llama.cpp
+    was built with CUDA; a CPU build ignores it. `flash_attn` (auto | on | off) applies only with
+    layers on the GPU. Before loading, both llama engines check that weights and KV cache fit the
+    free GPU memory (repro/gpu.py), naming `<section>.parallel`, `.n_ctx` and `.n_gpu_layers` when
+    they do not; `section` is the config section the settings came from (generate, evaluate). The
+    openai backend ignores both (the server decides).
     """
+    from repro import gpu
+
     check_settings("engine", backend, parallel, n_ctx, BACKENDS)
+    gpu.check_settings(section, n_gpu_layers, flash_attn)
     if backend == "openai":
         if server is None:
             raise ReproError("engine: the openai backend needs a server (base_url)")
@@ -45,7 +56,9 @@ def open_engine(backend: str, gguf: Path | None, *, n_ctx: int = 2048, parallel:
     if gguf is None:
         raise ReproError(f"engine: the {backend} backend needs a GGUF model")
     if backend == "llama-batched":
-        return BatchedEngine(gguf, n_ctx=n_ctx, parallel=parallel, threads=threads, n_batch=n_batch)
+        return BatchedEngine(gguf, n_ctx=n_ctx, parallel=parallel, threads=threads, n_batch=n_batch,
+                             n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, section=section)
     if backend == "llama":
-        return SerialEngine(gguf, n_ctx=n_ctx, threads=threads, seed=seed)
+        return SerialEngine(gguf, n_ctx=n_ctx, threads=threads, seed=seed, n_gpu_layers=n_gpu_layers,
+                            flash_attn=flash_attn, section=section)
     raise AssertionError(backend)

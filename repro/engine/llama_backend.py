@@ -78,18 +78,38 @@ def load_vocab(gguf: Path):
     return llama_model(gguf, vocab_only=True, what="read its vocabulary")
 
 
+def _offload(gguf: Path, n_ctx_total: int, n_gpu_layers: int, section: str, parallel: int, n_batch: int) -> bool:
+    """Whether layers go to the GPU (asked for, and llama.cpp can); checks first that they fit
+    (repro/gpu.py: one-line ReproError) and prints gpu.check_fit's note, if any, to stderr."""
+    import sys
+
+    from repro import gpu
+
+    note = gpu.check_fit(gguf, n_ctx_total, n_gpu_layers, section, parallel=parallel, n_batch=n_batch)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return n_gpu_layers != 0 and gpu.llama_offload()
+
+
 # ---------------------------------------------------------------------------------------------
 # reference: the high-level API, one request at a time
 
 
 class SerialEngine(Engine):
-    def __init__(self, gguf: Path, *, n_ctx: int, threads: int, seed: int):
+    """The reference. With layers on the GPU, `flash_attn` "on" turns flash attention on; "auto"
+    leaves it off here (the high-level API knows only on and off), as it always is on the CPU."""
+
+    def __init__(self, gguf: Path, *, n_ctx: int, threads: int, seed: int, n_gpu_layers: int = 0,
+                 flash_attn: str = "auto", section: str = "engine"):
         from repro.models import load_llama
 
         import llama_cpp.llama_cpp as C
 
         self._C = C
-        self.llm = load_llama(gguf, n_ctx=n_ctx, threads=threads, seed=seed)
+        gpu = _offload(gguf, n_ctx, n_gpu_layers, section, 1, 512)  # Llama's default n_batch
+        # Without offloading, nothing goes to a GPU, even with a CUDA build (n_gpu_layers=0: CPU only).
+        self.llm = load_llama(gguf, n_ctx=n_ctx, threads=threads, seed=seed, n_gpu_layers=n_gpu_layers if gpu else 0,
+                              offload_kqv=gpu, op_offload=gpu, flash_attn=gpu and flash_attn == "on")
         C.llama_perf_context_reset(self.llm._ctx.ctx)
         self.threads = self.llm.n_threads
         self.stats = Stats()
@@ -156,7 +176,14 @@ class _Slot:
 
 
 class BatchedEngine(Engine):
-    def __init__(self, gguf: Path, *, n_ctx: int, parallel: int, threads: int, n_batch: int):
+    """Layers on the GPU when `n_gpu_layers` != 0 and llama.cpp can offload (after gpu.check_fit):
+    then the KV cache goes with them and flash attention follows `flash_attn` (auto | on | off).
+    Otherwise everything stays on the CPU with flash attention off, exactly as the `llama`
+    reference runs, so the two give the same greedy text (tests/test_engine.py). Greedy text on a
+    GPU is not checked against the CPU's: kernels differ, so a long answer may differ too."""
+
+    def __init__(self, gguf: Path, *, n_ctx: int, parallel: int, threads: int, n_batch: int,
+                 n_gpu_layers: int = 0, flash_attn: str = "auto", section: str = "engine"):
         import llama_cpp.llama_cpp as C
         from llama_cpp._utils import suppress_stdout_stderr
 
@@ -167,7 +194,8 @@ class BatchedEngine(Engine):
         self.threads = choose_threads(threads)
         self.stats = Stats()
         self.model_name = Path(gguf).name
-        self.model = llama_model(gguf)
+        self.gpu = _offload(gguf, n_ctx * parallel, n_gpu_layers, section, parallel, self.n_batch)
+        self.model = llama_model(gguf, n_gpu_layers=n_gpu_layers if self.gpu else 0)
         cp = C.llama_context_default_params()
         cp.n_ctx = n_ctx * parallel
         cp.n_batch = cp.n_ubatch = self.n_batch
@@ -176,15 +204,23 @@ class BatchedEngine(Engine):
         # One KV stream per sequence: each sequence attends over its own cells only. A unified
         # cache would make every token attend over (and mask) all sequences' cells.
         cp.kv_unified = False
-        # As the high-level API (our reference) sets it; the two must give the same greedy text.
-        cp.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if self.gpu:
+            cp.offload_kqv = True  # each layer's KV cache beside its weights on the GPU
+            cp.flash_attn_type = {"auto": C.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                  "off": C.LLAMA_FLASH_ATTN_TYPE_DISABLED}[flash_attn]
+        else:
+            # Nothing on a GPU (a CUDA build included), and flash attention off as the high-level
+            # API (our reference) sets it: the two must give the same greedy text.
+            cp.offload_kqv = cp.op_offload = False
+            cp.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
         # llama.cpp prints notes about the cache layout on fd 2; they are not for our users.
         with suppress_stdout_stderr(disable=False):
             self.ctx = C.llama_init_from_model(self.model.model, cp)
         if not self.ctx:
             raise ReproError(f"{gguf}: llama.cpp could not create a context of {parallel} x {n_ctx} "
-                             "tokens; lower engine parallel or n_ctx")
+                             f"tokens; lower {section}.parallel or {section}.n_ctx"
+                             + (f", or offload fewer layers ({section}.n_gpu_layers)" if self.gpu else ""))
         self.mem = C.llama_get_memory(self.ctx)
         self.vocab = self.model.vocab
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)

@@ -138,9 +138,14 @@ def subset_note(n_all: int, n: int, stride: int, limit: int, unit: str = "proble
 def answer_key(model_sha: str, bench, style: str, cfg: EvaluateConfig) -> str:
     """What an answer depends on. The backend and batch width are in it: batched greedy decoding
     can differ from one-at-a-time in a few answers (bench/teacher.py)."""
+    from repro.gpu import llama_offload
+
     prompts = [sha256_file(DATA_DIR / "prompts" / n) for n in ("train_template.txt", "eval_instruct.txt")]
+    # Layers on a GPU (and its flash attention) may change a greedy answer: such answers get their
+    # own key. On a CPU build the key is what it always was, so the cached answers stay valid.
+    device = ["gpu", cfg.n_gpu_layers, cfg.flash_attn] if cfg.n_gpu_layers != 0 and llama_offload() else []
     return fingerprint("eval-answers", model_sha, bench.sha256, style, prompts, MBPP_INSTRUCTION, EOS_STOPS,
-                       EXTRA_STOPS, cfg.max_tokens, cfg.n_ctx, cfg.backend, cfg.parallel)
+                       EXTRA_STOPS, cfg.max_tokens, cfg.n_ctx, cfg.backend, cfg.parallel, *device)
 
 
 def eval_cache() -> Path:
@@ -153,9 +158,10 @@ def answers_path(key: str, local: Path, cfg: EvaluateConfig) -> Path:
     return eval_cache() / f"{key[:32]}.jsonl" if cfg.cache else local
 
 
-def generate(label: str, gguf: Path, jobs: list[tuple], cfg: EvaluateConfig, progress=None) -> dict:
+def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=None) -> dict:
     """Decode what is not in each job's answers file yet. jobs: (bench name, problems, ids, style,
-    answers path). One engine for all of a model's jobs. Returns counts and throughput."""
+    answers path). One engine for all of a model's jobs: llama.cpp on a GGUF path, or an
+    OpenAI-compatible server (`engine.Server`). Returns counts and throughput."""
     from repro.engine import Request, open_engine
 
     todo = []
@@ -171,7 +177,10 @@ def generate(label: str, gguf: Path, jobs: list[tuple], cfg: EvaluateConfig, pro
     task = progress.add_task(f"evaluate {label}", total=len(todo)) if progress else None
     files = {}
     try:
-        with open_engine(cfg.backend, gguf, n_ctx=cfg.n_ctx, parallel=cfg.parallel, threads=cfg.threads) as engine:
+        server = None if isinstance(gguf, Path) else gguf
+        with open_engine("openai" if server else cfg.backend, None if server else gguf, n_ctx=cfg.n_ctx,
+                         parallel=cfg.parallel, threads=cfg.threads, n_gpu_layers=cfg.n_gpu_layers,
+                         flash_attn=cfg.flash_attn, section="evaluate", server=server) as engine:
             out["threads"] = engine.threads
             where = {}
 
@@ -217,8 +226,9 @@ def _rate(passed: list[bool]) -> dict:
     return {"passed": k, "pass@1": k / n if n else 0.0, "ci95": [lo, hi], "per_task": passed}
 
 
-def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path, progress=None) -> dict:
-    """`models`: label -> (GGUF path, prompt style)."""
+def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=None) -> dict:
+    """`models`: label -> (GGUF path or an `engine.Server`, prompt style). A server's answers are
+    kept in `out_dir` only: what it serves may change behind the same URL."""
     from repro.eval import harness
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,22 +249,24 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple[Path, str]], out_dir: Path,
     # 1. Answers, model by model (one llama.cpp model in memory at a time).
     answers = {}
     for label, (gguf, style) in models.items():
-        sha = sha256_file(gguf)
+        local_file = isinstance(gguf, Path)
+        sha = sha256_file(gguf) if local_file else fingerprint("server", gguf.base_url, gguf.model)
         jobs = []
         for b, bench in benches.items():
             local = out_dir / label / b / "answers.jsonl"
-            path = answers_path(answer_key(sha, bench, style, cfg), local, cfg)
+            path = answers_path(answer_key(sha, bench, style, cfg), local, cfg) if local_file else local
             jobs.append((b, bench.problems, chosen[b], style, path))
             answers[label, b] = path
         for name, x in extra.items():
             if x["task_ids"]:
                 st = style if name == "ds1000" else "completion"  # MultiPL-E: completion for every model
                 local = out_dir / label / name / "answers.jsonl"
-                path = answers_path(answer_key(sha, x["ref"], st, cfg), local, cfg)
+                path = answers_path(answer_key(sha, x["ref"], st, cfg), local, cfg) if local_file else local
                 jobs.append((name, x["problems"], x["task_ids"], st, path))
                 answers[label, name] = path
         counts = generate(label, gguf, jobs, cfg, progress)
-        results["models"][label] = {"gguf": str(gguf), "sha256": sha, "prompt_style": style, **counts}
+        where = {"gguf": str(gguf), "sha256": sha} if local_file else {"server": gguf.base_url, "model": gguf.model}
+        results["models"][label] = {**where, "prompt_style": style, **counts}
     # 2. Programs, once no model is decoding: a program sharing the 2 cores with llama.cpp's
     # threads made decoding 3x slower (measured), more than the programs themselves cost.
     for b, bench in benches.items():

@@ -91,7 +91,8 @@ def embed(texts: list[str], gguf: Path, cache: Path | None, model_key: str) -> t
         # A few texts share one decode. llama.cpp keeps logits for every token of a batch (2048 tokens:
         # 1.2 GB with a 152K vocabulary), so the batch is small; one text is at most ~300 tokens.
         n_ctx = 512
-        llm = models.load_llama(gguf, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, embedding=True,
+        # All layers on the GPU where llama.cpp was built for one (a CPU build ignores it).
+        llm = models.load_llama(gguf, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, embedding=True, n_gpu_layers=-1,
                                 pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST)
         try:
             vectors = llm.embed(todo, normalize=True, truncate=True)
