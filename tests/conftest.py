@@ -70,6 +70,14 @@ def student_dir(tmp_path, tiny_model, tiny_tokenizer):
     return d
 
 
+@pytest.fixture(scope="session")
+def hf_student(tmp_path_factory):
+    """A Hugging Face student checkpoint folder that llama.cpp's converter reads (tests/builders.py)."""
+    from builders import write_hf_student
+
+    return write_hf_student(tmp_path_factory.mktemp("hf") / "student")
+
+
 @pytest.fixture
 def no_benchmark_files(tmp_path, monkeypatch):
     """data/benchmarks/ and the cache as empty folders (a user who deleted the carried files);

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from builders import write_hf_student
 from repro.eval import evalplus_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,8 +58,8 @@ def test_a_bad_samples_file_is_one_line(tmp_path, text, words):
     assert r.returncode == 2 and "no such file" in r.stderr
 
 
-def test_a_checkpoint_is_converted_once_and_evaluated(tmp_path):
-    student = write_hf_student(tmp_path / "student")
+def test_a_checkpoint_is_converted_once_and_evaluated(tmp_path, hf_student):
+    student = hf_student
     env = {"REPRO_CACHE": str(tmp_path / "cache")}
     args = ["evaluate", "--model", str(student), "--run-dir", str(tmp_path / "out"), *sets(SMALL)]
     r = repro(*args, env=env)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builders import write_clean, write_hf_student
+from builders import write_clean
 from repro import models
 from repro.artifacts import ReproError
 
@@ -25,11 +25,6 @@ SETTINGS = ["train.max_steps=2", "train.batch_size=1", "train.lr=0.01", "train.l
 
 def repro(*args):
     return subprocess.run([sys.executable, "-m", "repro.cli", *args], capture_output=True, text=True, cwd=ROOT)
-
-
-@pytest.fixture(scope="module")
-def hf_student(tmp_path_factory):
-    return write_hf_student(tmp_path_factory.mktemp("hf") / "student")
 
 
 def test_specs_say_which_are_checkpoints(tmp_path, hf_student):
