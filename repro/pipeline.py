@@ -136,21 +136,48 @@ def _seeds_run(cfg: Config, run: RunDir, progress) -> dict:
 
 def _generate_settings(cfg: Config) -> dict:
     from repro import models
-    return {**cfg.section("generate"),
-            "teacher_id": models.model_id(cfg.generate.teacher) if cfg.generate.teacher else "",
-            "prompt_hash": _prompt_hash(cfg.generate.prompt)}
+    s = {**cfg.section("generate"),
+         "teacher_id": models.model_id(cfg.generate.teacher) if cfg.generate.teacher else "",
+         "prompt_hash": _prompt_hash(cfg.generate.prompt)}
+    # Settings newer than the runs already made are left out at their defaults (one sample, every
+    # seed: what those runs did), so that their generate stays up to date.
+    for k, default in (("samples", 1), ("shard", "")):
+        if s[k] == default:
+            del s[k]
+    return s
+
+
+def generate_outputs(cfg: Config) -> list[str]:
+    """pairs.jsonl and rejected.jsonl, or a shard's own store with generate.shard=I/N."""
+    from repro import generate
+    return [p.name for p in generate.store_paths(Path("pairs.jsonl"), Path("rejected.jsonl"), cfg.generate.shard)]
+
+
+def manifest_name(stage: str, cfg: Config) -> str:
+    """The name of a stage's manifest: its own, or `generate.shard-I-of-N` for a shard of generate
+    (each shard has one, so that shards copied into one run directory keep theirs)."""
+    from repro import generate
+    return f"generate.{generate.shard_tag(cfg.generate.shard)}" if stage == "generate" and cfg.generate.shard else stage
 
 
 def _generate_run(cfg: Config, run: RunDir, progress) -> dict:
     from repro import generate
-    # Resumable by itself: answers already in the store under the same key are kept.
+    # Resumable by itself: answers already in the store under the same key are kept. A shard
+    # (generate.shard) appends to its own store instead.
     return generate.run(cfg.generate, run / "seeds.parquet", run / "pairs.jsonl", run / "rejected.jsonl", progress)
 
 
 def _generate_summary(s: dict) -> str:
-    return (f"{s['pairs']} pairs kept, {s['rejected']} rejected; {s['generated']} answered now "
+    line = (f"{s['pairs']} pairs kept, {s['rejected']} rejected; {s['generated']} answered now "
             f"({s['resumed_from']} earlier), {s['completion_tokens']} new tokens, "
             f"{s['tokens_per_second'] or '-'} tokens/s, {s['wall_seconds']} s")
+    if s.get("samples"):
+        line = f"{s['seeds']} seeds x {s['samples']} samples: " + line
+    if s.get("shard"):
+        line = f"shard {s['shard']} ({' and '.join(s['store'])}): " + line + "; join the shards with `repro merge`"
+    if s.get("merged_from"):
+        line = f"{s['shards']} shards merged: " + line
+    return line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +210,26 @@ def _clean_run(cfg: Config, run: RunDir, progress) -> dict:
 def _validate_settings(cfg: Config) -> dict:
     v = cfg.validate
     return {**cfg.section("validate"), **_teacher_settings(cfg),
-            "prompts": [_prompt_hash(v.prompt), _prompt_hash(v.solve_prompt)]}
+            "prompts": [_prompt_hash(v.prompt), _prompt_hash(v.solve_prompt)],
+            # Several answers per seed: one is chosen among them (and removed.parquet is read).
+            **({"generate_samples": cfg.generate.samples} if cfg.generate.samples > 1 else {})}
+
+
+def _validate_inputs(cfg: Config) -> list[str]:
+    """clean.parquet; with generate.samples > 1 also removed.parquet, where clean lists a seed's
+    other answers (validate chooses among them)."""
+    return ["clean.parquet"] + (["removed.parquet"] if cfg.generate.samples > 1 else [])
+
+
+def _validate_summary(s: dict) -> str:
+    line = (f"{s['kept']} kept of {s['pairs_in']}: {s['passed']} passed, {s['failed']} failed, "
+            f"{s['timeout']} timed out, {s['no_tests']} without usable tests, {s['not_run']} "
+            f"not testable here; {s['pairs_per_minute']} pairs/min")
+    if s.get("answers"):
+        line = (f"{s['kept']} seeds of {s['pairs_in']} kept with one answer each ({s['seeds_with_a_pass']} with one "
+                f"that passed) of {s['answers']} answers ({s['generate_samples']} samples per seed): "
+                + line.split(": ", 1)[1])
+    return line
 
 
 def _validate_check(cfg: Config) -> None:
@@ -194,7 +240,8 @@ def _validate_check(cfg: Config) -> None:
 def _validate_run(cfg: Config, run: RunDir, progress) -> dict:
     from repro import validate
     stats = validate.run(cfg.validate, cfg.generate, run / "clean.parquet", run / "validated.parquet",
-                         run / "validation.jsonl", run / "validate-answers.jsonl", progress)
+                         run / "validation.jsonl", run / "validate-answers.jsonl", progress,
+                         removed_path=run / "removed.parquet" if cfg.generate.samples > 1 else None)
     print_notes("validate", stats["notes"], progress)
     return stats
 
@@ -288,7 +335,10 @@ def _evaluate_settings(cfg: Config) -> dict:
     from repro.eval import evalplus_data
     e = cfg.evaluate
     data = {b: evalplus_data.load(b, path=getattr(e, f"{b}_path"), fetch=e.fetch).sha256 for b in e.benchmarks}
-    return {**cfg.section("evaluate"), "base_id": models.model_id(cfg.train.student),
+    section = cfg.section("evaluate")
+    if e.samples == 1:  # greedy: the sampling settings, newer than the runs made, change nothing
+        del section["samples"], section["temperature"]
+    return {**section, "base_id": models.model_id(cfg.train.student),
             "teacher_id": models.model_id(teacher_spec(cfg)) if "teacher" in e.models else "",
             "benchmark_data": data,
             "prompts": [digest(DATA_DIR / "prompts" / n) for n in ("train_template.txt", "eval_instruct.txt")]}
@@ -335,6 +385,13 @@ def _evaluate_run(cfg: Config, run: RunDir, progress) -> dict:
 
 
 def _evaluate_summary(s: dict) -> str:
+    if s.get("samples", 1) > 1:  # pass@k of n samples per problem
+        def at(r):
+            return ", ".join(f"pass@{k} {100 * x:.1f}%" for k, x in r["pass@k"].items())
+        return (f"{s['samples']} samples per problem at temperature {s['temperature']}: " + "; ".join(
+            f"{k} " + ", ".join(f"{b} ({v[b]['n']}) {at(v[b]['base'])}" + (f" (+ {at(v[b]['plus'])})" if "plus" in v[b]
+                                                                          else "")
+                                for b in s["benchmarks"]) for k, v in s["models"].items()))
     return "; ".join(f"{k} " + ", ".join(f"{b} {v[b]['base']['passed']}/{v[b]['n']}"
                                          + (f" (+ {v[b]['plus']['passed']})" if "plus" in v[b] else "")
                                          for b in s["benchmarks"]) for k, v in s["models"].items())
@@ -364,7 +421,7 @@ STAGES: list[Stage] = [
           lambda c: [], lambda c: ["seeds.parquet", "corpus.parquet"], _seeds_settings, _seeds_check, _seeds_run,
           lambda s: f"{s['seeds']} seeds from {s['files']} files"),
     Stage("generate", "the teacher writes a problem and a solution per seed",
-          lambda c: ["seeds.parquet"], lambda c: ["pairs.jsonl", "rejected.jsonl"], _generate_settings,
+          lambda c: ["seeds.parquet"], generate_outputs, _generate_settings,
           _nothing, _generate_run, _generate_summary, asks_teacher=True),
     Stage("clean", "check, decontaminate and deduplicate the pairs",
           lambda c: ["pairs.jsonl"],
@@ -372,11 +429,8 @@ STAGES: list[Stage] = [
           _clean_settings, _clean_check, _clean_run,
           lambda s: f"{s['kept']} kept of {s['pairs_in']} ({s['removed_by_reason'] or 'none removed'})"),
     Stage("validate", "run teacher-written tests against each solution (beyond the paper)",
-          lambda c: ["clean.parquet"], lambda c: ["validated.parquet", "validation.jsonl"],
-          _validate_settings, _validate_check, _validate_run,
-          lambda s: (f"{s['kept']} kept of {s['pairs_in']}: {s['passed']} passed, {s['failed']} failed, "
-                     f"{s['timeout']} timed out, {s['no_tests']} without usable tests, {s['not_run']} "
-                     f"not testable here; {s['pairs_per_minute']} pairs/min"),
+          _validate_inputs, lambda c: ["validated.parquet", "validation.jsonl"],
+          _validate_settings, _validate_check, _validate_run, _validate_summary,
           variant_only=True, asks_teacher=True),
     Stage("evol", "rewrite problems harder with Evol-Instruct and answer them (beyond the paper)",
           lambda c: ["clean.parquet"],
@@ -439,6 +493,9 @@ def check(cfg: Config, stages: list[str]) -> None:
     stages share (the teacher's settings and file or server, the student's file) is checked once."""
     from repro import generate
 
+    if cfg.generate.shard and stages != ["generate"]:
+        raise ReproError(f"generate.shard={cfg.generate.shard}: a shard is made by `repro generate --shard` alone; "
+                         "join the shards with `repro merge RUN...`, then run the other stages without it")
     teacher = student = False
     for s in (BY_NAME[name] for name in stages):  # in stage order: the first problem is the one said
         if s.asks_teacher and not teacher:
@@ -487,12 +544,13 @@ def run_stage(stage: str, cfg: Config, run: RunDir, console, progress, force: bo
                   for name, d in input_digests.items() if (maker := makers[name])
                   and (run.manifest(maker) or {}).get("outputs", {}).get(name) != d]
     fp = fingerprint(stage, settings, input_digests)
-    if not force and run.is_done(stage, fp, outputs):
+    mname = manifest_name(stage, cfg)
+    if not force and run.is_done(mname, fp, outputs):
         console.print(f"[dim]↷ {stage}: up to date, skipped[/]")
-        return run.manifest(stage)["stats"]
-    if not force and (other := run.reuse(stage, fp, outputs)) is not None:
+        return run.manifest(mname)["stats"]
+    if not force and (other := run.reuse(mname, fp, outputs)) is not None:
         console.print(f"[dim]↷ {stage}: the same as in {other.path}, copied from there[/]", soft_wrap=True)
-        return run.manifest(stage)["stats"]
+        return run.manifest(mname)["stats"]
     if isinstance(console, TeeConsole):  # the log only: on the console, an error stays one line
         console.log_file.write(f"→ {stage}: started")
     t0 = time.perf_counter()
@@ -502,7 +560,7 @@ def run_stage(stage: str, cfg: Config, run: RunDir, console, progress, force: bo
         if isinstance(progress, LoggedProgress):
             progress.log_open_tasks()  # where each of the stage's tasks got to, done or not
     seconds = time.perf_counter() - t0
-    run.write_manifest(stage, fp, settings, input_digests, outputs, stats, seconds)
+    run.write_manifest(mname, fp, settings, input_digests, outputs, stats, seconds)
     console.print(f"[green]✓[/] {stage} ({seconds:.1f} s): {s.summary(stats)}")
     for note in unfinished:
         console.print(note, soft_wrap=True)
@@ -523,9 +581,10 @@ def run_stages(cfg: Config, run: RunDir, stages: list[str], opts: Options) -> li
             t0, ran = time.perf_counter(), []
             with progress_display(console, log, opts.quiet) as progress:
                 for stage in stages:
-                    before = run.manifest(stage)
+                    before = run.manifest(manifest_name(stage, cfg))
                     run_stage(stage, cfg, run, console, progress, force=opts.force)
-                    ran.append(stage if stage == "report" or run.manifest(stage) != before else f"{stage} (skipped)")
+                    ran.append(stage if stage == "report" or run.manifest(manifest_name(stage, cfg)) != before
+                               else f"{stage} (skipped)")
             if "evaluate" in stages or "report" in stages:
                 print_results(run, console)
             console.print(f"done in {time.perf_counter() - t0:.1f} s: {', '.join(ran)}; log: {run / 'log.txt'}",
@@ -553,7 +612,23 @@ def print_results(run: RunDir, console) -> None:
             t.add_column(f"{name} ({info['n']})")
     for label, r in s["models"].items():
         t.add_row(label, r["prompt_style"], *(f"{100 * r[b][split]['pass@1']:.1f}" for b, split in cols))
-    console.print(t)
+    if s.get("samples", 1) > 1:  # n samples per problem: pass@1 above is the unbiased estimate; then pass@k
+        t.title = (f"pass@1, % ({run.path.name}; unbiased, from {s['samples']} samples per problem at temperature "
+                   f"{s['temperature']})")
+        console.print(t)
+        ks = [k for k in next(iter(s["models"].values()))[cols[0][0]][cols[0][1]]["pass@k"] if k != "1"]
+        if ks:
+            tk = Table(title=f"pass@k, % (unbiased estimator, {s['samples']} samples per problem)")
+            tk.add_column("model")
+            tk.add_column("k")
+            for b, split in cols:
+                tk.add_column({"humaneval": "HumanEval", "mbpp": "MBPP"}.get(b, b) + ("+" if split == "plus" else ""))
+            for label, r in s["models"].items():
+                for k in ks:
+                    tk.add_row(label, k, *(f"{100 * r[b][split]['pass@k'][k]:.1f}" for b, split in cols))
+            console.print(tk)
+    else:
+        console.print(t)
     console.print(f"report: {run / 'report.md'}")
 
 

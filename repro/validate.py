@@ -17,6 +17,21 @@ equal data size that was worth +3.6 HumanEval+ points. This stage does the same 
    and those in a language with no runner unless validate.untested=drop; validation.jsonl has
    every pair's verdict, its tests and the program's last output line.
 
+Several answers per seed (`generate.samples=k > 1`, SelfCodeAlign's scheme): every answer of a
+seed is a candidate with its own problem and solution, and the teacher writes tests for each (the
+tests are per response, as SelfCodeAlign's). The clean stage keeps one answer per seed
+(their seed text is the same) and lists the others in removed.parquet as `duplicate_seed` of it;
+those, once valid and not contaminated, are the other candidates. Per seed ONE is kept: the first
+in sample order that passed (else, with validate.untested=keep, the first that could not be
+tested here). Verdict counts are then per answer. Such a candidate was deduplicated against the
+other seeds' pairs only through its own seed (clean compared it no further: a near duplicate of
+another seed's pair can be kept).
+
+generate.samples and validate.samples differ: generate.samples=k asks for k whole answers (problem
+and solution) per seed, each tested by its own tests; validate.samples=k asks, for an answer that
+failed, k-1 more solutions to the same problem, tested by the tests written for the first. Both
+may be set: a failed answer of any sample is then re-solved too.
+
 The Python solution runs as a module named `solution`, so its `if __name__ == "__main__":` demo
 (which often reads input) does not run; the tests run in its namespace, and test functions or
 unittest cases they define are run too. Tests are as good as a 0.5B teacher writes them: a wrong
@@ -38,7 +53,7 @@ from repro import languages, sandbox
 from repro.artifacts import sql_str, ReproError, atomic_path, write_text
 from repro.clean import code_blocks
 from repro.config import GenerateConfig, ValidateConfig
-from repro.generate import ask, fill, item_seed, load_template, request_key
+from repro.generate import ask, base_seed_id, fill, item_seed, load_template, request_key
 
 STATUSES = ("passed", "failed", "timeout", "no_tests", "not_run")
 
@@ -217,9 +232,38 @@ def check(cfg: ValidateConfig) -> None:
         load_template(cfg.solve_prompt, ("problem", "language"), "validate.solve_prompt")
 
 
+def sample_index(seed_id: str) -> int:
+    """j of a stored seed_id `<id>#j` (generate.samples > 1); 0 for a seed's own id."""
+    _, sep, j = seed_id.partition("#")
+    return int(j) if sep and j.isdigit() else 0
+
+
+def other_samples(removed_path: Path, rows: list[dict], columns: list[str]) -> dict[str, list[dict]]:
+    """seed_id of a clean row -> the other answers of its seed that clean removed only as its
+    duplicate_seed (valid, not contaminated), as rows of clean.parquet's columns, in sample order.
+    Not the answers of another seed with the same seed text, nor those removed for another reason."""
+    import duckdb
+
+    ids = {r["seed_id"] for r in rows}
+    rel = duckdb.sql(f"SELECT * FROM read_parquet({sql_str(removed_path)}) WHERE reason = 'duplicate_seed'")
+    out: dict[str, list[dict]] = {}
+    for values in rel.fetchall():
+        r = dict(zip(rel.columns, values))
+        of = r.get("duplicate_of")
+        if of in ids and base_seed_id(r["seed_id"]) == base_seed_id(of):
+            out.setdefault(of, []).append({c: r.get(c) for c in columns})
+    for v in out.values():
+        v.sort(key=lambda r: sample_index(r["seed_id"]))
+    return out
+
+
 def run(cfg: ValidateConfig, gen: GenerateConfig, clean_path: Path, out_path: Path, log_path: Path,
-        store: Path, progress=None) -> dict:
-    """Validate every pair of `clean_path`; write `out_path` (the kept pairs) and `log_path`."""
+        store: Path, progress=None, removed_path: Path | None = None) -> dict:
+    """Validate every pair of `clean_path`; write `out_path` (the kept pairs) and `log_path`.
+
+    With generate.samples > 1 and `removed_path` (clean's removed.parquet), every answer of a seed
+    is a candidate and at most one per seed is kept. It does not ask the teacher for answers
+    generate did not make (validate.samples re-solves a failed one's problem, as with one sample)."""
     import duckdb
 
     check(cfg)
@@ -227,11 +271,18 @@ def run(cfg: ValidateConfig, gen: GenerateConfig, clean_path: Path, out_path: Pa
     rel = duckdb.sql(f"SELECT * FROM read_parquet({sql_str(clean_path)})")
     columns = rel.columns
     rows = [dict(zip(columns, r)) for r in rel.fetchall()]
-    row_of = {r["seed_id"]: r for r in rows}  # seed ids are unique in clean.parquet
+    several = gen.samples > 1 and removed_path is not None
+    # Candidates, seed by seed (each seed's answers in sample order): clean's rows alone with one sample.
+    groups = [[r] for r in rows]
+    if several:
+        others = other_samples(removed_path, rows, columns)
+        groups = [sorted([r, *others.get(r["seed_id"], [])], key=lambda x: sample_index(x["seed_id"])) for r in rows]
+    cands = [c for g in groups for c in g]
+    row_of = {r["seed_id"]: r for r in cands}  # seed ids are unique in clean.parquet, and `<id>#j` per sample
     can_run = runnable()
     system, user = load_template(cfg.prompt, ("problem", "language", "code", "assert_hint"), "validate.prompt")
     items = []
-    for r in rows:
+    for r in cands:
         lang, code = solution_code(r["solution"] or "", r["language"])
         it = {"seed_id": r["seed_id"], "language": r["language"], "test_language": lang or "none",
               "code": code, "status": "", "detail": "", "tests": "", "candidate": 0}
@@ -312,20 +363,29 @@ def run(cfg: ValidateConfig, gen: GenerateConfig, clean_path: Path, out_path: Pa
                 if status == "passed":
                     it.update(status="passed", detail=detail, candidate=k, solution=text.strip())
 
-    # 4. The kept pairs, and every verdict.
+    # 4. The kept pairs (with several answers per seed: the first that passed, else the first
+    # untested one kept), and every verdict.
     keep_status = {"passed"} | ({"not_run"} if cfg.untested == "keep" else set())
     by_id = {it["seed_id"]: it for it in items}
     kept = []
-    for r in rows:
-        it = by_id[r["seed_id"]]
-        if it["status"] in keep_status:
-            kept.append({**r, "solution": it.get("solution", r["solution"])})
+    for group in groups:
+        chosen = next((r for r in group if by_id[r["seed_id"]]["status"] == "passed"), None) or \
+            next((r for r in group if by_id[r["seed_id"]]["status"] in keep_status), None)
+        if several:
+            for r in group:
+                by_id[r["seed_id"]].update(sample=sample_index(r["seed_id"]), kept=r is chosen)
+        if chosen is not None:
+            kept.append({**chosen, "solution": by_id[chosen["seed_id"]].get("solution", chosen["solution"])})
     write_rows(kept, columns, out_path, clean_path)
     write_text(log_path, "".join(json.dumps({k: v for k, v in it.items() if k not in ("code", "solution")}
                                             | {"replaced_solution": "solution" in it}, ensure_ascii=False) + "\n"
                                  for it in items))
-    return summarize(items, kept, rows, cfg, st_tests, st_solve, runs, time.perf_counter() - t_exec,
-                     time.perf_counter() - t0, can_run)
+    stats = summarize(items, kept, rows, cfg, st_tests, st_solve, runs, time.perf_counter() - t_exec,
+                      time.perf_counter() - t0, can_run)
+    if several:  # the verdict counts are per answer; pairs_in and kept per seed
+        stats.update(generate_samples=gen.samples, answers=len(items),
+                     seeds_with_a_pass=sum(any(by_id[r["seed_id"]]["status"] == "passed" for r in g) for g in groups))
+    return stats
 
 
 def write_rows(kept: list[dict], columns: list[str], out_path: Path, like: Path) -> None:

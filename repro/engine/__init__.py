@@ -8,10 +8,12 @@ Three backends:
   (continuous batching), and prompt chunks ride along with the decode tokens of the others.
 - `llama`: llama-cpp-python's high-level `Llama`, one request at a time: the reference that the
   batched engine is checked against (greedy outputs must match; see tests/test_engine.py).
-- `openai`: any OpenAI-compatible server (vLLM, SGLang, llama.cpp's llama-server,
-  `python -m repro.serve`), `parallel` requests in flight at once; the scale-out path. A request
-  that still fails after the client's retries comes back as finish reason "error", not as an
-  exception; once the server stops answering, the requests not yet sent fail at once.
+- `openai`: any OpenAI-compatible servers (vLLM, SGLang, llama.cpp's llama-server, `repro serve`),
+  one or several (`base_url` comma-separated), `parallel` requests in flight on each; the
+  scale-out path. Retries with backoff and jitter are ours (openai_backend.py), a server that keeps
+  failing is taken out of rotation and its requests go to the others. A request that still fails
+  comes back as finish reason "error", not as an exception; once no server is left, the requests
+  not yet sent fail at once.
 
 Requests and results are plain dataclasses; `Engine.run` yields results as they finish (not in
 request order), so callers append each to their store at once and a crash loses at most the

@@ -68,13 +68,19 @@ class Stats:
 @dataclass
 class Server:
     """Where the `openai` backend sends requests, and how patiently."""
-    base_url: str
+    base_url: str                         # one URL, or several comma-separated (`urls`)
     model: str = ""                       # "" = the first model the server lists
     api_key: str = ""                     # "" = none (local servers need none)
     timeout_s: float = 600.0              # per request, including its wait in the server's queue
-    retries: int = 2                      # the client's retries: connection errors, 408, 409, 429, 5xx
+    retries: int = 2                      # attempts after the first, per request: connection errors,
+                                          # timeouts, 408, 409, 429, 5xx (repro/engine/openai_backend.py)
     extra_body: dict = field(default_factory=dict)  # server-specific fields sent with every request
     section: str = "generate"             # for error messages: which settings to fix
+
+    @property
+    def urls(self) -> list[str]:
+        """The endpoints of `base_url`: split at commas, blanks dropped (a trailing comma is no endpoint)."""
+        return [u.strip() for u in self.base_url.split(",") if u.strip()]
 
 
 def check_settings(section: str, backend: str, parallel: int, n_ctx: int,

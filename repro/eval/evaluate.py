@@ -24,6 +24,14 @@ instruction split for the others). Their programs run after the answers, in the 
 language whose toolchain is missing, or a DS-1000 library that does not import here, is "not run"
 with the reason, never a zero. Verdicts in `eval/<model>/<name>/verdicts.jsonl`.
 
+Several samples per problem (`evaluate.samples=n` > 1): n answers per problem, sampled at
+`evaluate.temperature` with a random seed per problem and sample (so an answer does not depend on
+n: raising n keeps the first ones), each judged; pass@k for k in 1, 10, 100 up to n with the
+unbiased estimator (Chen et al. 2021, repro/eval/stats.py), `pass@1` being its k = 1 value, and
+its interval a bootstrap over problems (a Wilson interval over all samples would treat the
+samples of one problem as independent). With n = 1 (the default) decoding is greedy and every
+output is what it was without this setting.
+
 Outputs, per model and benchmark, in EvalPlus's shapes so its users can read them:
 `eval/<model>/<benchmark>/samples.jsonl` ({task_id, solution} + our fields) and
 `eval_results.json`; and `eval/results.json`: pass@1 base and plus with 95% Wilson intervals, and
@@ -41,7 +49,7 @@ from repro.artifacts import DATA_DIR, ReproError, append_jsonl, fingerprint, rea
     sha256_file, write_json, write_text
 from repro.data.benchmarks import Missing
 from repro.config import EvaluateConfig
-from repro.eval.stats import paired_bootstrap, wilson
+from repro.eval.stats import bootstrap_mean, paired_bootstrap, pass_at_k, wilson
 from repro.train import format_prompt
 
 STYLES = ("completion", "instruct", "chat")
@@ -144,8 +152,23 @@ def answer_key(model_sha: str, bench, style: str, cfg: EvaluateConfig) -> str:
     # Layers on a GPU (and its flash attention) may change a greedy answer: such answers get their
     # own key. On a CPU build the key is what it always was, so the cached answers stay valid.
     device = ["gpu", cfg.n_gpu_layers, cfg.flash_attn] if cfg.n_gpu_layers != 0 and llama_offload() else []
+    # Sampled answers (evaluate.samples > 1) are others than the greedy ones; not n itself: sample j
+    # is the same whatever n is, so a larger n keeps the first ones.
+    sampled = ["sampled", cfg.temperature] if cfg.samples > 1 else []
     return fingerprint("eval-answers", model_sha, bench.sha256, style, prompts, MBPP_INSTRUCTION, EOS_STOPS,
-                       EXTRA_STOPS, cfg.max_tokens, cfg.n_ctx, cfg.backend, cfg.parallel, *device)
+                       EXTRA_STOPS, cfg.max_tokens, cfg.n_ctx, cfg.backend, cfg.parallel, *device, *sampled)
+
+
+def local_answers(d: Path, cfg: EvaluateConfig) -> Path:
+    """A model's answers file in the run (a server's, or any with evaluate.cache=false)."""
+    return d / ("answers.jsonl" if cfg.samples == 1 else f"answers.sampled-t{cfg.temperature:g}.jsonl")
+
+
+def sample_seed(task_id: str, j: int) -> int:
+    """The random seed of sample j of a problem (evaluate.samples > 1)."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{task_id}#{j}".encode()).hexdigest()[:8], 16) % 2**31
 
 
 def eval_cache() -> Path:
@@ -164,13 +187,13 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
     OpenAI-compatible server (`engine.Server`). Returns counts and throughput."""
     from repro.engine import Request, open_engine
 
-    todo = []
+    todo, n = [], cfg.samples
     for bench, problems, ids, style, path in jobs:
         path.parent.mkdir(parents=True, exist_ok=True)
         repair_jsonl(path)  # a torn last line from a crash is cut and redone
-        have = {r["task_id"] for r in read_jsonl(path)}
-        todo += [(bench, problems[t], style, path) for t in ids if t not in have]
-    n_all = sum(len(j[2]) for j in jobs)
+        have = {(r["task_id"], r.get("sample", 0)) for r in read_jsonl(path)}
+        todo += [(bench, problems[t], style, path, j) for t in ids for j in range(n) if (t, j) not in have]
+    n_all = sum(len(j[2]) for j in jobs) * n
     out = {"generated": len(todo), "reused": n_all - len(todo), "tokens_per_second": None, "threads": None}
     if not todo:
         return out
@@ -185,17 +208,19 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
             where = {}
 
             def requests():
-                for i, (bench, p, style, path) in enumerate(todo):
+                for i, (bench, p, style, path, j) in enumerate(todo):
                     fields = build_request(bench, p, style)
-                    where[str(i)] = (p["task_id"], path)
+                    where[str(i)] = (p["task_id"], path, j)
+                    sampling = {"temperature": cfg.temperature, "seed": sample_seed(p["task_id"], j)} if n > 1 else {}
                     yield Request(str(i), prompt=fields.get("prompt", ""), messages=fields.get("messages"),
-                                  prefill=fields.get("prefill", ""), stop=fields["stop"], max_tokens=cfg.max_tokens)
+                                  prefill=fields.get("prefill", ""), stop=fields["stop"], max_tokens=cfg.max_tokens,
+                                  **sampling)
 
             for c in engine.run(requests()):
-                task_id, path = where[c.key]
+                task_id, path, j = where[c.key]
                 f = files.get(path) or files.setdefault(path, open(path, "a", encoding="utf-8"))
                 append_jsonl(f, {"task_id": task_id, "answer": c.text, "finish_reason": c.finish_reason,
-                                 "completion_tokens": c.completion_tokens})
+                                 "completion_tokens": c.completion_tokens, **({"sample": j} if n > 1 else {})})
                 if progress:
                     tps = engine.stats.tokens_per_second or 0.0
                     progress.update(task, advance=1, description=f"evaluate {label} ({tps:.1f} tok/s)")
@@ -211,7 +236,16 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
 # The stage
 
 
-def _summary(results: dict, ids: list[str]) -> dict:
+def _summary(results: dict, ids: list[str], n: int = 1) -> dict:
+    if n > 1:
+        every = {t: results["eval"][t] for t in ids}
+        base = [[r["base_status"] == "pass" for r in every[t]] for t in ids]
+        out = {"n": len(ids), "samples": n, "base": _rate_k(base),
+               "timeouts": sum(r["base_status"] == "timeout" for t in ids for r in every[t])}
+        if all(r["plus_status"] is not None for t in ids for r in every[t]):
+            out["plus"] = _rate_k([[b and r["plus_status"] == "pass" for b, r in zip(bs, every[t])]
+                                   for bs, t in zip(base, ids)])
+        return out
     rows = {t: results["eval"][t][0] for t in ids}
     base = [rows[t]["base_status"] == "pass" for t in ids]
     out = {"n": len(ids), "base": _rate(base), "timeouts": sum(r["base_status"] == "timeout" for r in rows.values())}
@@ -224,6 +258,24 @@ def _rate(passed: list[bool]) -> dict:
     k, n = sum(passed), len(passed)
     lo, hi = wilson(k, n)
     return {"passed": k, "pass@1": k / n if n else 0.0, "ci95": [lo, hi], "per_task": passed}
+
+
+PASS_AT = (1, 10, 100)
+
+
+def _rate_k(passed: list[list[bool]]) -> dict:
+    """pass@k of n samples per problem: `pass@1` and `pass@k` ({k: value} for k in 1, 10, 100 up to n)
+    by the unbiased estimator, averaged over problems; `per_task` the fraction of each problem's
+    samples that passed (its mean is pass@1, so paired comparisons of models stay as they are),
+    `correct` how many, `passed` their sum, and a bootstrap interval of pass@1 over problems."""
+    n = len(passed[0]) if passed else 0
+    correct = [sum(p) for p in passed]
+    at = {str(k): (sum(pass_at_k(n, c, k) for c in correct) / len(correct) if correct else 0.0)
+          for k in PASS_AT if k <= n}
+    per_task = [c / n for c in correct] if n else []
+    lo, hi = bootstrap_mean(per_task)
+    return {"passed": sum(correct), "samples": n, "pass@1": at.get("1", 0.0), "pass@k": at, "ci95": [lo, hi],
+            "per_task": per_task, "correct": correct}
 
 
 def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=None) -> dict:
@@ -244,6 +296,8 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                                   "task_ids": chosen[b]}
                               for b, x in benches.items()},
                "multilingual": {}, "models": {}, "comparisons": []}
+    if cfg.samples > 1:
+        results.update(samples=cfg.samples, temperature=cfg.temperature, estimator="unbiased pass@k (Chen et al. 2021)")
     extra = multilingual_sets(cfg)
     results["multilingual"] = {name: {k: v for k, v in x.items() if k != "problems"} for name, x in extra.items()}
     # 1. Answers, model by model (one llama.cpp model in memory at a time).
@@ -253,14 +307,14 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
         sha = sha256_file(gguf) if local_file else fingerprint("server", gguf.base_url, gguf.model)
         jobs = []
         for b, bench in benches.items():
-            local = out_dir / label / b / "answers.jsonl"
+            local = local_answers(out_dir / label / b, cfg)
             path = answers_path(answer_key(sha, bench, style, cfg), local, cfg) if local_file else local
             jobs.append((b, bench.problems, chosen[b], style, path))
             answers[label, b] = path
         for name, x in extra.items():
             if x["task_ids"]:
                 st = style if name == "ds1000" else "completion"  # MultiPL-E: completion for every model
-                local = out_dir / label / name / "answers.jsonl"
+                local = local_answers(out_dir / label / name, cfg)
                 path = answers_path(answer_key(sha, x["ref"], st, cfg), local, cfg) if local_file else local
                 jobs.append((name, x["problems"], x["task_ids"], st, path))
                 answers[label, name] = path
@@ -272,13 +326,15 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
     for b, bench in benches.items():
         gt = harness.ground_truth(bench, workers=cfg.workers, task_ids=chosen[b]) if bench.plus else None
         for label, (_, style) in models.items():
-            by_id = {r["task_id"]: r for r in read_jsonl(answers[label, b])}
+            by_id = {(r["task_id"], r.get("sample", 0)): r for r in read_jsonl(answers[label, b])}
             samples = []
             for t in chosen[b]:
-                r = by_id[t]
                 head = build_request(b, bench.problems[t], style)["head"]
-                samples.append({"task_id": t, "solution": solution(head, r["answer"]), "answer": r["answer"],
-                                "finish_reason": r["finish_reason"], "completion_tokens": r["completion_tokens"]})
+                for j in range(cfg.samples):
+                    r = by_id[t, j]
+                    samples.append({"task_id": t, "solution": solution(head, r["answer"]), "answer": r["answer"],
+                                    "finish_reason": r["finish_reason"], "completion_tokens": r["completion_tokens"],
+                                    **({"sample": j} if cfg.samples > 1 else {})})
             d = out_dir / label / b
             d.mkdir(parents=True, exist_ok=True)
             _write_jsonl(d / "samples.jsonl", samples)
@@ -287,11 +343,12 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                                           progress=(lambda done, total: progress.update(task, completed=done))
                                           if progress else None)
             write_json(d / "eval_results.json", ev)
-            results["models"][label][b] = _summary(ev, chosen[b])
+            results["models"][label][b] = _summary(ev, chosen[b], cfg.samples)
     for name, x in extra.items():
         if x["task_ids"]:
             for label in models:
-                by_id = {r["task_id"]: r["answer"] for r in read_jsonl(answers[label, name])}
+                by_id = {r["task_id"] if cfg.samples == 1 else (r["task_id"], r.get("sample", 0)): r["answer"]
+                         for r in read_jsonl(answers[label, name])}
                 results["models"][label][name] = judge_multilingual(name, x, by_id, out_dir / label / name, cfg,
                                                                     progress, label)
     # 3. Differences between models on the same problems.
@@ -377,19 +434,14 @@ def _not_found(title: str, why: str) -> dict:
 def judge_multilingual(name: str, x: dict, answers: dict[str, str], d: Path, cfg: EvaluateConfig, progress,
                        label: str) -> dict:
     """Run one model's programs for a MultiPL-E language or DS-1000; writes verdicts.jsonl beside
-    the answers; returns the summary (pass@1 as `base`, the only split these have)."""
+    the answers; returns the summary (pass@1 as `base`, the only split these have). With
+    evaluate.samples = n > 1, `answers` is keyed by (task id, sample) and each sample is judged."""
     ids = x["task_ids"]
+    if cfg.samples > 1:
+        return _judge_multilingual_samples(name, x, answers, d, cfg, progress, label)
     task = progress.add_task(f"run {label}'s {x['title']} programs", total=len(ids)) if progress else None
     tick = (lambda done, total: progress.update(task, completed=done)) if progress else None
-    if name.startswith("multipl-e/"):
-        p = multipl_e.Problems(name.split("/", 1)[1], x["path"], x["sha256"], x["problems"])
-        verdicts = multipl_e.judge(p, {t: answers[t] for t in ids}, workers=cfg.workers, progress=tick)
-    else:
-        samples = [{"task_id": t, "solution": ds1000.postprocess(answers[t])} for t in ids]
-        vs = ds1000.judge(x["problems"], samples, workers=cfg.workers)
-        verdicts = {v.task_id: {"status": v.status, "reason": v.reason, "seconds": v.seconds} for v in vs}
-        if tick:
-            tick(len(ids), len(ids))
+    verdicts = _judge_answers(name, x, {t: answers[t] for t in ids}, cfg, tick)
     d.mkdir(parents=True, exist_ok=True)
     _write_jsonl(d / "verdicts.jsonl", [{"task_id": t, "answer": answers[t], **verdicts[t]} for t in ids])
     # DS-1000 problems whose own test cannot run here (ds1000.py: "not run") are left out, not failed.
@@ -403,6 +455,47 @@ def judge_multilingual(name: str, x: dict, answers: dict[str, str], d: Path, cfg
         for t, ok in zip(ids, passed):
             libs.setdefault(x["problems"][t]["library"], []).append(ok)
         out["per_library"] = {lib: _rate(v) for lib, v in libs.items()}
+    return out
+
+
+def _judge_answers(name: str, x: dict, answers: dict[str, str], cfg: EvaluateConfig, tick) -> dict[str, dict]:
+    """task id -> {status, reason, seconds} of one answer per task (MultiPL-E or DS-1000)."""
+    ids = list(answers)
+    if name.startswith("multipl-e/"):
+        p = multipl_e.Problems(name.split("/", 1)[1], x["path"], x["sha256"], x["problems"])
+        return multipl_e.judge(p, answers, workers=cfg.workers, progress=tick)
+    samples = [{"task_id": t, "solution": ds1000.postprocess(answers[t])} for t in ids]
+    vs = ds1000.judge(x["problems"], samples, workers=cfg.workers)
+    if tick:
+        tick(len(ids), len(ids))
+    return {v.task_id: {"status": v.status, "reason": v.reason, "seconds": v.seconds} for v in vs}
+
+
+def _judge_multilingual_samples(name: str, x: dict, answers: dict[tuple, str], d: Path, cfg: EvaluateConfig,
+                                progress, label: str) -> dict:
+    """judge_multilingual with n samples per problem: each sample judged, pass@k by `_rate_k`."""
+    ids, n = x["task_ids"], cfg.samples
+    task = progress.add_task(f"run {label}'s {x['title']} programs", total=len(ids) * n) if progress else None
+    verdicts: dict[tuple, dict] = {}
+    for j in range(n):
+        tick = (lambda done, total, j=j: progress.update(task, completed=j * len(ids) + done)) if progress else None
+        for t, v in _judge_answers(name, x, {t: answers[t, j] for t in ids}, cfg, tick).items():
+            verdicts[t, j] = v
+    d.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(d / "verdicts.jsonl", [{"task_id": t, "sample": j, "answer": answers[t, j], **verdicts[t, j]}
+                                        for t in ids for j in range(n)])
+    # A DS-1000 problem whose own test cannot run here is "not run" whatever the answer: left out.
+    not_run = [t for t in ids if verdicts[t, 0]["status"] == "not run"]
+    ids = [t for t in ids if verdicts[t, 0]["status"] != "not run"]
+    passed = [[verdicts[t, j]["status"] == "pass" for j in range(n)] for t in ids]
+    out = {"n": len(ids), "samples": n, "base": _rate_k(passed),
+           "timeouts": sum(verdicts[t, j]["status"] == "timeout" for t in ids for j in range(n)),
+           "not_run": len(not_run)}
+    if name == "ds1000":
+        libs: dict[str, list[list[bool]]] = {}
+        for t, ok in zip(ids, passed):
+            libs.setdefault(x["problems"][t]["library"], []).append(ok)
+        out["per_library"] = {lib: _rate_k(v) for lib, v in libs.items()}
     return out
 
 
