@@ -1,9 +1,11 @@
-"""`repro ablate`: which of validation and Evol-Instruct pays, at equal training-set size.
+"""`repro ablate`: which of validation and Evol-Instruct pays, and whether OSS-Instruct's seeds
+beat the Self-Instruct baseline from the same teacher, at equal training-set size.
 
 Every variant (config.VARIANTS) is its own run under runs/<name>-ablation/<oss|validated|evol|
-validated-evol>/, sharing what it can: seeds, pairs and cleaning are made once (or copied from
-runs/<name>/ when `repro run` made them already), validation once, evolution once (it evolves the
-clean problems, the same for every variant).
+validated-evol|self-instruct>/, sharing what it can: seeds, pairs and cleaning are made once (or
+copied from runs/<name>/ when `repro run` made them already), validation once, evolution once (it
+evolves the clean problems, the same for every variant). The self-instruct variant shares only the
+seeds (their ids and languages); it generates and cleans its own pairs.
 
 Equal size: every variant trains on N pairs in all, N = the smallest first-stage pool (the
 validated pairs, usually). A variant with an Evol-Instruct stage gives M = min(evolved pairs, N/2)

@@ -315,19 +315,26 @@ def build(run: RunDir) -> tuple[str, dict]:
     configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "clean.parquet"}], "default": True}]
     if n_removed:  # datasets cannot load an empty parquet file
         configs.append({"config_name": "removed", "data_files": [{"split": "train", "path": "removed.parquet"}]})
-    meta = {"pretty_name": f"magicoder-repro OSS-Instruct pairs ({run.path.name})",
+    # A self-instruct run (the baseline variant) is not OSS-Instruct: its teacher wrote from a pool of
+    # task descriptions, not from code.
+    variant = json.loads((run / "run.json").read_text()).get("variant", "oss") if (run / "run.json").exists() else "oss"
+    method = "Self-Instruct" if variant == "self-instruct" else "OSS-Instruct"
+    meta = {"pretty_name": f"magicoder-repro {method} pairs ({run.path.name})",
             "language": ["en"], "license": "other", "license_name": "seed-licences",
             "license_details": "Each pair derives from a seed whose licence is in seeds.parquet; see the card.",
             "task_categories": ["text-generation"], "size_categories": [_size_category(n_rows)],
-            "tags": ["code", "synthetic", "oss-instruct", "magicoder", *sorted(languages)],
+            "tags": ["code", "synthetic", method.lower(), "magicoder", *sorted(languages)],
             "configs": configs}
     name = run.path.name
     under_runs = run.path.resolve().parent == (ROOT / "runs").resolve()
     where, ref = (f"runs/{name}", name) if under_runs else (str(run.path), str(run.path))
     lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-             f"# magicoder-repro: OSS-Instruct pairs from run `{name}`", "",
-             f"{n_rows} instruction pairs (a coding problem and its solution) that a teacher model wrote from snippets "
-             "of real code, following OSS-Instruct (Magicoder, arXiv 2312.02120), made by magicoder-repro"
+             f"# magicoder-repro: {method} pairs from run `{name}`", "",
+             f"{n_rows} instruction pairs (a coding problem and its solution) that a teacher model wrote "
+             + ("from a pool of task descriptions, Self-Instruct's way: the baseline the paper compares OSS-Instruct "
+                "(Magicoder, arXiv 2312.02120) with," if method == "Self-Instruct" else
+                "from snippets of real code, following OSS-Instruct (Magicoder, arXiv 2312.02120),")
+             + " made by magicoder-repro"
              + (f" with profile `{profile}`" if profile else "") + ". This card is rebuilt from the run's artifacts by "
              f"`repro report {ref}`.", "",
              "```python", "from datasets import load_dataset",

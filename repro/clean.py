@@ -22,6 +22,9 @@ In this order, each pair removed at the first step that removes it:
 4. **Similarity to HumanEval** (the paper's analysis): TF-IDF (scikit-learn) fit on the pairs
    plus HumanEval's prompts with canonical solutions; each pair's maximum cosine similarity to
    a HumanEval problem is the `humaneval_similarity` column; the paper's figure is the mean.
+5. **Diversity** of the kept problems (the stage's stats only, `diversity`; repro/diversity.py):
+   distinct word n-grams, the most frequent opening's share, the mean similarity, with bootstrap
+   intervals. The embedding-based measures need the teacher and are left to the report.
 
 Outputs: `clean.parquet` (kept pairs, every input column plus the ones above),
 `removed.parquet` (every removed pair with its reason and what it matched or duplicated),
@@ -427,7 +430,20 @@ def run(cfg: CleanConfig, pairs_path: Path, clean_path: Path, removed_path: Path
             "removed_by_reason": by_reason, "benchmarks": {b: (v["status"] if v["status"] != "checked" else v["flagged"])
                                                            for b, v in bench_report.items()},
             "humaneval_similarity_mean": report["similarity"]["mean_kept"] if cfg.similarity else None,
-            "syntax": syntax_counts, "seconds": seconds, "notes": notes}
+            "syntax": syntax_counts, "seconds": seconds, "notes": notes,
+            "diversity": diversity_stats([rows[o]["problem"] for o in kept_ords],
+                                         [sim.get(o) for o in kept_ords] if cfg.similarity else None)}
+
+
+def diversity_stats(problems: list[str], sims: list[float | None] | None) -> dict:
+    """The kept problems' model-free diversity measures with bootstrap intervals (repro/diversity.py):
+    distinct 1/2/3-grams per 1,000 words, the most frequent opening's share, the mean similarity
+    to HumanEval. Does NOT compute the embedding-based ones (the report and `repro compare` do)."""
+    from repro import diversity
+
+    return {"measures": diversity.summary(diversity.cheap(problems, sims)), "pairs": len(problems),
+            "resamples": diversity.RESAMPLES,
+            "note": "distinct-n depends on the number of pairs: compare sets at equal size (repro compare)"}
 
 
 def _column(values: list):

@@ -263,6 +263,15 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from repro.report import compare
+
+    a, b = (compare.find(x) for x in args.runs)
+    r = compare.compare(a, b, pipeline.STAGES, Path(args.out) if args.out else None)
+    print(f"{r['pairs']} pairs each; differences that hold: {', '.join(r['holds']) or 'none'} → {r['out'] / 'compare.md'}")
+    return 0
+
+
 def run_dir_of(args) -> Path | None:
     """The run directory a stage command works in (what a failed write without a file name was in)."""
     if getattr(args, "run_dir", None):
@@ -321,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                             "(evaluate.stride=1, evaluate.multilingual_stride=1, evaluate.limit=0)")
         p.add_argument("--variant", default="oss", metavar="VARIANT",
                        help=f"what the student is trained on: {', '.join(config_mod.VARIANTS)} (default oss, the "
-                            "paper's); other variants run in runs/<name>-<validated|evol|validated-evol>/")
+                            "paper's); other variants run in runs/<name>-<validated|evol|validated-evol|self-instruct>/")
         p.add_argument("--share", action="append", metavar="RUN",
                        help="copy finished stages with the same settings and inputs from this run (repeatable; "
                             "default: the other variants' runs of the same name)")
@@ -352,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "nothing: a name under runs/ or a directory")
     a = sub.add_parser("ablate", help="train and evaluate every variant at equal training-set size, and compare them")
     stage_args(a)
-    a.add_argument("--variants", default=",".join(config_mod.VARIANTS),
-                   help="comma-separated variants to compare (default: all four; oss is always included)")
+    # The default compares the paper's training-data variants; the Self-Instruct baseline (another
+    # generation, training and evaluation) is asked for by name.
+    a.add_argument("--variants", default=",".join(v for v in config_mod.VARIANTS if v != "self-instruct"),
+                   help="comma-separated variants to compare (default: oss and its validated/evol variants; add "
+                        "self-instruct for the baseline; oss is always included)")
     mg = sub.add_parser("merge", help="join generate's shards (repro generate --shard I/N) into the first RUN's pairs.jsonl")
     mg.add_argument("runs", nargs="+", metavar="RUN",
                     help="run directories (or names under runs/) holding the shards; the first one receives them")
@@ -393,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     pb.add_argument("--dry-run", action="store_true", help="only write what would be pushed into a folder")
     pb.add_argument("--out", metavar="DIR", help="that folder (default runs/<name>/publish/)")
     pb.add_argument("--private", action="store_true", help="create the repos private")
+    cp = sub.add_parser("compare", help="compare two runs' data diversity at equal size (and pass@1 where trained)")
+    cp.add_argument("runs", nargs=2, metavar="RUN", help="two run directories or names under runs/ (RUN_A RUN_B)")
+    cp.add_argument("--out", metavar="DIR", help="default runs/compare-<a>-<b>/")
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -425,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_export_data(args)
         if args.command == "publish":
             return cmd_publish(args)
+        if args.command == "compare":
+            return cmd_compare(args)
     except ReproError as e:
         log_error(args, f"error: {e}")
         if args.debug:

@@ -77,6 +77,11 @@ class GenerateConfig:
                                     # "<id>#j" with random seed generate.seed + j; validate keeps one per seed
     shard: str = ""                 # I/N: answer only shard I of N of the seeds, into pairs.shard-I-of-N.jsonl
                                     # (`repro generate --shard I/N`; `repro merge` joins them); "" = all seeds
+    tasks: str = ""                 # a pool of task descriptions (data/prompts/ or a path; one a line, # comments):
+                                    # Self-Instruct's way, no seed code is sent; each request shows tasks_per_request
+                                    # of them, sampled per seed id, and generate.prompt must hold {tasks}. Set by
+                                    # --variant self-instruct; "" = OSS-Instruct (a seed snippet per request)
+    tasks_per_request: int = 3      # pool tasks shown per request (generate.tasks), the same for every item
 
 
 @dataclass
@@ -212,7 +217,12 @@ class ReportConfig:
 # What the student is trained on (`repro run --variant`): OSS-Instruct pairs as in the paper, only
 # those that pass the teacher's tests (repro/validate.py), and/or a second stage on Evol-Instruct
 # pairs (repro/evol.py), as MagicoderS.
-VARIANTS = ("oss", "oss+validated", "oss+evol", "oss+validated+evol")
+# `self-instruct` is the paper's baseline made by the same teacher: no seed code, a few task
+# descriptions from a fixed pool per request (data/prompts/self_instruct.txt and
+# self_instruct_tasks.txt), the same number of requests, cleaned alike; it runs alone.
+VARIANTS = ("oss", "oss+validated", "oss+evol", "oss+validated+evol", "self-instruct")
+# What a variant sets before the user's --set (which may still change them).
+VARIANT_SETS = {"self-instruct": ["generate.prompt=self_instruct.txt", "generate.tasks=self_instruct_tasks.txt"]}
 
 
 def variant_stages(variant: str) -> set[str]:
@@ -222,8 +232,15 @@ def variant_stages(variant: str) -> set[str]:
 
 
 def variant_slug(variant: str) -> str:
-    """The run-name suffix of a variant: '' for oss, else e.g. 'validated-evol'."""
+    """The run-name suffix of a variant: '' for oss, 'self-instruct', else e.g. 'validated-evol'."""
+    if variant in VARIANT_SETS:
+        return variant
     return "-".join(variant.split("+")[1:])
+
+
+def variant_sets(variant: str) -> list[str]:
+    """The `section.key=value` settings a variant implies (none for the oss variants)."""
+    return list(VARIANT_SETS.get(variant, []))
 
 
 @dataclass
@@ -320,6 +337,10 @@ def load(profile: str, overrides: list[str] | None = None) -> Config:
 
 
 def check_variant(variant: str) -> str:
+    if variant.startswith("self-instruct+") or variant.endswith("+self-instruct"):
+        raise ReproError(f"--variant {variant!r}: self-instruct runs alone, as the paper's baseline (compare it with "
+                         "oss, at equal size with `repro ablate --variants oss,self-instruct`); it does not combine "
+                         "with +validated or +evol")
     if variant not in VARIANTS:
         raise ReproError(f"--variant {variant!r} is unknown; choose one of: {', '.join(VARIANTS)}")
     return variant

@@ -24,6 +24,18 @@ shard I (`shard_of`, stable across machines) are answered, into `pairs.shard-I-o
 `rejected.jsonl` in the order an unsharded run asks (seed by seed, sample by sample), so that with
 one request at a time and deterministic answers the files are byte for byte the unsharded run's.
 
+Self-Instruct (`--variant self-instruct`, i.e. `generate.tasks=self_instruct_tasks.txt` and
+`generate.prompt=self_instruct.txt`): the paper's baseline from the same teacher, with the same
+decoding and budget. No seed code is sent: each seed row (its id and language only, so that both
+variants ask as many questions in the same languages) gets `generate.tasks_per_request` task
+descriptions sampled from a fixed pool with that item's own random seed, and the teacher invents a
+new task and solves it, in the same two-part format. The stored `seed` is the task list as sent,
+`path` the pool's file name. As Self-Instruct, an answer whose task is a pool task again is
+rejected ("copies a pool task"): the ROUGE-L F-measure (word LCS) of the problem's first sentence
+and a pool task is at least 0.7 (small teachers often restate the first example). It does not grow
+the pool from the teacher's own tasks, nor compare new tasks with each other here (the clean
+stage's deduplication does, as for OSS-Instruct).
+
 The store is `pairs.jsonl` (kept) and `rejected.jsonl`, append-only: each answer is appended and
 fsynced as soon as it exists, keyed by (seed id, prompt hash, model fingerprint, params hash). A
 rerun keeps the rows whose key it would ask for again and asks only for the missing ones; rows of
@@ -64,9 +76,74 @@ JSON_INSTRUCTION = ("\n\nGive your answer as one JSON object with two string fie
                     "[Problem Description]) and \"solution\" (the [Solution], its code in a fenced code block).")
 
 
-def load_prompt(name: str) -> tuple[str, str]:
-    """A prompt template: system text, a line `---`, then the user text with {language}/{snippet}."""
-    return load_template(name, ("snippet",), "generate.prompt")
+def load_prompt(name: str, tasks: str = "") -> tuple[str, str]:
+    """A prompt template: system text, a line `---`, then the user text with {language}/{snippet};
+    with a task pool (generate.tasks) {tasks} instead of {snippet}, which fills the same slot."""
+    if not tasks:
+        return load_template(name, ("snippet",), "generate.prompt")
+    system, user = load_template(name, ("tasks",), "generate.prompt (with generate.tasks)")
+    return system, user.replace("{tasks}", "{snippet}")
+
+
+def load_tasks(name: str, k: int) -> list[str]:
+    """The task pool: one description a line, blank lines and `#` comments left out. Raises
+    ReproError when it is missing or holds fewer than `k` tasks. Does not check their wording."""
+    p = Path(name) if Path(name).is_file() else DATA_DIR / "prompts" / name
+    if not p.is_file():
+        raise ReproError(f"generate.tasks={name!r}: no such task pool in data/prompts/ or on disk")
+    pool = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip() and not x.lstrip().startswith("#")]
+    if k < 1 or len(pool) < k:
+        raise ReproError(f"generate.tasks_per_request={k}: must be 1 to the pool's {len(pool)} tasks ({p})")
+    return pool
+
+
+def pick_tasks(pool: list[str], k: int, seed: int, seed_id: str) -> list[str]:
+    """The k pool tasks shown for one item: a fixed sample per (generate.seed, seed id), whatever
+    the other items, the shard or the batch; in the sampled order, without repeats."""
+    import random
+
+    return random.Random(item_seed(seed, seed_id)).sample(pool, k)
+
+
+def task_list(tasks: list[str]) -> str:
+    return "\n".join(f"Task {i}: {t}" for i, t in enumerate(tasks, 1))
+
+
+COPY_ROUGE_L = 0.7  # Self-Instruct's threshold: a new task this close to a pool task is not new
+_WORD = re.compile(r"[a-z0-9]+")
+_FIRST_SENTENCE = re.compile(r"(.+?[.!?])(?:\s|$)", re.S)
+
+
+def rouge_l(a: list[str], b: list[str]) -> float:
+    """ROUGE-L F-measure of two word lists (their longest common subsequence); 0 if either is empty."""
+    if not a or not b:
+        return 0.0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    return 0.0 if lcs == 0 else 2 * lcs / (len(a) + len(b))
+
+
+def copied_task(problem: str, pool: list[str]) -> tuple[str, float] | None:
+    """(the pool task, its ROUGE-L) when the problem's first sentence restates one (>= COPY_ROUGE_L),
+    else None. Only the first sentence: the teacher's own details after it do not hide a copy."""
+    m = _FIRST_SENTENCE.match(problem.strip())
+    first = _WORD.findall((m.group(1) if m else problem).lower())
+    best = max(((t, rouge_l(first, _WORD.findall(t.lower()))) for t in pool), key=lambda x: x[1])
+    return best if best[1] >= COPY_ROUGE_L else None
+
+
+def task_items(cfg: GenerateConfig, seeds: list[tuple]) -> list[tuple]:
+    """Seed rows as Self-Instruct items: (seed_id, language, the task list as sent, the pool's
+    name); the seed's code and path are not used."""
+    pool = load_tasks(cfg.tasks, cfg.tasks_per_request)
+    name = Path(cfg.tasks).name
+    return [(sid, lang, task_list(pick_tasks(pool, cfg.tasks_per_request, cfg.seed, sid)), name)
+            for sid, lang, _code, _path in seeds]
 
 
 def render(user: str, language: str, snippet: str) -> str:
@@ -191,7 +268,9 @@ def check(cfg: GenerateConfig) -> None:
     if not 0 <= cfg.max_tokens < cfg.n_ctx:
         raise ReproError(f"generate.max_tokens={cfg.max_tokens}: must leave room for the prompt in "
                          f"generate.n_ctx={cfg.n_ctx}; 0 = the paper's min(2500, n_ctx - prompt)")
-    load_prompt(cfg.prompt)
+    load_prompt(cfg.prompt, cfg.tasks)
+    if cfg.tasks:
+        load_tasks(cfg.tasks, cfg.tasks_per_request)
     srv = server(cfg)  # parses generate.extra_body
     if cfg.backend == "openai":
         if not cfg.base_url:
@@ -359,8 +438,11 @@ def read_seeds(seeds_path: Path) -> list[tuple]:
 
 def store_items(cfg: GenerateConfig, seeds: list[tuple], model: str, system: str, user: str) -> dict[str, dict]:
     """key -> the stored fields of each answer asked for, in the order of requests: seed by seed,
-    its samples 0..k-1 in a row; only shard I's seeds with generate.shard=I/N."""
+    its samples 0..k-1 in a row; only shard I's seeds with generate.shard=I/N. With a task pool
+    (generate.tasks) each item's "snippet" is its task list (`task_items`)."""
     params = params_hash(cfg)
+    if cfg.tasks:
+        seeds = task_items(cfg, seeds)
     shard = parse_shard(cfg.shard) if cfg.shard else None
     items = {}
     for seed_id, language, snippet, path in seeds:
@@ -395,7 +477,7 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
     from repro.engine import Request
 
     t_start = time.perf_counter()
-    system, user = load_prompt(cfg.prompt)
+    system, user = load_prompt(cfg.prompt, cfg.tasks)
     seeds = read_seeds(seeds_path)
     pairs_path, rejected_path = store_paths(pairs_path, rejected_path, cfg.shard)
     # The teacher first: a bad model or an unreachable server fails before the store is touched.
@@ -407,6 +489,7 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
         errors_path = pairs_path.with_name(f"errors.{shard_tag(cfg.shard)}.jsonl" if cfg.shard else "errors.jsonl")
         errors_path.unlink(missing_ok=True)
         todo = [k for k in items if k not in done]
+        pool = load_tasks(cfg.tasks, cfg.tasks_per_request) if cfg.tasks else None
         n = {"kept": 0, "rejected": 0, "failed": 0, "truncated": 0}
         first_error = ""
         task = progress.add_task("generate", total=len(items), completed=len(done)) if progress else None
@@ -459,6 +542,9 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
                 answer = {"raw": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
                           "completion_tokens": c.completion_tokens, "seconds": round(c.seconds, 2)}
                 verdict = judge(c.text, c.finish_reason, cfg.structured)
+                if pool and not isinstance(verdict, str) and (copy := copied_task(verdict[0], pool)):
+                    answer.update(copied_task=copy[0], rouge_l=round(copy[1], 3))
+                    verdict = f"copies a pool task (ROUGE-L >= {COPY_ROUGE_L})"
                 if isinstance(verdict, str):
                     store(bad, it, {**answer, "reason": verdict})
                 else:
@@ -521,7 +607,7 @@ def merge_stores(cfg: GenerateConfig, seeds: list[tuple], model: str, n: int,
     does not decide whether a shard's settings are the others' (the caller compares manifests)."""
     import dataclasses
 
-    system, user = load_prompt(cfg.prompt)
+    system, user = load_prompt(cfg.prompt, cfg.tasks)
     items = store_items(dataclasses.replace(cfg, shard=""), seeds, model, system, user)
     good: dict[str, bytes] = {}
     bad: dict[str, bytes] = {}

@@ -141,9 +141,11 @@ def _generate_settings(cfg: Config) -> dict:
          "prompt_hash": _prompt_hash(cfg.generate.prompt)}
     # Settings newer than the runs already made are left out at their defaults (one sample, every
     # seed: what those runs did), so that their generate stays up to date.
-    for k, default in (("samples", 1), ("shard", "")):
+    for k, default in (("samples", 1), ("shard", ""), ("tasks", ""), ("tasks_per_request", 3)):
         if s[k] == default:
             del s[k]
+    if cfg.generate.tasks:  # self-instruct: the pool's content, as the prompt's
+        s["tasks_hash"] = _prompt_hash(cfg.generate.tasks)
     return s
 
 
@@ -493,6 +495,9 @@ def check(cfg: Config, stages: list[str]) -> None:
     stages share (the teacher's settings and file or server, the student's file) is checked once."""
     from repro import generate
 
+    if cfg.generate.tasks and cfg.variant != "self-instruct" and "generate" in stages:
+        raise ReproError(f"generate.tasks={cfg.generate.tasks}: a task pool makes Self-Instruct data, which has its own "
+                         "run directory; use --variant self-instruct instead of --set generate.tasks")
     if cfg.generate.shard and stages != ["generate"]:
         raise ReproError(f"generate.shard={cfg.generate.shard}: a shard is made by `repro generate --shard` alone; "
                          "join the shards with `repro merge RUN...`, then run the other stages without it")
@@ -638,13 +643,14 @@ def print_results(run: RunDir, console) -> None:
 
 def load_config(profile: str, sets: list[str], variant: str = "oss", full_eval: bool = False) -> Config:
     full = ["evaluate.stride=1", "evaluate.limit=0", "evaluate.multilingual_stride=1"] if full_eval else []
-    cfg = config_mod.load(profile, list(sets) + full)
-    cfg.variant = config_mod.check_variant(variant or "oss")
+    variant = config_mod.check_variant(variant or "oss")
+    cfg = config_mod.load(profile, config_mod.variant_sets(variant) + list(sets) + full)
+    cfg.variant = variant
     return cfg
 
 
 def run_name(base: str, variant: str) -> str:
-    """runs/<base> for the paper's oss variant, runs/<base>-<validated|evol|validated-evol> for the others."""
+    """runs/<base> for the paper's oss variant, runs/<base>-<validated|evol|validated-evol|self-instruct> for the others."""
     slug = config_mod.variant_slug(variant)
     return f"{base}-{slug}" if slug else base
 

@@ -207,7 +207,7 @@ def test_a_damaged_artifact_costs_only_its_section(tmp_path):
     (tmp_path / "clean.parquet").write_bytes(b"not a parquet file")
     report.run(run, tmp_path / "report.md", STAGES, ReportConfig(categories="tfidf"))
     md = (tmp_path / "report.md").read_text()
-    assert md.count("could not be built") == 4  # the four sections that read clean.parquet
+    assert md.count("could not be built") == 5  # the five sections that read clean.parquet
     assert "## Training\n\nThe train stage has not run yet" in md  # no usable step: as if not run
     assert "| finetuned − base |" in md
 

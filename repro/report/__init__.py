@@ -6,7 +6,8 @@ Everything is read from the stage manifests and artifacts on disk, so the report
 alone, at any point of a run: a section whose stage has not run says "not run yet". Sections:
 a summary for newcomers; the pipeline funnel (rows in and out, removal reasons, wall time, peak
 memory, throughput); the seeds' languages and licences and the solutions' languages; length
-histograms; the paper's category analysis; TF-IDF similarity to HumanEval; the training loss;
+histograms; the paper's category analysis; TF-IDF similarity to HumanEval; data diversity with
+bootstrap intervals (repro/report/compare.py, docs/diversity.md); the training loss;
 pass@1 with intervals beside the paper's Table 1; the environment.
 
 The category analysis (the paper's Figure 2) assigns each pair (problem + solution) the nearest
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from repro.artifacts import RunDir, atomic_path, write_json, write_text
 from repro.config import ReportConfig
+from repro.report.compare import sec_diversity
 from repro.report.render import render_html, render_markdown
 from repro.report.rundata import FIGURE_DIR, RunData, token_counter
 from repro.report.sections import (sec_beyond, sec_categories, sec_data, sec_environment, sec_evaluation,
@@ -64,6 +66,7 @@ def build(run: RunDir, stages: list, cfg: ReportConfig | None = None) -> tuple[s
              ("Lengths", lambda: sec_lengths(r, count, counted)),
              ("Categories", lambda: sec_categories(r, cfg, facts)),
              ("Similarity to HumanEval", lambda: sec_similarity(r)),
+             ("Data diversity", lambda: sec_diversity(r, cfg, facts)),
              ("Training", lambda: sec_training(r)),
              ("Beyond the paper: validation and Evol-Instruct", lambda: sec_beyond(r)),
              ("pass@1: HumanEval(+) and MBPP(+)", lambda: sec_evaluation(r)),
