@@ -106,7 +106,9 @@ def pick_tasks(pool: list[str], k: int, seed: int, seed_id: str) -> list[str]:
 
 
 def task_list(tasks: list[str]) -> str:
-    return "\n".join(f"Task {i}: {t}" for i, t in enumerate(tasks, 1))
+    # A plain list, not "Task 1: ... Task 3:": the 0.5B teacher continued a numbering with
+    # "**Task 4: ...**" as its problem's first words (the tiny run, 8 of 13 kept problems).
+    return "\n".join(f"- {t}" for t in tasks)
 
 
 COPY_ROUGE_L = 0.7  # Self-Instruct's threshold: a new task this close to a pool task is not new

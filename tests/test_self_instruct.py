@@ -42,7 +42,7 @@ class RecordingTeacher:
             RecordingTeacher.seen.append(r)
             sid = r.key.split("/")[0]
             n = int(sid[1:]) + 1
-            first = re.search(r"^Task 1: (.+)$", user_text(r), re.M)
+            first = re.search(r"^- (.+)$", user_text(r), re.M)
             if sid == COPIER and first:  # restates the first example, as small teachers do
                 yield Completion(r.key, f"[Problem Description]\n{first.group(1)} Keep it short.\n\n[Solution]\n"
                                  "```python\nprint(1)\n```", "stop", 20, 10, 0.1)
@@ -115,7 +115,7 @@ def test_requests_carry_three_pool_tasks_and_no_seed_code_deterministically(tmp_
     for sid, text in first.items():
         assert "seedcode_" not in text and "src/f" not in text and "```" not in text  # no seed code, no path
         shown[sid] = [t for t in tasks if t in text]
-        assert len(shown[sid]) == 3 and text.count("Task ") == 3
+        assert len(shown[sid]) == 3 and sum(line.startswith("- ") for line in text.splitlines()) == 3
         picked = generate.pick_tasks(tasks, 3, GenerateConfig().seed, sid)  # the item's own sample, in its order
         assert sorted(shown[sid]) == sorted(picked) and generate.task_list(picked) in text
         assert LANGS[int(sid[1:])] in text  # asked for the seed row's language
@@ -140,7 +140,7 @@ def test_pairs_parse_and_clean_like_oss_instruct(tmp_path, teacher):
     assert len(pairs) == N - 1 and [r["seed_id"] for r in rejected] == [COPIER]
     assert rejected[0]["reason"] == "copies a pool task (ROUGE-L >= 0.7)" and rejected[0]["rouge_l"] == 1.0
     assert rejected[0]["copied_task"] in rejected[0]["seed"] and "problem" not in rejected[0]
-    assert all(p["path"] == "self_instruct_tasks.txt" and p["seed"].startswith("Task 1: ") for p in pairs)
+    assert all(p["path"] == "self_instruct_tasks.txt" and p["seed"].startswith("- ") for p in pairs)
     assert all(p["problem"].startswith("Write `count_") and "```python" in p["solution"] for p in pairs)
     clean = pq.read_table(run / "clean.parquet").to_pylist()
     assert sorted(r["seed_id"] for r in clean) == [f"s{i}" for i in range(N) if f"s{i}" != COPIER]
