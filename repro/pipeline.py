@@ -103,7 +103,8 @@ def _base_files(cfg: Config) -> list[str]:
 def base_student_gguf(cfg: Config, run: RunDir) -> Path:
     """The GGUF the base student is evaluated from."""
     from repro import models
-    return run / _base_files(cfg)[0] if _base_files(cfg) else models.resolve(cfg.train.student)
+    made = _base_files(cfg)
+    return run / made[0] if made else models.resolve(cfg.train.student)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,8 +323,9 @@ def _export_check(cfg: Config) -> None:
 def _export_run(cfg: Config, run: RunDir, progress) -> dict:
     from repro import export
     with busy(progress, "export: merge, convert, quantize, compare"):
+        made = _base_files(cfg)
         stats = export.run(cfg.export, cfg.train.student, run / "adapter", run / _quant_file(cfg), run / "export-work",
-                           base_out=run / _base_files(cfg)[0] if _base_files(cfg) else None)
+                           base_out=run / made[0] if made else None)
     write_json(run / "export.json", stats)
     return stats
 
@@ -347,10 +349,10 @@ def _evaluate_settings(cfg: Config) -> dict:
 
 
 def _evaluate_check(cfg: Config) -> None:
-    from repro import engine, models
-    from repro.eval import evalplus_data, evaluate
+    from repro import models
+    from repro.eval import evaluate
     e = cfg.evaluate
-    engine.check_settings("evaluate", e.backend, e.parallel, e.n_ctx)
+    evaluate.check_data(e)                  # engine settings, benchmark files and their hashes
     if e.backend == "openai":
         raise ReproError("evaluate.backend=openai: evaluation runs the GGUF files through llama.cpp; "
                          "use llama-batched or llama")
@@ -361,9 +363,6 @@ def _evaluate_check(cfg: Config) -> None:
         models.resolve(cfg.train.student)   # the base student is evaluated as its GGUF (else export's)
     if "teacher" in e.models:
         check_model_file(teacher_spec(cfg), "evaluate.teacher" if e.teacher else "generate.teacher")
-    for b in e.benchmarks:  # names, files and their hashes: before any work
-        evalplus_data.load(b, path=getattr(e, f"{b}_path", ""), fetch=e.fetch)
-    evaluate.multilingual_sets(e, probe=False)  # MultiPL-E and DS-1000: names, files and hashes too
 
 
 def _evaluate_run(cfg: Config, run: RunDir, progress) -> dict:

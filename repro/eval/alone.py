@@ -29,7 +29,6 @@ from pathlib import Path
 from repro.artifacts import ReproError, atomic_path, write_json
 from repro.config import Config
 from repro.eval import evaluate, evalplus_data
-from repro.eval.stats import wilson
 
 STYLES = evaluate.STYLES
 ENDPOINT = "openai:"
@@ -88,7 +87,7 @@ def converted(spec: str, cfg: Config) -> Path:
 
 def check(cfg: Config, spec: str, style: str) -> None:
     """Refuse a bad model spec, style or setting before anything is written."""
-    from repro import engine, models
+    from repro import models
 
     if style not in STYLES:
         raise ReproError(f"--style {style}: choose one of {', '.join(STYLES)}")
@@ -103,11 +102,7 @@ def check(cfg: Config, spec: str, style: str) -> None:
             models.checkpoint_dir(spec, "--model")  # config.json is there
     else:
         target(spec, cfg)  # resolves and checks the GGUF's header
-    e = cfg.evaluate
-    engine.check_settings("evaluate", e.backend, e.parallel, e.n_ctx)
-    for b in e.benchmarks:  # names, files and their hashes
-        evalplus_data.load(b, path=getattr(e, f"{b}_path", ""), fetch=e.fetch)
-    evaluate.multilingual_sets(e, probe=False)
+    evaluate.check_data(cfg.evaluate)
 
 
 def run_model(cfg: Config, spec: str, style: str, out_dir: Path, progress=None) -> dict:
@@ -176,19 +171,9 @@ def judge_samples(cfg: Config, path: Path) -> dict:
     ev = harness.evaluate_samples(bench, rows, gt=gt, workers=e.workers)
     out = path.with_name(path.name.removesuffix(".jsonl") + "_eval_results.json")
     write_json(out, ev)
-    first = [ev["eval"][t][0] for t in ids]
-    base = [r["base_status"] == "pass" for r in first]
-    summary = {"benchmark": name, "version": bench.version, "tasks": len(ids), "samples": len(rows),
-               "of": len(bench.problems), "base": _rate(base), "results": str(out)}
-    if bench.plus and all(r["plus_status"] is not None for r in first):
-        summary["plus"] = _rate([b and r["plus_status"] == "pass" for b, r in zip(base, first)])
-    return summary
-
-
-def _rate(passed: list[bool]) -> dict:
-    k, n = sum(passed), len(passed)
-    lo, hi = wilson(k, n)
-    return {"passed": k, "pass@1": k / n if n else 0.0, "ci95": [lo, hi]}
+    s = evaluate._summary(ev, ids)  # the stage's own pass@1 of each task's first sample, base and plus
+    return {"benchmark": name, "version": bench.version, "tasks": len(ids), "samples": len(rows),
+            "of": len(bench.problems), "results": str(out), **{k: s[k] for k in ("base", "plus") if k in s}}
 
 
 def lines(results: dict) -> list[str]:

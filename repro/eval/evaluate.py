@@ -369,6 +369,17 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
 # MultiPL-E and DS-1000
 
 
+def check_data(cfg: EvaluateConfig) -> None:
+    """Engine settings, and every benchmark's name, file and hash (EvalPlus's, then MultiPL-E's and
+    DS-1000's): one line before any work. It does not look at models (the callers know which)."""
+    from repro import engine
+
+    engine.check_settings("evaluate", cfg.backend, cfg.parallel, cfg.n_ctx)
+    for b in cfg.benchmarks:
+        evalplus_data.load(b, path=getattr(cfg, f"{b}_path", ""), fetch=cfg.fetch)
+    multilingual_sets(cfg, probe=False)
+
+
 def multilingual_sets(cfg: EvaluateConfig, probe: bool = True) -> dict[str, dict]:
     """name ("multipl-e/<lang>", "ds1000") -> {title, path, sha256, of, n, subset, task_ids, not_run,
     problems, ref}. A language whose toolchain is missing here gets no task ids and says why; so do
