@@ -34,6 +34,25 @@ def write_gguf(path: Path, general_type: str = "model", tensors: int = 2, side: 
 
 
 # ---------------------------------------------------------------------------------------------
+# Small HTTP servers on loopback (test_bad_input, test_evaluate_alone, test_fanout)
+
+
+def reply(handler, body, status: int = 200, headers: dict | None = None) -> None:
+    """Answer a request of an http.server handler with `body` as JSON: a dict/list is encoded, a
+    str sent as it is (a test may send what is not JSON)."""
+    import json
+
+    data = (body if isinstance(body, str) else json.dumps(body)).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, str(v))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+# ---------------------------------------------------------------------------------------------
 # A transformers student checkpoint that llama.cpp's converter reads (test_hf_student)
 
 

@@ -34,7 +34,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from builders import write_gguf
+from builders import reply, write_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_STUDENT = "embedded:gemma-3-270m-q4_k_m"
@@ -300,27 +300,19 @@ class FakeTeacher(http.server.BaseHTTPRequestHandler):
     answers: dict = ANSWERS
 
     def do_GET(self):
-        self._send(json.dumps({"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]}))
+        reply(self, json.dumps({"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]}))
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         case = re.search(r"CASE:([\w-]+)", body["messages"][-1]["content"]).group(1)
         if case == "garbage":
-            return self._send("<html>upstream timed out</html>")
+            return reply(self, "<html>upstream timed out</html>")
         text, finish = (("[Problem Description]\nP.\n[Solution]\n" + "x" * (64 << 10), "stop") if case == "huge"
                         else self.answers[case][:2])
-        self._send(json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "fake-teacher",
+        reply(self, json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "fake-teacher",
                                "choices": [{"index": 0, "finish_reason": finish,
                                             "message": {"role": "assistant", "content": text}}],
                                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}))
-
-    def _send(self, text: str):
-        data = text.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def log_message(self, *args):
         pass

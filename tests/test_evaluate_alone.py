@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from builders import reply
 from repro.eval import evalplus_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,22 +82,14 @@ class _Completions(http.server.BaseHTTPRequestHandler):
     prompts: list = []
 
     def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "t"}]})
+        reply(self, {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "t"}]})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.prompts.append(body.get("prompt"))
-        self._send({"id": "c", "object": "text_completion", "created": 0, "model": "fake",
+        reply(self, {"id": "c", "object": "text_completion", "created": 0, "model": "fake",
                     "choices": [{"index": 0, "text": "    return 1\n", "finish_reason": "stop", "logprobs": None}],
                     "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
-
-    def _send(self, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def log_message(self, *args):
         pass

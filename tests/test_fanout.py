@@ -14,6 +14,7 @@ import time
 import duckdb
 import pyarrow as pa
 import pytest
+from builders import reply
 
 from repro import generate
 from repro.artifacts import ReproError
@@ -60,9 +61,9 @@ class Stub:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
-                    self._json(200, {"object": "list", "data": [{"id": stub.model, "object": "model"}]})
+                    reply(self, status=200, body={"object": "list", "data": [{"id": stub.model, "object": "model"}]})
                 else:
-                    self._json(404, {"error": {"message": "not found"}})
+                    reply(self, status=404, body={"error": {"message": "not found"}})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -93,32 +94,23 @@ class Stub:
                     self.close_connection = True
                     return  # the connection closes unanswered
                 if outcome == "429":
-                    self._json(429, {"error": {"message": "too many requests"}},
-                               {"Retry-After": stub.retry_after} if stub.retry_after is not None else {})
+                    reply(self, status=429, body={"error": {"message": "too many requests"}},
+                          headers={"Retry-After": stub.retry_after} if stub.retry_after is not None else {})
                 elif outcome == "500":
-                    self._json(500, {"error": {"message": "boom"}})
+                    reply(self, status=500, body={"error": {"message": "boom"}})
                 elif outcome == "400":
-                    self._json(400, {"error": {"message": "response_format json_schema is not supported"}})
+                    reply(self, status=400, body={"error": {"message": "response_format json_schema is not supported"}})
                 else:
                     text = answer_to(prompt)
                     if fmt:
                         text = json.dumps({"problem": text, "solution": "```python\npass\n```"})
                     choice = ({"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
                               if chat else {"index": 0, "finish_reason": "stop", "text": text})
-                    self._json(200, {"id": "x", "object": "chat.completion" if chat else "text_completion",
+                    reply(self, status=200, body={"id": "x", "object": "chat.completion" if chat else "text_completion",
                                      "created": 0, "model": stub.model, "choices": [choice],
                                      "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
                                                "total_tokens": len(prompt.split()) + len(text.split())}})
 
-            def _json(self, status, obj, headers=None):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, str(v))
-                self.end_headers()
-                self.wfile.write(data)
 
             def log_message(self, *args):
                 pass

@@ -12,7 +12,7 @@ import pytest
 
 from repro import cli, generate, pipeline, validate
 from repro.config import EvaluateConfig, GenerateConfig
-from repro.engine import Completion, Stats
+from repro.engine import Completion, Engine, Stats
 from repro.eval import evaluate
 from repro.eval.stats import pass_at_k
 from builders import seeds_file
@@ -56,7 +56,7 @@ def test_one_sample_keeps_the_cached_answers_key():
 # evaluate.samples = n through the stage
 
 
-class SampleEngine:
+class SampleEngine(Engine):  # Engine's __enter__/__exit__
     """Answers sample j of a problem right when j < RIGHT[task id], else wrong; j from the seed."""
 
     def __init__(self, right: dict[str, int], canonical: dict[str, str], n: int):
@@ -71,12 +71,6 @@ class SampleEngine:
             t, j = self.j[r.seed]
             text = self.canonical[t] if j < self.right[t] else "    return None\n"
             yield Completion(r.key, text, "stop", 10, 5, 0.1)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 def test_pass_at_k_of_the_stage_matches_the_estimator(tmp_path, monkeypatch, capsys):
@@ -141,7 +135,7 @@ CHOSEN = {"s0#1", "s2", "s3#1", "s4#2"}
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo"]
 
 
-class PlanTeacher:
+class PlanTeacher(Engine):  # Engine's __enter__/__exit__
     """Answers seed i's sample j (known from the request's seed) as PLAN says."""
 
     def __init__(self, cfg):
@@ -159,12 +153,6 @@ class PlanTeacher:
                 text = (f"[Problem Description]\nWrite `add_{WORDS[i]}(a, b)`, a {WORDS[i]} function returning the sum "
                         f"of two integers (variant {j} of seed {i}: {' '.join(WORDS[:i + 1])}).\n\n[Solution]\n{code}")
             yield Completion(r.key, text, "stop", 20, 10, 0.1)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 def teacher_writes_tests(cfg, requests, store, progress=None, label=""):

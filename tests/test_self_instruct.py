@@ -13,7 +13,7 @@ import pytest
 from repro import cli, config, generate, pipeline
 from repro.artifacts import ReproError, RunDir, fingerprint
 from repro.config import GenerateConfig
-from repro.engine import Completion, Stats
+from repro.engine import Completion, Engine, Stats
 
 N = 6
 COPIER = "s3"
@@ -28,7 +28,7 @@ OSS_FINGERPRINTS = {"smoke": "52ecac8af722136cd430d51e5f076d636acedff2343329354c
 OSS_KEY = "s0/e7acbaa75099"  # store_items(GenerateConfig(), [("s0", "python", "x0 = 0", "f0.py")], "m", oss prompt)
 
 
-class RecordingTeacher:
+class RecordingTeacher(Engine):  # Engine's __enter__/__exit__
     """Answers each item with its own two-part answer (the same every time), but item COPIER of a
     self-instruct run with its first example task; keeps the requests it saw."""
 
@@ -52,12 +52,6 @@ class RecordingTeacher:
                     f"```python\ndef count_{sid}(items):\n    return sum(len(x) > {n} for x in items)\n```\n"
                     "It counts them in one pass.")
             yield Completion(r.key, text, "stop", 20, 10, 0.1)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 @pytest.fixture

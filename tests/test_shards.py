@@ -11,13 +11,13 @@ import shutil
 import pytest
 
 from repro import cli, generate, pipeline
-from repro.engine import Completion, Stats
+from repro.engine import Completion, Engine, Stats
 from builders import seeds_file
 
 N_SEEDS = 12
 
 
-class FakeTeacher:
+class FakeTeacher(Engine):  # Engine's __enter__/__exit__
     """An engine that answers each request from its content and seed; seeds whose snippet says
     GARBAGE get an answer without the two sections (a rejection). `reorder` answers each pair of
     requests in reverse, as a batched engine finishes them out of order."""
@@ -44,12 +44,6 @@ class FakeTeacher:
                 yield from (self.answer(x) for x in reversed(held))
                 held = []
         yield from (self.answer(x) for x in reversed(held))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 @pytest.fixture
