@@ -40,7 +40,9 @@ LLAMA_BUILT  := $(or $(shell cat $(VENV)/.llama-build 2>/dev/null),$(if $(SETUP_
 SETUP_EXTRAS := $(subst $(comma), ,$(patsubst extras=%,%,$(filter extras=%,$(SETUP_DONE))))
 # PROFILE=workstation needs the hub extra (its teacher is hf://...) and, with a cuda build, the
 # cuda one (Unsloth: it needs a GPU, so a cpu build leaves it out). $(1): the build.
-PROFILE_EXTRAS = $(if $(filter workstation,$(PROFILE)),hub $(if $(filter cuda,$(1)),cuda))
+# PROFILE=cpu-large needs the teacher-1p5b extra (the 1.5B embedded teacher).
+PROFILE_EXTRAS = $(if $(filter workstation,$(PROFILE)),hub $(if $(filter cuda,$(1)),cuda)) \
+                 $(if $(filter cpu-large,$(PROFILE)),teacher-1p5b)
 # Set up again when GPU= asks for another build than the installed one, or an extra is missing
 # (make reproduce PROFILE=workstation after make setup). The build is detected when the
 # environment is first made; afterwards, without GPU=, it is kept (a working cuda build is not
@@ -60,8 +62,10 @@ LLAMA_BUILD   = $(eval LLAMA_BUILD := $$(strip $$(LLAMA_CHOOSE)))$(LLAMA_BUILD)
 CUDA_BUILD    = $(filter cuda,$(LLAMA_BUILD))
 SETUP_EXTRAS_NOW = $(subst $(space),$(comma),$(sort $(subst $(comma), ,$(EXTRAS)) \
                      $(call PROFILE_EXTRAS,$(LLAMA_BUILD)) $(filter-out $(if $(CUDA_BUILD),,cuda),$(SETUP_EXTRAS))))
-EXTRAS_WHY = $(if $(filter workstation,$(PROFILE)),$(if $(CUDA_BUILD), (PROFILE=workstation adds hub \
-               and cuda), (PROFILE=workstation adds hub$(comma) and cuda only with a cuda build$(comma) not this cpu one)))
+EXTRAS_WHY = $(if $(strip $(EXTRAS_WHY_)), $(strip $(EXTRAS_WHY_)))
+EXTRAS_WHY_ = $(if $(filter workstation,$(PROFILE)),$(if $(CUDA_BUILD),(PROFILE=workstation adds hub \
+               and cuda),(PROFILE=workstation adds hub$(comma) and cuda only with a cuda build$(comma) not this cpu one))) \
+             $(if $(filter cpu-large,$(PROFILE)),(PROFILE=cpu-large adds teacher-1p5b))
 # llama.cpp's CMake options, read by llama-cpp-python's build from CMAKE_ARGS. pip caches the
 # wheel it builds under the name and version alone, so the cuda build bypasses the cache
 # (--no-binary alone does not, since pip 23.1) and any wheel an index or find-links offers: it is
@@ -108,8 +112,13 @@ toolchains:
 	      || echo "note: could not install$$need; those MultiPL-E languages will be reported as not run"; fi; \
 	else echo "note: not root: MultiPL-E languages without a toolchain here will be reported as not run"; fi
 
+# PROFILE=cpu-large trains on the validated pairs and then draws the learning curve over them
+# (sizes CURVE_SIZES, every HumanEval(+) and MBPP(+) problem), its report last.
+CURVE_SIZES ?= 0,50,100,200,400
 reproduce: setup
-	$(BIN)/repro run --profile $(PROFILE)
+	$(BIN)/repro run --profile $(PROFILE)$(if $(filter cpu-large,$(PROFILE)), --variant oss+validated)
+	$(if $(filter cpu-large,$(PROFILE)),$(BIN)/repro curve $(PROFILE)-validated --sizes $(CURVE_SIZES))
+	$(if $(filter cpu-large,$(PROFILE)),$(BIN)/repro report $(PROFILE)-validated)
 
 # Beyond the paper: the four variants (oss, +validated, +evol, +validated+evol) trained at equal
 # training-set size and compared (runs/$(PROFILE)-ablation/ablation.md); reuses runs/$(PROFILE)/.

@@ -110,6 +110,10 @@ def _columns(run: RunDir) -> list[str]:
 
 def _languages(run: RunDir, con, has_seeds: bool) -> tuple[list[str], dict[str, int]]:
     clean = sql_str(run / "clean.parquet")
+    cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({clean})").fetchall()}
+    if "language" not in cols:  # pairs brought from elsewhere (problem and solution only)
+        return ["## Languages", "", "`clean.parquet` has no `language` column: the pairs' languages are not known.",
+                ""], {}
     # Kept pairs per language, beside the seeds drawn for that language (when seeds.parquet is here).
     seeds = sql_str(run / "seeds.parquet")
     seeds_join = (f"FULL JOIN (SELECT language, count(*) AS seeds FROM read_parquet({seeds}) GROUP BY language) s "

@@ -263,6 +263,16 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_curve(args) -> int:
+    from repro import curve
+
+    run = pipeline.find_run(args.run, "repro curve")
+    result = curve.run(run, curve.parse_sizes(args.sizes), args.set, options(args))
+    print(curve.render(result))
+    print(f"curve → {run / 'curve' / 'curve.md'}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from repro.report import compare
 
@@ -405,6 +415,16 @@ def main(argv: list[str] | None = None) -> int:
     pb.add_argument("--dry-run", action="store_true", help="only write what would be pushed into a folder")
     pb.add_argument("--out", metavar="DIR", help="that folder (default runs/<name>/publish/)")
     pb.add_argument("--private", action="store_true", help="create the repos private")
+    cv = sub.add_parser("curve", help="train and evaluate the student on nested subsets of a run's pairs: pass@1 "
+                                      "against pairs")
+    cv.add_argument("run", metavar="RUN", help="a name under runs/ or a run's directory (its pairs and settings)")
+    cv.add_argument("--sizes", required=True, metavar="N,N,...",
+                    help="training-set sizes, e.g. 0,50,100,200,400 (0: the base student on both prompts)")
+    cv.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a train., export. or evaluate. setting for every size (default: every HumanEval(+) and "
+                         "MBPP(+) problem)")
+    cv.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    cv.add_argument("--force", action="store_true", help="redo every size, even those up to date")
     cp = sub.add_parser("compare", help="compare two runs' data diversity at equal size (and pass@1 where trained)")
     cp.add_argument("runs", nargs=2, metavar="RUN", help="two run directories or names under runs/ (RUN_A RUN_B)")
     cp.add_argument("--out", metavar="DIR", help="default runs/compare-<a>-<b>/")
@@ -442,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_publish(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "curve":
+            return cmd_curve(args)
     except ReproError as e:
         log_error(args, f"error: {e}")
         if args.debug:

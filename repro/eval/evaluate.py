@@ -53,6 +53,10 @@ from repro.eval.stats import bootstrap_mean, paired_bootstrap, pass_at_k, wilson
 from repro.train import format_prompt
 
 STYLES = ("completion", "instruct", "chat")
+# The control row's label (the base student on the instruction prompt): HumanEval(+) and MBPP(+)
+# only. MultiPL-E gives every model a completion prompt, so its answers would be the base row's;
+# DS-1000 at the instruction split would cost more time than the tiny run has.
+CONTROL = "base-instruct"
 # EvalPlus's direct-completion stops (evalplus/provider/utility.py), then its per-dataset extras.
 EOS_STOPS = ["<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint("]
 EXTRA_STOPS = {"humaneval": ["\ndef ", "\nclass ", "\nimport ", "\nfrom ", "\nassert "],
@@ -312,7 +316,7 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
             jobs.append((b, bench.problems, chosen[b], style, path))
             answers[label, b] = path
         for name, x in extra.items():
-            if x["task_ids"]:
+            if x["task_ids"] and label != CONTROL:
                 st = style if name == "ds1000" else "completion"  # MultiPL-E: completion for every model
                 local = local_answers(out_dir / label / name, cfg)
                 path = answers_path(answer_key(sha, x["ref"], st, cfg), local, cfg) if local_file else local
@@ -346,7 +350,7 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
             results["models"][label][b] = _summary(ev, chosen[b], cfg.samples)
     for name, x in extra.items():
         if x["task_ids"]:
-            for label in models:
+            for label in (m for m in models if m != CONTROL):
                 by_id = {r["task_id"] if cfg.samples == 1 else (r["task_id"], r.get("sample", 0)): r["answer"]
                          for r in read_jsonl(answers[label, name])}
                 results["models"][label][name] = judge_multilingual(name, x, by_id, out_dir / label / name, cfg,
@@ -357,7 +361,8 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
         for i, a in enumerate(labels):
             for c in labels[:i]:
                 for split in ("base", "plus"):
-                    ra, rc = results["models"][a][b].get(split), results["models"][c][b].get(split)
+                    ra = results["models"][a].get(b, {}).get(split)
+                    rc = results["models"][c].get(b, {}).get(split)
                     if ra and rc:
                         diff, lo, hi = paired_bootstrap(ra["per_task"], rc["per_task"])
                         results["comparisons"].append({"a": a, "b": c, "benchmark": b, "split": split,

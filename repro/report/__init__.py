@@ -31,7 +31,8 @@ from pathlib import Path
 
 from repro.artifacts import RunDir, atomic_path, write_json, write_text
 from repro.config import ReportConfig
-from repro.report.compare import sec_diversity
+from repro.report.compare import sec_diversity, sec_versus
+from repro.report.curve import sec_curve
 from repro.report.render import render_html, render_markdown
 from repro.report.rundata import FIGURE_DIR, RunData, token_counter
 from repro.report.sections import (sec_beyond, sec_categories, sec_data, sec_environment, sec_evaluation,
@@ -67,11 +68,14 @@ def build(run: RunDir, stages: list, cfg: ReportConfig | None = None) -> tuple[s
              ("Categories", lambda: sec_categories(r, cfg, facts)),
              ("Similarity to HumanEval", lambda: sec_similarity(r)),
              ("Data diversity", lambda: sec_diversity(r, cfg, facts)),
+             ("OSS-Instruct against Self-Instruct", lambda: sec_versus(r, stages)),
              ("Training", lambda: sec_training(r)),
              ("Beyond the paper: validation and Evol-Instruct", lambda: sec_beyond(r)),
              ("pass@1: HumanEval(+) and MBPP(+)", lambda: sec_evaluation(r)),
-             ("Other languages and data science: MultiPL-E and DS-1000", lambda: sec_multilingual(r)),
-             ("Environment", lambda: sec_environment(r))]
+             ("Other languages and data science: MultiPL-E and DS-1000", lambda: sec_multilingual(r))]
+    if (run.path / "curve" / "curve.json").exists():  # `repro curve` ran on this run
+        parts.append(("Learning curve", lambda: sec_curve(r)))
+    parts.append(("Environment", lambda: sec_environment(r)))
     sections = []
     for head, make in parts:
         try:

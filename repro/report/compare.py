@@ -157,11 +157,51 @@ def compare(path_a: Path, path_b: Path, stages: list, out: Path | None = None) -
     """Write compare.md, compare.json and compare-figures/ for two runs into `out`
     (default runs/compare-<a>-<b>/); returns what was written."""
     ra, rb = RunData(RunDir(path_a), stages), RunData(RunDir(path_b), stages)
+    out = Path(out) if out else ROOT / "runs" / f"compare-{ra.path.name}-{rb.path.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    title, sections, figs, data = build(ra, rb, out / CACHE)
+    with atomic_path(out / FIGURE_DIR) as tmp:
+        tmp.mkdir()
+        for b in figs:
+            (tmp / f"{b[1]}.png").write_bytes(b[2])
+    write_text(out / "compare.md", render_markdown(title, sections, FIGURE_DIR))
+    write_json(out / "compare.json", data)
+    return {"out": out, "pairs": data["pairs"],
+            "holds": [k for k, v in data["measures"].items() if v["difference"]["holds"]],
+            "figures": [b[1] for b in figs]}
+
+
+def twin(r: RunData) -> Path | None:
+    """The run's Self-Instruct twin (runs/<name>-self-instruct beside runs/<name>), or for a
+    Self-Instruct run its OSS-Instruct one, when that has kept pairs."""
+    name = r.path.name
+    other = (r.path.parent / name.removesuffix("-self-instruct") if name.endswith("-self-instruct")
+             else r.path.parent / f"{name}-self-instruct")
+    return other if (other / "clean.parquet").is_file() else None
+
+
+def sec_versus(r: RunData, stages: list) -> list:
+    """The report's comparison with the run's twin (`twin`): the measures side by side, the
+    overlaid charts, pass@1 at equal size. Its embedding cache is the run's own report cache."""
+    other = twin(r)
+    if other is None:
+        return [("p", f"No Self-Instruct twin of this run (`{r.path.name}-self-instruct/` with kept pairs). "
+                      f"`repro run --profile {r.run_json.get('profile', 'tiny')} --variant self-instruct` makes one "
+                      "from the same teacher; this section then sets the two side by side (docs/diversity.md).")]
+    a, b = (RunData(RunDir(other), stages), r) if r.path.name.endswith("-self-instruct") else (r, RunData(RunDir(other), stages))
+    _, sections, _, data = build(a, b, r.path / CACHE, fig_prefix="versus_")
+    blocks = [("p", f"OSS-Instruct (`{a.path.name}`) against Self-Instruct from the same teacher (`{b.path.name}`), "
+                    f"at {data['pairs']} pairs each: the paper's data claim, measured here.")]
+    for head, bl in sections[1:]:
+        blocks += [("p", f"**{head}.**")] + bl
+    return blocks
+
+
+def build(ra: RunData, rb: RunData, cache: Path, fig_prefix: str = "") -> tuple[str, list, list, dict]:
+    """(title, sections, figure blocks, compare.json's content) for runs A and B, embedding into `cache`."""
     na, nb = ra.path.name, rb.path.name
     if na == nb:
         na, nb = f"A ({na})", f"B ({nb})"
-    out = Path(out) if out else ROOT / "runs" / f"compare-{ra.path.name}-{rb.path.name}"
-    out.mkdir(parents=True, exist_ok=True)
     ca, cb = ra.table("clean.parquet") or [], rb.table("clean.parquet") or []
     if len(ca) < 2 or len(cb) < 2:
         raise ReproError(f"repro compare: {ra.path if len(ca) < 2 else rb.path}/clean.parquet keeps fewer than two "
@@ -170,8 +210,8 @@ def compare(path_a: Path, path_b: Path, stages: list, out: Path | None = None) -
     cfg_a, cfg_b = (ReportConfig(categories=r.setting("report", "categories"),
                                  category_samples=r.setting("report", "category_samples")) for r in (ra, rb))
     cap = min(cfg_a.category_samples, cfg_b.category_samples)
-    ma = measure(ra, dataclasses.replace(cfg_a, category_samples=cap), [ca[i] for i in ia], out / CACHE, 0)
-    mb = measure(rb, dataclasses.replace(cfg_b, category_samples=cap), [cb[i] for i in ib], out / CACHE, 1)
+    ma = measure(ra, dataclasses.replace(cfg_a, category_samples=cap), [ca[i] for i in ia], cache, 0)
+    mb = measure(rb, dataclasses.replace(cfg_b, category_samples=cap), [cb[i] for i in ib], cache, 1)
     n = len(ia)
     rows, facts = [], {}
     for k, (label, better) in diversity.MEASURES.items():
@@ -213,7 +253,7 @@ def compare(path_a: Path, path_b: Path, stages: list, out: Path | None = None) -
         ax.set_yticks(y, names)
         ax.set_xlabel("pairs")
         ax.legend(fontsize=8)
-    figs.append(figure_block("categories", png_of(draw_categories, (8, 3.6)),
+    figs.append(figure_block(fig_prefix + "categories", png_of(draw_categories, (8, 3.6)),
                              f"Pairs per category, {na} and {nb} ({ma['sampled']} pairs each)."))
 
     def draw_similarity(fig):
@@ -231,7 +271,7 @@ def compare(path_a: Path, path_b: Path, stages: list, out: Path | None = None) -
         ax.set_ylabel("pairs")
         ax.legend(fontsize=7)
     if ma["sims"] or mb["sims"]:
-        figs.append(figure_block("similarity", png_of(draw_similarity, (8, 3.2)),
+        figs.append(figure_block(fig_prefix + "similarity", png_of(draw_similarity, (8, 3.2)),
                                  "Similarity to HumanEval (clean stage), with the paper's three means dashed."))
     sections.append(("Figures", figs))
     (pa, ea), (pb, eb) = _pass_at_1(ra), _pass_at_1(rb)
@@ -247,13 +287,6 @@ def compare(path_a: Path, path_b: Path, stages: list, out: Path | None = None) -
                                                   for k in dict.fromkeys(list(pa) + list(pb))])]
     sections.append(("pass@1", text))
     title = f"Data diversity: `{ra.path.name}` against `{rb.path.name}`"
-    with atomic_path(out / FIGURE_DIR) as tmp:
-        tmp.mkdir()
-        for b in figs:
-            (tmp / f"{b[1]}.png").write_bytes(b[2])
-    write_text(out / "compare.md", render_markdown(title, sections, FIGURE_DIR))
-    write_json(out / "compare.json", {"a": str(ra.path), "b": str(rb.path), "pairs": n, "kept": [len(ca), len(cb)],
-                                      "methods": [ma["method"], mb["method"]], "measures": facts,
-                                      "pass@1": {"a": _brief(pa), "b": _brief(pb), "train_pairs": [ea, eb]}})
-    return {"out": out, "pairs": n, "holds": [k for k, v in facts.items() if v["difference"]["holds"]],
-            "figures": [b[1] for b in figs]}
+    return title, sections, figs, {"a": str(ra.path), "b": str(rb.path), "pairs": n, "kept": [len(ca), len(cb)],
+                                   "methods": [ma["method"], mb["method"]], "measures": facts,
+                                   "pass@1": {"a": _brief(pa), "b": _brief(pb), "train_pairs": [ea, eb]}}

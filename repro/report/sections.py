@@ -17,6 +17,7 @@ from repro.clean import PAPER_SIMILARITY
 from repro.config import ReportConfig
 from repro.languages import MULTIPL_E
 from repro.report.categories import CATEGORIES, EMBED_CHARS, categorize
+from repro.report.effects import control_sentences
 from repro.report.rundata import (BENCH_NAMES, CACHE_FILE, NOT_RUN, PAPER_PAIRS, PAPER_ROWS, RunData, columns,
                                   counts, figure_block, join, local_gguf, model_sha, model_title, not_run, pct,
                                   png_of)
@@ -408,7 +409,11 @@ def sec_evaluation(r: RunData) -> list:
                              if c else "-")
             rows.append([f"{a} − {b}"] + cells)
         out += [("p", "Differences on the same problems, in points, with a paired bootstrap 95% interval (an interval "
-                      "holding 0 is no evidence of a difference):"),
+                      "holding 0 is no evidence of a difference)"
+                      + (". `base-instruct` is the control row: the base student given the fine-tuned student's "
+                         "instruction prompt and template. `finetuned − base-instruct` is what the training did at "
+                         "an equal prompt; `base-instruct − base` is what the prompt alone does; `finetuned − base` "
+                         "is the paper's comparison, both at once:" if "base-instruct" in ev["models"] else ":")),
                 ("table", ["difference"] + [c[2] for c in cols], rows)]
 
     def draw(fig):
@@ -446,7 +451,7 @@ def sec_multilingual(r: RunData) -> list:
     sets = ev.get("multilingual") or {}
     if not sets:
         return [("p", "Not evaluated in this run (`evaluate.multilingual` was empty).")]
-    models = list(ev["models"])
+    models = [m for m in ev["models"] if any(n in ev["models"][m] for n in sets)]  # not the control row
     out = []
     langs = [n for n in sets if n.startswith("multipl-e/")]
     if langs:
@@ -608,6 +613,8 @@ def sec_summary(r: RunData, facts: dict) -> list:
             if d:
                 verdicts.append((name, "better" if d["ci95"][0] > 0 else "worse" if d["ci95"][1] < 0 else None))
         text += [p[:1].upper() + p[1:] + "." for p in parts]
+        if "base-instruct" in ev["models"]:
+            text += control_sentences(ev)
         better = [n for n, v in verdicts if v == "better"]
         worse = [n for n, v in verdicts if v == "worse"]
         if verdicts and not better and not worse:
