@@ -257,17 +257,15 @@ def decontaminate(con, cfg: CleanConfig, texts: list[str], notes: list[str]) -> 
     if not (texts and refs and cfg.methods):
         return flags, bench_report, ngram_grams
     decontam.prepare_docs(con, texts)
-    # One pass over every n-word window of every pair serves both methods.
+    # The n-gram rule's windows in DuckDB; the substring rule scans the texts itself (Aho-Corasick).
     if "ngram" in cfg.methods:
         ngram_grams = decontam.build_reference_grams(con, refs, cfg.ngram_n)["grams"]
-    if "substring" in cfg.methods:
-        decontam.prepare_substring(con, refs, cfg.ngram_n)
     decontam.match_windows(con, cfg.ngram_n)
     if "ngram" in cfg.methods:
         flags += decontam.ngram_flags(con, cfg.ngram_n, cfg.ngram_min_matches, cfg.ngram_min_coverage,
                                       kinds=[r.kind for r in refs])
     if "substring" in cfg.methods:
-        flags += decontam.substring_flags(con)
+        flags += decontam.substring_flags(texts, refs)
     return flags, bench_report, ngram_grams
 
 
@@ -406,7 +404,7 @@ def run(cfg: CleanConfig, pairs_path: Path, clean_path: Path, removed_path: Path
         "pairs_in": len(rows), "kept": len(kept_ords), "removed": len(removed_ords), "removed_by_reason": by_reason,
         "benchmarks": bench_report,
         "rules": {"methods": cfg.methods,
-                  "substring": "a reference text occurs in problem + solution, lower case, whitespace runs as one space",
+                  "substring": "a benchmark string occurs in problem + solution, both lower-cased, whitespace as is (BigCode's rule)",
                   "ngram": f"a pair shares at least {cfg.ngram_min_matches} distinct word {cfg.ngram_n}-grams, "
                            f"and at least {cfg.ngram_min_coverage:.0%} of them, with one reference text (a "
                            "docstring, prompt, solution, question); only n-grams specific to one benchmark "

@@ -1,12 +1,15 @@
-"""Benchmark decontamination of the generated pairs, in DuckDB: the paper's substring rule and
-word n-gram overlap.
+"""Benchmark decontamination of the generated pairs: the paper's substring rule, and word n-gram
+overlap in DuckDB.
 
 Both look at a pair's `problem + "\n" + solution` (what the student is trained on).
 
-- `substring` (the paper's rule, after BigCode): a pair is flagged when a reference text (a
-  HumanEval docstring or canonical solution, an MBPP test problem or its code, a DS-1000 prompt,
-  a GSM8K or APPS test question; see repro/data/benchmarks.py) occurs in it, compared in lower case
-  with every run of whitespace made one space.
+- `substring` (the paper's rule: BigCode's find_substrings.py, which Magicoder ran on
+  `problem` and `solution`): a pair is flagged when a benchmark text (a HumanEval docstring or
+  canonical solution, an MBPP test problem or its code, a DS-1000 prompt up to its solution
+  marker, a GSM8K or APPS test question; see repro/data/benchmarks.py and `substring_needles`)
+  occurs in it, both lower-cased with Python's `str.lower`, whitespace as it is.
+  `substring_flags` finds them with an Aho-Corasick automaton; `substring_reference` is
+  BigCode's one-by-one loop, in plain Python.
 - `ngram`: text is cut into *normalized words*: maximal runs of ASCII letters, digits and `_`,
   lower-cased (everything else, non-ASCII letters included, separates words). A pair is flagged
   for a benchmark problem when, for one of its reference texts, the pair holds at least
@@ -18,13 +21,15 @@ Both look at a pair's `problem + "\n" + solution` (what the student is trained o
   library docs that DS-1000 quotes), two that are also 20% of the text 0.003% (2 of 74,700).
 
 `ngram_reference` is the same n-gram rule in plain Python; tests and bench/decontam.py check
-that both flag the same pairs for the same problems.
+that both flag the same pairs for the same problems (and the same for the two substring paths).
 
-What it does not do: catch paraphrase that keeps too few runs of n words (fewer than
-`min_matches`, or under `min_coverage` of the text), a copy of only the generic part of a problem
-(6 of the bench's 300 planted DS-1000 prompt prefixes held no specific n-gram: data tables and
-boilerplate), translation into another language, or contamination through the seed snippets
-(they are not training text).
+What it does not do: catch, by substring, a copy whose whitespace or line ends differ (499 of
+MBPP's 500 test solutions have \r\n line ends: BigCode's rule, kept as it is; the n-gram rule
+ignores both), paraphrase that keeps too few runs of n words (fewer than `min_matches`, or under
+`min_coverage` of the text), a copy of only the generic part of a problem (6 of the bench's 300
+planted DS-1000 prompt prefixes held no specific n-gram: data tables and boilerplate),
+translation into another language, or contamination through the seed snippets (they are not
+training text).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
+from repro.artifacts import ReproError
 from repro.data.benchmarks import Reference
 
 # One normalization, two implementations: the SQL below and `words` must agree exactly.
@@ -39,14 +45,6 @@ from repro.data.benchmarks import Reference
 # the text is ASCII, so DuckDB's lower() and Python's agree.
 WORDS_SQL = "string_split(trim(lower(regexp_replace({text}, '\\W+', ' ', 'g'))), ' ')"
 _NONWORD = re.compile(r"\W+", re.ASCII)
-# The only characters whose lower case (in DuckDB and Python) is ASCII: İ and the Kelvin sign.
-ODD = re.compile("[\u0130\u212a]")
-
-
-def _odd_sql(col: str) -> str:
-    return " OR ".join(f"contains({col}, '{c}')" for c in "\u0130\u212a")
-
-
 def words(text: str) -> list[str]:
     return _NONWORD.sub(" ", text).lower().strip(" ").split(" ")
 
@@ -133,14 +131,12 @@ def build_reference_grams(con, refs: list[Reference], n: int) -> dict:
 
 def match_windows(con, n: int) -> int:
     """Create `doc_hit(id, pos, h)`: the windows of the pairs whose hash is a reference n-gram's
-    (`ref_gram`) or a substring key's (`sub_ref`), whichever exist. One pass over all windows."""
-    have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    keys = " UNION ".join([q for t, q in (("ref_gram", "SELECT h FROM ref_gram"),
-                                          ("sub_ref", "SELECT key AS h FROM sub_ref WHERE key IS NOT NULL")) if t in have])
-    con.execute(f"CREATE OR REPLACE TEMP TABLE win_key AS {keys}")
+    (`ref_gram`). One pass over all windows; without `ref_gram` (no n-gram method) it does nothing."""
+    if "ref_gram" not in {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}:
+        return 0
     con.execute(f"""CREATE OR REPLACE TEMP TABLE doc_hit AS
                     SELECT id, pos, h FROM (SELECT id, pos, {_hash_sql(n)} AS h FROM ({_windows_sql(n, 'doc_wh', 'id')}))
-                    SEMI JOIN win_key USING (h)""")
+                    SEMI JOIN ref_gram USING (h)""")
     return con.execute("SELECT count(*) FROM doc_hit").fetchone()[0]
 
 
@@ -176,77 +172,103 @@ def _flag(i, bench, grp, rid, k, size, example, kinds):
             "kind": kinds[rid] if kinds else str(rid), "matches": k, "of": size, "match": example}
 
 
-def prepare_substring(con, refs: list[Reference], n: int) -> int:
-    """Create `sub_ref`: the references of the paper's rule, with what picks their candidates.
+# ---------------------------------------------------------------------------------------------
+# The paper's substring rule
 
-    Comparing every pair with every reference would be ~270M `contains` calls at the paper's
-    75K pairs. If a reference occurs in a pair, its inner words (all but the first and last,
-    which may be cut) are whole words of the pair. So a reference of n + 2 words or more is
-    compared only with the pairs holding its words 2..n+1 as an n-gram (`key`, found by
-    `match_windows`), a shorter one only with the pairs holding its rarest inner word (rarest in
-    every 8th pair), and one without inner words with every pair. Exact: a test compares it
-    with the plain product.
-    """
-    import pyarrow as pa
+# Which substring rule a clean stage ran (in its fingerprint): BigCode's, as below. Before it, the
+# texts' whitespace runs were collapsed.
+SUBSTRING_RULE = "bigcode-find-substrings"
+# BigCode cuts a DS-1000 prompt before its solution marker (benchmark_data.py, extract_ds_1000_prompt).
+DS1000_MARKERS = ("SOLUTION START", "BEGIN SOLUTION")
+# BigCode strips these columns (load_dataset_column); MBPP and DS-1000 texts it takes as they are.
+STRIPPED = ("gsm8k", "apps")
+# Characters of each needle the automaton looks for; a hit is then checked for the whole needle
+# at that place. 64 keeps the trie small (the bench's 3,644 needles run from 18 characters to
+# 4.7 K) and the false hits few: 1,461 anchor occurrences for 303 whole ones in its 75,000 pairs.
+ANCHOR = 64
 
-    rows = []
+
+def substring_needles(refs: list[Reference]) -> list[tuple[int, str]]:
+    """(index in `refs`, needle) for every text the paper's rule uses, prepared as BigCode's
+    benchmark_data.py does: a DS-1000 prompt cut before its solution marker, GSM8K and APPS
+    questions stripped (HumanEval docstrings and solutions come stripped from
+    repro/data/benchmarks.py), then lower-cased. No whitespace is changed and there is no
+    minimum length. A needle left empty is dropped: BigCode would flag every file with it."""
+    out = []
     for i, r in enumerate(refs):
         if not r.substring:
             continue
-        w = words(r.text)
-        odd = bool(ODD.search(r.text))  # see below
-        inner = w[1:-1]
-        rows.append({"rid": i, "bench": r.bench, "task_id": r.task_id, "kind": r.kind, "text": r.text,
-                     "key_words": inner[:n] if len(inner) >= n and not odd else None,
-                     "inner_words": sorted(set(inner)) if inner and len(inner) < n and not odd else None})
-    con.register("sub_in", pa.Table.from_pylist(rows, schema=pa.schema(
-        [("rid", pa.int64()), ("bench", pa.string()), ("task_id", pa.string()), ("kind", pa.string()),
-         ("text", pa.string()), ("key_words", pa.list_(pa.string())), ("inner_words", pa.list_(pa.string()))])))
-    # The needle as the paper compares it. Lower-casing before cutting words changes them only
-    # for U+0130 and U+212A, whose lower case is ASCII: pairs holding either are compared with
-    # every reference (and such references with every pair).
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE sub_ref AS
-        SELECT rid, bench, task_id, kind, inner_words, lower(regexp_replace(trim(text), '\\s+', ' ', 'g')) AS needle,
-               CASE WHEN key_words IS NOT NULL THEN hash({', '.join(f'hash(key_words[{j + 1}])' for j in range(n))}) END AS key
-        FROM sub_in
-    """)
-    con.unregister("sub_in")
-    return len(rows)
+        text = r.text
+        if r.bench == "ds1000":
+            text = next((text.split(m)[0] for m in DS1000_MARKERS if m in text), text)
+        elif r.bench in STRIPPED:
+            text = text.strip()
+        if text:
+            out.append((i, text.lower()))
+    return out
 
 
-def substring_flags(con) -> list[dict]:
-    """The paper's rule over `docs(id, text)`: one flag per (pair, problem), naming the text kind.
-    Needs `docs`, `doc_wh`, `sub_ref` and `doc_hit` (`prepare_docs`, `prepare_substring`, `match_windows`)."""
-    flags = con.execute(f"""
-        WITH keyed AS (
-            SELECT DISTINCT x.id, s.rid FROM doc_hit x JOIN sub_ref s ON s.key = x.h
-        ), inner_word AS (
-            SELECT rid, word, hash(word) AS word_h FROM (SELECT rid, unnest(inner_words) AS word FROM sub_ref)
-        ), sample_df AS (  -- in how many of every 8th pair each inner word occurs
-            SELECT word_h, count(DISTINCT id) AS df
-            FROM (SELECT id, unnest(wh) AS word_h FROM doc_wh WHERE id % 8 = 0) SEMI JOIN inner_word USING (word_h)
-            GROUP BY word_h
-        ), anchor AS (
-            SELECT rid, word_h FROM inner_word LEFT JOIN sample_df USING (word_h)
-            QUALIFY row_number() OVER (PARTITION BY rid ORDER BY coalesce(df, 0), length(word) DESC, word) = 1
-        ), anchored AS (
-            SELECT DISTINCT d.id, a.rid FROM (SELECT id, unnest(wh) AS word_h FROM doc_wh) d JOIN anchor a USING (word_h)
-        ), cand AS (
-            SELECT * FROM keyed UNION SELECT * FROM anchored
-            UNION SELECT d.id, s.rid FROM docs d, sub_ref s WHERE s.key IS NULL AND s.inner_words IS NULL
-            UNION SELECT d.id, s.rid FROM docs d, sub_ref s WHERE {_odd_sql('d.text')}
-        ), hay AS (
-            SELECT id, lower(regexp_replace(text, '\\s+', ' ', 'g')) AS hay FROM docs SEMI JOIN cand USING (id)
-        )
-        SELECT c.id, s.bench, s.task_id, s.kind, s.needle
-        FROM cand c JOIN sub_ref s USING (rid) JOIN hay h USING (id)
-        WHERE contains(h.hay, s.needle)
-        QUALIFY row_number() OVER (PARTITION BY c.id, s.bench, s.task_id ORDER BY s.kind, s.rid) = 1
-        ORDER BY c.id, s.bench, s.task_id
-    """).fetchall()
-    return [{"id": i, "bench": b, "task_id": t, "method": "substring", "kind": k, "matches": 1, "of": 1, "match": m}
-            for i, b, t, k, m in flags]
+def _fold_substring(i: int, found, refs: list[Reference], needle: dict[int, str]) -> list[dict]:
+    # One flag per (pair, problem), naming the first kind of text that matched (by name, then order).
+    best: dict[tuple[str, str], int] = {}
+    for rid in sorted(found, key=lambda rid: (refs[rid].kind, rid)):
+        best.setdefault((refs[rid].bench, refs[rid].task_id), rid)
+    return [{"id": i, "bench": b, "task_id": t, "method": "substring", "kind": refs[rid].kind,
+             "matches": 1, "of": 1, "match": needle[rid]} for (b, t), rid in sorted(best.items())]
+
+
+def substring_flags(texts: list[str], refs: list[Reference]) -> list[dict]:
+    """The paper's rule over `texts` (ids are positions): one flag per (pair, problem), naming
+    the text kind. Every needle's first `ANCHOR` characters go into one Aho-Corasick automaton
+    (pyahocorasick), which finds all of them in one pass over each lower-cased text; each hit is
+    then compared in full at its place. Gives exactly `substring_reference`'s flags (tests and
+    bench/decontam.py check it); it does not look for anything the reference would not."""
+    try:
+        import ahocorasick
+    except ImportError:
+        raise ReproError("clean.methods substring needs the pyahocorasick package: run make setup "
+                         "(or .venv/bin/pip install -c requirements.lock pyahocorasick)") from None
+    needles = substring_needles(refs)
+    if not needles:
+        return []
+    by_anchor: dict[str, list[int]] = defaultdict(list)
+    for k, (_, s) in enumerate(needles):
+        by_anchor[s[:ANCHOR]].append(k)
+    auto = ahocorasick.Automaton()
+    for anchor, ks in by_anchor.items():
+        auto.add_word(anchor, (len(anchor), ks))
+    auto.make_automaton()
+    needle = dict(needles)
+    out = []
+    for i, text in enumerate(texts):
+        content = text.lower()
+        found = set()
+        # Every occurrence of every anchor, overlapping ones included; the needle is there iff
+        # one of its anchor's occurrences goes on into the whole needle.
+        for end, (n, ks) in auto.iter(content):
+            for k in ks:
+                rid, s = needles[k]
+                if rid not in found and (len(s) == n or content.startswith(s, end + 1 - n)):
+                    found.add(rid)
+        if found:
+            out += _fold_substring(i, found, refs, needle)
+    return out
+
+
+def substring_reference(texts: list[str], refs: list[Reference]) -> list[dict]:
+    """BigCode's find_substrings (as Magicoder ran it), re-implemented in plain Python: each
+    pair's text lower-cased, then `needle in text` for every needle, one by one. BigCode stops
+    at a file's first match (the file is dropped either way); this tries every needle, to name
+    every problem, which costs the same on a clean pair. Same output as `substring_flags`."""
+    needles = substring_needles(refs)
+    needle = dict(needles)
+    out = []
+    for i, text in enumerate(texts):
+        content = text.lower()
+        found = [rid for rid, s in needles if s in content]
+        if found:
+            out += _fold_substring(i, found, refs, needle)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -189,7 +189,10 @@ def _generate_summary(s: dict) -> str:
 
 def _clean_settings(cfg: Config) -> dict:
     from repro import clean
-    return {**cfg.section("clean"), "benchmark_data": clean.source_fingerprints(cfg.clean)}
+    from repro import decontam
+    # The substring rule became BigCode's own (whitespace as is): runs cleaned before redo clean.
+    return {**cfg.section("clean"), "benchmark_data": clean.source_fingerprints(cfg.clean),
+            **({"substring_rule": decontam.SUBSTRING_RULE} if "substring" in cfg.clean.methods else {})}
 
 
 def _clean_check(cfg: Config) -> None:

@@ -12,7 +12,6 @@ def _con(texts, refs):
     con = duckdb.connect()
     decontam.prepare_docs(con, texts)
     decontam.build_reference_grams(con, refs, N)
-    decontam.prepare_substring(con, refs, N)
     decontam.match_windows(con, N)
     return con
 
@@ -69,20 +68,11 @@ def test_duckdb_ngram_path_matches_the_python_reference():
     assert len({f["id"] for f in decontam.ngram_flags(con, N, 2, 0.2)}) >= 20  # the whole and half copies
 
 
-def test_substring_path_equals_the_plain_product():
+def test_substring_fast_path_equals_bigcode_loop_on_humaneval():
     refs = references(resolve("humaneval", {}))
-    refs.append(Reference("x", "odd", "text", "find the largest item in the list of numbers and return it to the caller"))
-    refs.append(Reference("x", "short", "text", "return a  + b"))
-    docs = _planted_docs() + ["Please FIND the LARGEST \u0130TEM in the list of numbers and return it to the caller now",
-                              "def f(a, b):\n    return A +\n b", "return a+b"]
-    con = _con(docs, refs)
-    got = decontam.substring_flags(con)
-    # Every pair against every reference, with the rule's own comparison.
-    con.execute("CREATE TABLE allref AS SELECT * FROM sub_ref")
-    want = con.execute("""
-        SELECT d.id, s.bench, s.task_id, min(s.kind) FROM docs d, allref s
-        WHERE contains(lower(regexp_replace(d.text, '\\s+', ' ', 'g')), s.needle)
-        GROUP BY ALL ORDER BY ALL""").fetchall()
-    assert [(f["id"], f["bench"], f["task_id"], f["kind"]) for f in got] == [tuple(w) for w in want]
-    ids = {f["id"] for f in got if f["bench"] == "x"}
-    assert ids == {len(docs) - 3, len(docs) - 2}  # the İ doc (compared in full) and the short one
+    docs = _planted_docs()
+    got = decontam.substring_flags(docs, refs)
+    assert got == decontam.substring_reference(docs, refs)
+    he = humaneval()
+    whole = {(7 + i, p["task_id"]) for i, p in enumerate(he[:40]) if i % 4 == 0}  # the upper-cased whole copies
+    assert whole <= {(f["id"], f["task_id"]) for f in got}
