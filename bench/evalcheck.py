@@ -5,6 +5,7 @@
                                         [--tasks HumanEval/2,...] [--kinds canonical,...] [--workers 2]
                                         [--out evalcheck.json] [--keep] [--no-reasons]
     .venv/bin/python bench/evalcheck.py --run runs/<name> [--benchmarks ...] [--out ...]
+    ... [--ours default|warm|cold|both]              # our runs: warm workers, fresh interpreters, or both
 
 Why: repro/eval/harness.py mirrors EvalPlus's rules in our own sandboxed code rather than importing
 evalplus (not a dependency of the project). This runs EvalPlus itself, `pip install
@@ -51,6 +52,10 @@ instead of evaluating.
 Our side, in this process: `repro.eval.harness.ground_truth` (with a fresh cache folder unless
 `--cached-gt`, so that both sides compute it) then `repro.eval.harness.evaluate_samples`, each timed.
 Both sides use `--workers` processes (default: the cores); they run one after the other.
+`--ours` picks how our runs start: the harness's default (warm workers where namespaces work),
+`warm`, `cold` (a fresh sandboxed interpreter per run, the reference path), or `both`: cold, then
+warm, their verdicts compared sample by sample (printed as WARM/COLD lines) and both timed; the
+comparison with EvalPlus is then the warm one.
 """
 
 from __future__ import annotations
@@ -403,7 +408,7 @@ def run_ours(bench, samples: list[dict], workers: int, cached_gt: bool, work: Pa
     return {"gt": gt, "gt_s": gt_s}
 
 
-def evaluate_ours(bench, samples: list[dict], gt: dict, workers: int) -> dict:
+def evaluate_ours(bench, samples: list[dict], gt: dict, workers: int, warm: bool | None = None) -> dict:
     from repro.eval import harness
 
     step = max(1, len(samples) // 10)
@@ -414,7 +419,7 @@ def evaluate_ours(bench, samples: list[dict], gt: dict, workers: int) -> dict:
 
     rows = [{k: v for k, v in s.items() if k in ("task_id", "solution", "completion")} for s in samples]
     t0 = time.perf_counter()
-    results = harness.evaluate_samples(bench, rows, gt=gt, workers=workers, progress=progress)
+    results = harness.evaluate_samples(bench, rows, gt=gt, workers=workers, progress=progress, warm=warm)
     return {"results": results, "exec_s": time.perf_counter() - t0}
 
 
@@ -501,6 +506,9 @@ def main() -> None:
     ap.add_argument("--rare-every", type=int, default=10, help="synthetic: the rare kinds on every n-th task")
     ap.add_argument("--loop-tasks", type=int, default=1, help="synthetic: module-level loops on this many tasks")
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--ours", choices=("default", "warm", "cold", "both"), default="default",
+                    help="our runs: warm workers (repro/eval/worker.py), a fresh interpreter per run (cold, the "
+                         "reference), both (cold first; their verdicts compared too), or the harness's default")
     ap.add_argument("--cached-gt", action="store_true", help="let our side reuse the cached ground truth")
     ap.add_argument("--timeout", type=float, default=7200, help="seconds for one EvalPlus pass")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (samples, both result files, logs)")
@@ -562,7 +570,28 @@ def main() -> None:
                     samples = [s for s in samples if s["kind"] in wanted]
             print(f"  ours: {len(samples)} samples ({len(ours['gt'])} tasks' ground truth in {ours['gt_s']:.1f} s)",
                   flush=True)
-            ours.update(evaluate_ours(bench, samples, ours.pop("gt"), args.workers))
+            gt = ours.pop("gt")
+            cold = None
+            if args.ours == "both":
+                print("  ours, cold (a fresh interpreter per run):", flush=True)
+                cold = evaluate_ours(bench, samples, gt, args.workers, warm=False)
+            warm = {"warm": True, "cold": False, "both": True}.get(args.ours)
+            if warm is None:
+                from repro.eval import worker
+                warm = worker.available() == ""
+            ours.update(evaluate_ours(bench, samples, gt, args.workers, warm=warm))
+            del gt
+            print(f"  ours: {'warm workers' if warm else 'a fresh interpreter per run'}, {ours['exec_s']:.1f} s",
+                  flush=True)
+            if cold is not None:
+                diff = [(tid, i, (a["base_status"], a["plus_status"]), (b["base_status"], b["plus_status"]))
+                        for tid, rows in ours["results"]["eval"].items()
+                        for i, (a, b) in enumerate(zip(rows, cold["results"]["eval"][tid]))
+                        if (a["base_status"], a["plus_status"]) != (b["base_status"], b["plus_status"])]
+                print(f"  ours warm vs cold: {len(samples) - len(diff)}/{len(samples)} identical verdicts; "
+                      f"warm {ours['exec_s']:.1f} s, cold {cold['exec_s']:.1f} s", flush=True)
+                for d in diff:
+                    print(f"  WARM/COLD: {d[0]} #{d[1]}: warm {d[2]}, cold {d[3]}")
             gc.collect()  # MBPP's expected outputs are gigabytes in memory: free them before EvalPlus
             print(f"  EvalPlus {EVALPLUS.split('==')[1]}: ground truth and {len(samples)} samples "
                   f"(log: {work / (name + '-evalplus.log')})", flush=True)
@@ -606,8 +635,9 @@ def main() -> None:
                 "fail_tests_equal": cmp["fail_tests_equal"],
                 "seconds": {"ours_gt": ours["gt_s"], "ours_exec": ours["exec_s"], "evalplus_gt": theirs["gt_s"],
                             "evalplus_exec": theirs["exec_s"], "ours_over_evalplus_exec": ratio},
-                "evalplus": {k: theirs[k] for k in ("evalplus", "numpy", "python")}}
-            del ours, theirs
+                "evalplus": {k: theirs[k] for k in ("evalplus", "numpy", "python")}, "ours_warm": warm,
+                "ours_cold": None if cold is None else {"exec_s": cold["exec_s"], "warm_cold_differ": diff}}
+            del ours, theirs, cold
             gc.collect()
     finally:
         if args.keep:

@@ -1,6 +1,7 @@
 """What the sandbox's isolation costs per run: a trivial Python program at each isolation level,
-side by side in one run, and the ratio. The harness runs one sandboxed program per sample and
-split, so this start-up cost is most of the time of a sample that fails at once.
+and in a warm worker's forked child (repro/eval/worker.py, on namespaces: what the harness uses by
+default), side by side in one run, and the ratios. The harness runs one sandboxed program per
+sample and split, so this start-up cost is most of the time of a sample that fails at once.
 
     .venv/bin/python bench/sandbox.py [--runs 40]
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from repro import sandbox  # noqa: E402
+from repro.eval import harness, worker  # noqa: E402
 
 
 def per_run(level: str, runs: int) -> list[float]:
@@ -23,15 +25,27 @@ def per_run(level: str, runs: int) -> list[float]:
         os.environ["REPRO_SANDBOX"] = "process"
     sandbox.isolation.cache_clear()
     info = sandbox.isolation()
-    if info["level"] != level:
+    if info["level"] != ("process" if level == "process" else "namespaces"):
         print(f"{level}: not available here ({info['why']})")
         return []
+    pool = None
+    if level == "warm":
+        if why := worker.available():
+            print(f"warm: not available here ({why})")
+            return []
+        pool = worker.Pool(1, harness.PRELOAD)
+        pool.run_python("print(1)")  # the worker's own start is paid once per evaluation, not per run
     times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        r = sandbox.run_python("print(1)")
-        times.append(time.perf_counter() - t)
-        assert r.status == "passed", r.output
+    try:
+        for _ in range(runs):
+            t = time.perf_counter()
+            r = (pool.run_python if pool else sandbox.run_python)("print(1)")
+            times.append(time.perf_counter() - t)
+            assert r.status == "passed", r.output
+    finally:
+        if pool:
+            assert pool.restarts == 0
+            pool.close()
     return times
 
 
@@ -41,13 +55,15 @@ def main():
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores, uid {os.geteuid()}")
     res = {}
-    for level in ("process", "namespaces", "process", "namespaces"):  # interleaved against drift
+    for level in ("process", "namespaces", "warm") * 2:  # interleaved against drift
         res.setdefault(level, []).extend(per_run(level, args.runs // 2))
     for level, t in res.items():
         if t:
             print(f"{level:11s} median {1000 * statistics.median(t):.1f} ms per run ({len(t)} runs)")
-    if all(res.get(k) for k in ("process", "namespaces")):
-        print(f"ratio namespaces/process: {statistics.median(res['namespaces']) / statistics.median(res['process']):.2f}")
+    med = {k: statistics.median(t) for k, t in res.items() if t}
+    for a, b in (("namespaces", "process"), ("warm", "namespaces"), ("warm", "process")):
+        if a in med and b in med:
+            print(f"ratio {a}/{b}: {med[a] / med[b]:.2f}")
 
 
 if __name__ == "__main__":

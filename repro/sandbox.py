@@ -1,7 +1,8 @@
 """Run model-written programs (and the tools that read them) in a separate, limited process.
 
-Every place that runs generated code goes through `run` (any command) or `run_python`. docs/sandbox.md
-says the same for users.
+Every place that runs generated code goes through `run` (any command) or `run_python`, or, for the
+harness, a warm worker that `spawn_jailed` starts in the same namespaces and jail and that forks a
+contained child per program (repro/eval/worker.py). docs/sandbox.md says the same for users.
 
 What each run gets, always ("process" isolation):
 - a fresh temporary working directory, removed afterwards, with only the files given to it;
@@ -305,6 +306,29 @@ def _run(argv, *, level, own_uid, timeout_s, mem_bytes, cpu_s, files, read_back,
         if uid is not None:
             with _uid_lock:
                 _uids_in_use.discard(uid)
+
+
+def spawn_jailed(argv: list[str], wd: str) -> subprocess.Popen:
+    """Start a trusted supervisor (repro/eval/worker.py) in fresh namespaces and the mount jail,
+    with `wd` its writable directory, stdin and stdout pipes, and the scrubbed environment.
+
+    It is not a run: it keeps the jail's root and capabilities (no setpriv, no process limit, no
+    CPU or address-space limit) so that it can give each program it starts its own namespaces,
+    limits and uid. Namespaces isolation only; the caller kills its process group when done.
+    """
+    if isolation()["level"] != "namespaces":
+        raise RuntimeError("sandbox.spawn_jailed needs namespaces isolation")
+    root = os.geteuid() == 0
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": wd, "TMPDIR": wd, "LANG": "C.UTF-8",
+           "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    ns = ["unshare", *([] if root else ["--user", "--map-root-user"]), "--net", "--pid", "--fork",
+          "--kill-child", "--mount", "--mount-proc", "--"]
+    cmd = [*ns, sys.executable, "-I", "-S", "-c", JAIL, _jail_spec(wd, 0, ()), *argv]
+
+    def limits():
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return subprocess.Popen(cmd, cwd=wd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=limits)
 
 
 def _kill_uid(uid: int) -> None:

@@ -163,7 +163,7 @@ def write_clean(path: Path, rows: list[dict]) -> Path:
 # What a report holds (test_report, test_e2e)
 
 SECTIONS = ["Summary", "Pipeline", "Seeds and generated problems", "Lengths", "Categories",
-            "Similarity to HumanEval", "Data diversity", "Training",
+            "Similarity to HumanEval", "Data diversity", "OSS-Instruct against Self-Instruct", "Training",
             "Beyond the paper: validation and Evol-Instruct", "pass@1: HumanEval(+) and MBPP(+)",
             "Other languages and data science: MultiPL-E and DS-1000", "Environment"]
 FIGURES = ["wall_time", "lengths", "categories", "similarity", "loss", "pass_at_1"]

@@ -467,7 +467,7 @@ BAD_SETTINGS = [
     ("generate", "generate.parallel=0", ["generate.parallel=0", "at least 1"]),
     ("generate", "generate.n_ctx=8", ["generate.n_ctx=8", "too small"]),
     # not one of the choices
-    ("evaluate", "evaluate.models=base,student", ["evaluate.models=base,student", "choose from base, finetuned"]),
+    ("evaluate", "evaluate.models=base,student", ["evaluate.models=base,student", "choose from base, base-instruct, finetuned, teacher"]),
     ("evaluate", "evaluate.benchmarks=apps", ["evaluate.benchmarks: 'apps' is unknown"]),
     ("export", "export.outtype=f64", ["export.outtype='f64'", "f16"]),
     ("train", "train.backend=keras", ["train.backend='keras' is unknown", "peft"]),

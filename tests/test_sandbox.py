@@ -1,8 +1,11 @@
 """Hostile programs in repro.sandbox: each is contained, reported, and leaves nothing behind.
 
 Every test runs at both isolation levels: "namespaces" (skipped, visibly, where the kernel refuses
-them) and "process" (forced with REPRO_SANDBOX=process). Where a level does not claim to contain an
-attack (see the sandbox's docstring), the test says so instead of asserting it.
+them) and "process" (forced with REPRO_SANDBOX=process), and a third time as "warm": the same
+program run by a warm worker's forked child (repro/eval/worker.py, on namespaces), which must
+contain all that "namespaces" does and survive it: no worker is lost (no fallback run), and no
+process of the worker's run uid is left. Where a level does not claim to contain an attack (see
+the sandbox's docstring), the test says so instead of asserting it.
 """
 
 import os
@@ -17,23 +20,40 @@ import pytest
 
 from repro.eval import evalplus_data as ed
 from repro import sandbox
-from repro.eval import harness
+from repro.eval import harness, worker
 
 ROOT_USER = os.geteuid() == 0
+WARM: list[worker.Pool] = []  # the pool of the "warm" level's test, while it runs
 
 
-@pytest.fixture(params=["namespaces", "process"])
+@pytest.fixture(params=["namespaces", "process", "warm"])
 def level(request, monkeypatch):
     sandbox.isolation.cache_clear()
-    if request.param == "namespaces":
+    if request.param in ("namespaces", "warm"):
         info = sandbox.isolation()
         if info["level"] != "namespaces":
             pytest.skip(f"namespaces unavailable here: {info['why']}")
     else:
         monkeypatch.setenv("REPRO_SANDBOX", "process")
         assert sandbox.isolation()["level"] == "process"
-    yield request.param
-    sandbox.isolation.cache_clear()
+    if request.param == "warm":
+        if why := worker.available():
+            pytest.skip(f"warm workers unavailable here: {why}")
+        pool = worker.Pool(1)
+        monkeypatch.setattr(sandbox, "run_python", pool.run_python)
+        WARM.append(pool)
+    try:
+        yield request.param
+        if request.param == "warm":
+            assert pool.restarts == 0, "a run lost its warm worker (it was judged by a fresh interpreter)"
+    finally:
+        if WARM:
+            WARM.pop().close()
+        sandbox.isolation.cache_clear()
+
+
+def strong(level):
+    return level in ("namespaces", "warm")
 
 
 def needs_containment(level, what):
@@ -49,11 +69,19 @@ def hostile(code: str, **kw) -> sandbox.Result:
     m = re.search(r"CWD (\S+)", r.output)
     assert m, r.output
     deadline = time.monotonic() + 3  # SIGKILL is delivered asynchronously
-    while (left := processes_with(m.group(1))) and time.monotonic() < deadline:
+    # A warm child's environment is set after the fork, so /proc/<pid>/environ does not show it:
+    # there, the run's uid (the worker's own) must own no process.
+    uid = WARM[0].all[0].uid if WARM and WARM[0].all else None
+    find = (lambda: processes_with(m.group(1))) if uid is None else (lambda: processes_of(uid))
+    while (left := find()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"stray processes {left}"
     assert not Path(m.group(1)).exists()  # the working directory was removed
     return r
+
+
+def processes_of(uid: int) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and sandbox._owner(p) == uid]
 
 
 def processes_with(text: str) -> list[int]:
@@ -130,7 +158,7 @@ print("inside ok")
     assert "inside ok" in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "keep.txt"]
     assert keep.read_text() == "original\n" and (tmp_path / "folder" / "inner.txt").read_text() == "inner\n"
-    if level == "namespaces":
+    if strong(level):
         assert not escape.exists()
     else:  # /tmp is world-writable: process isolation does not stop this (docstring)
         escape.unlink(missing_ok=True)
@@ -187,7 +215,7 @@ except OSError as e:
         stop.set()
         t.join()
         srv.close()
-    if level == "namespaces":
+    if strong(level):
         assert "refused" in r.output and got == [], r.output
     else:  # process isolation does not cut the network (docstring); it connects
         assert "connected" in r.output
@@ -275,7 +303,7 @@ def test_the_harness_judges_hostile_answers_as_failures_and_keeps_going(level):
     samples = [{"task_id": tid, "solution": head + body + "\n"} for body in HOSTILE_BODIES.values()]
     samples.append({"task_id": tid, "solution": good})
     gt = harness.ground_truth(bench, task_ids=[tid])
-    rows = harness.evaluate_samples(bench, samples, gt=gt, workers=2)["eval"][tid]
+    rows = harness.evaluate_samples(bench, samples, gt=gt, workers=2, warm=level == "warm")["eval"][tid]
     verdicts = {name: (r["base_status"], r["reason"]) for name, r in zip(HOSTILE_BODIES, rows)}
     assert all(status != "pass" for status, _ in verdicts.values()), verdicts
     assert rows[-1]["base_status"] == rows[-1]["plus_status"] == "pass"

