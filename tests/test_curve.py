@@ -52,6 +52,7 @@ def test_sizes_and_settings_are_checked_in_one_line(tmp_path):
     assert (cfg.evaluate.stride, cfg.evaluate.limit, cfg.evaluate.multilingual) == (1, 3, [])
 
 
+@pytest.mark.slow  # about two minutes of train/export/evaluate: make test-all and CI run it
 def test_curve_on_smoke_trains_nested_sizes_reuses_them_and_reports(tmp_path, hf_student):
     run = tmp_path / "run"
     write_clean(run / "clean.parquet", ROWS)
