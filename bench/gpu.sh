@@ -27,5 +27,5 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -3
   export PYTHONPATH=/tmp/site:$PWD
 fi
-echo "== bench eager vs unsloth vs compile"; timeout 240 $PY bench/train.py --device cuda --random-init --runs eager,unsloth,compile --timeout 110 --no-check --out "$OUT/train-cuda-2.json" 2>&1 | tail -30 | tee "$OUT/train-cuda-2.txt"
+echo "== bench eager vs unsloth vs compile"; timeout 330 $PY bench/train.py --device cuda --random-init --runs eager,unsloth,compile,triton+compile --timeout 150 --no-check --out "$OUT/train-cuda-2.json" 2>&1 | tail -30 | tee "$OUT/train-cuda-2.txt"
 date -u

@@ -3,6 +3,7 @@
     .venv/bin/python bench/train.py                              # CPU: fp32 vs bf16 autocast vs torch.compile
     .venv/bin/python bench/train.py --models student,qwen0.5b    # also the 0.5B teacher's architecture
     .venv/bin/python bench/train.py --device cuda --random-init  # GPU: eager PEFT vs triton vs unsloth
+                                                                 #   vs triton+compile
         [--config bench/configs/gemma-3-270m.json] [--batch 8] [--seq 1024] [--out train-bench.json]
 
 Every configuration runs the trainer's own code (repro.student.load_model + train_loop: LoRA r=16 on
@@ -16,7 +17,8 @@ Models: `student` is the embedded Gemma-3-270M (its cached transformers checkpoi
 is Qwen2.5-0.5B built from bench/configs/qwen2.5-0.5b.json with random weights. `--random-init`
 builds the student from `--config` with random weights too (for a machine without the model
 cache); throughput does not depend on the weights' values. On CUDA the triton backend's loss and
-LoRA gradients are first compared with eager PEFT's on the same batch and weights.
+LoRA gradients are first compared with eager PEFT's on the same batch and weights (for
+triton+compile: with the decoder compiled, so the check covers the compiled kernels too).
 
 Run it on an otherwise idle machine: other processes on the cores change every figure.
 """
@@ -47,7 +49,10 @@ MODEL_CONFIGS = {"student": CONFIGS / "gemma-3-270m.json", "qwen0.5b": CONFIGS /
 CPU_RUNS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
             "compile": {"precision": "auto", "compile": True}}
 CUDA_RUNS = {"eager": {"backend": "peft"}, "triton": {"backend": "triton"}, "unsloth": {"backend": "unsloth"},
-             "compile": {"backend": "peft", "compile": True}}
+             "compile": {"backend": "peft", "compile": True},
+             # our kernels as torch.library ops inside the compiled decoder (issue 23)
+             "triton+compile": {"backend": "triton", "compile": True}}
+CUDA_DEFAULT = "eager,triton,unsloth,triton+compile"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,13 +89,18 @@ def worker(spec: dict) -> dict:
 
     out: dict = {}
     if spec["backend"] == "triton" and spec["check"]:
-        # Eager PEFT first, then the same model patched: same weights, same batch.
-        model, backend, notes = student.load_model(_replace(cfg, backend="peft"), ckpt, device, bf16)
+        # Eager PEFT first, then the same model patched (and compiled, for triton+compile, as
+        # load_model would): same weights, same batch.
+        model, backend, notes = student.load_model(_replace(cfg, backend="peft", compile=False), ckpt,
+                                                   device, bf16)
         ids, labels = train.collate(examples, device)
         eager = _loss_and_grads(model, backend, ids, labels)
         backend, counts = student.kernel_backend(model, device, bf16)
         notes = [f"patched {counts['rmsnorm']} RMSNorm, {counts['mlp']} MLP, {counts['lora_linear']} LoRA"
                  + (f"; left alone {counts['left_alone']}" if counts["left_alone"] else "")]
+        if cfg.compile:
+            student.decoder(model).compile()
+            notes.append("decoder compiled")
         patched = _loss_and_grads(model, backend, ids, labels)
         out["check"] = _compare(eager, patched)
         del eager, patched
@@ -208,7 +218,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--models", default="student", help="comma-separated: student, qwen0.5b")
     ap.add_argument("--runs", help="comma-separated; CPU: fp32,bf16,compile (default all); "
-                                   "CUDA: eager,triton,unsloth (default), compile")
+                                   f"CUDA: {CUDA_DEFAULT} (default), compile")
     ap.add_argument("--seq", type=int, help="tokens per sequence (default: CPU 512, CUDA 1024)")
     ap.add_argument("--batch", type=int, help="sequences per step, one forward (default: CPU 1, CUDA 8)")
     ap.add_argument("--warmup", type=int, default=2)
@@ -227,7 +237,7 @@ def main() -> None:
         return
 
     cuda = args.device == "cuda"
-    runs = (args.runs or ("eager,triton,unsloth" if cuda else "fp32,bf16,compile")).split(",")
+    runs = (args.runs or (CUDA_DEFAULT if cuda else "fp32,bf16,compile")).split(",")
     table = CUDA_RUNS if cuda else CPU_RUNS
     unknown = [r for r in runs if r not in table]
     if unknown:
@@ -307,7 +317,7 @@ def print_table(results: dict) -> None:
                   f"{'; '.join(r['notes']) or '-'} |")
         for run, r in m["runs"].items():
             if c := r.get("check"):
-                print(f"\n{name}: triton vs eager on the same batch: loss {c['triton_loss']:.5f} vs "
+                print(f"\n{name}: {run} vs eager on the same batch: loss {c['triton_loss']:.5f} vs "
                       f"{c['eager_loss']:.5f} (|diff| {c['loss_abs_diff']:.2e}); LoRA gradients max |diff| "
                       f"{c['grad_max_abs_diff']:.2e} (largest gradient {c['grad_max_abs']:.2e}), max diff "
                       f"relative to its tensor {c['grad_max_rel_diff']:.2e} ({c['worst_tensor']})")

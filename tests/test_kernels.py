@@ -3,7 +3,8 @@
 Without a GPU they run on the CPU in Triton's interpreter (TRITON_INTERPRET=1, set by
 conftest.py) in fp32 and fp16: the interpreter mishandles bf16, so bf16 cases are `gpu`-marked.
 On CUDA the same tests run the compiled kernels. Shapes are small and odd on purpose: ragged
-blocks, leading batch dimensions, several programs per launch.
+blocks, leading batch dimensions, several programs per launch. At the end: the kernels' custom
+ops under torch.library.opcheck and torch.compile (one graph, eager's loss and gradients).
 """
 
 import os
@@ -207,3 +208,120 @@ def test_without_triton_references_work_and_kernels_fail_in_one_line():
     assert done.stderr.strip().splitlines()[-1] == ("RuntimeError: kernels: triton is not "
                                                     "installed; pip install triton, or use "
                                                     "train.backend=peft")
+
+
+# torch.compile: every kernel is a torch.library custom op with a fake implementation, so Dynamo
+# records each as one opaque op. backend="aot_eager" traces the forward and backward graphs with
+# the fake implementations and then runs the ops' real implementations (the Triton kernels, here
+# in the interpreter); Inductor would call the same ops as external kernels, but needs a C++
+# compiler on the CPU, so it is left to the GPU bench.
+
+def _op_cases():
+    t = lambda *s, grad=False: _randn(*s, grad=grad)  # noqa: E731
+    ops = torch.ops.repro_kernels
+    return {
+        "rmsnorm_fwd": (ops.rmsnorm_fwd, (t(3, 5, 24, grad=True), t(24, grad=True), 1e-6, 1.0)),
+        "rmsnorm_bwd": (ops.rmsnorm_bwd, (t(3, 5, 24), t(3, 5, 24), t(24),
+                                          torch.rand(15, device=DEVICE) + 0.5, 1.0, True)),
+        "gated_act_fwd": (ops.gated_act_fwd, (t(4, 7, grad=True), t(4, 7, grad=True), 1)),
+        "gated_act_bwd": (ops.gated_act_bwd, (t(4, 7), t(4, 7), t(4, 7), 0)),
+        "fused_linear_cross_entropy": (ops.fused_linear_cross_entropy, (
+            t(9, 8, grad=True), t(30, 8, grad=True), torch.randint(0, 30, (9,), device=DEVICE),
+            -100, None, 4, True, True)),
+        "lora_linear": (ops.lora_linear, (t(9, 8, grad=True), t(12, 8), t(12), t(4, 8, grad=True),
+                                          t(12, 4, grad=True), 2.0)),
+        "lowrank_matmul": (ops.lowrank_matmul, (t(9, 8), t(12, 8), t(9, 4), t(12, 4), None, 2.0,
+                                                True)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_op_cases()))
+def test_custom_op_registration_passes_opcheck(name):
+    # Schema, fake (meta) implementation against the real one, autograd registration, and a
+    # trace with dynamic shapes: what torch.compile relies on.
+    torch.manual_seed(0)
+    op, args = _op_cases()[name]
+    result = torch.library.opcheck(op, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
+class _TinyBlock(torch.nn.Module):
+    """norm -> LoRA gate projection, plain up projection -> GeGLU -> fused head: all four ops."""
+
+    def __init__(self, h=24, inter=40, vocab=50, r=4):
+        super().__init__()
+        p = lambda *s, scale, grad=True: torch.nn.Parameter(  # noqa: E731
+            torch.randn(*s, device=DEVICE) * scale, requires_grad=grad)
+        self.norm = p(h, scale=0.1)
+        self.gate, self.up = p(inter, h, scale=h ** -0.5, grad=False), p(inter, h, scale=h ** -0.5)
+        self.lora_A, self.lora_B = p(r, h, scale=0.2), p(inter, r, scale=0.2)
+        self.head = p(vocab, inter, scale=0.2, grad=False)
+
+    def forward(self, x, labels):
+        h = rmsnorm(x, self.norm, 1e-6, 1.0)
+        gate = lora_linear(h, self.gate, None, self.lora_A, self.lora_B, 2.0)
+        act = gated_act(gate, h @ self.up.T, "geglu")
+        return fused_linear_cross_entropy(act, self.head, labels, chunk_size=4) / 7
+
+
+def _loss_and_grads(fn, module, x, labels):
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    loss = fn(x, labels)
+    loss.backward()
+    return [loss.detach(), x.grad, *(p.grad for p in module.parameters() if p.requires_grad)]
+
+
+def test_kernels_compile_without_graph_breaks_and_match_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    block = _TinyBlock()
+    x = _randn(2, 5, 24, grad=False)
+    labels = torch.randint(0, 50, (2, 5), device=DEVICE)
+    labels[0, :3] = -100
+    explained = torch._dynamo.explain(block)(x, labels)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    eager = _loss_and_grads(block, block, x, labels)
+    compiled = _loss_and_grads(torch.compile(block, backend="aot_eager", fullgraph=True), block,
+                               x, labels)
+    assert len(eager) == 6  # loss; gradients of x, the norm, up, and the LoRA pair A, B
+    _assert_close(compiled, eager, dict(rtol=1e-5, atol=1e-6))
+    torch._dynamo.reset()
+
+
+def test_patched_student_decoder_compiles_in_one_graph_and_matches_eager(tiny_model):
+    """The triton backend with train.compile=true, in miniature: the tiny Gemma 3 with LoRA and
+    every kernel patched in (repro.student.kernel_backend), its decoder compiled in place as
+    repro.student.load_model does. aot_eager, not Inductor: see above."""
+    from repro import student
+    from repro.config import TrainConfig
+
+    if DEVICE != "cpu":
+        pytest.skip("the CPU interpreter check; on CUDA bench/train.py runs triton+compile")
+    torch._dynamo.reset()
+    model = student.add_lora(tiny_model, TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0))
+    for n, p in model.named_parameters():  # PEFT starts B at zero: make the LoRA path count
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    backend, counts = student.kernel_backend(model, "cpu", False, impl="triton")
+    assert counts["left_alone"] == {} and counts["lora_linear"] == 14
+    ids = torch.randint(4, tiny_model.config.vocab_size, (2, 12))
+    labels = ids.clone()
+    labels[:, :4] = -100
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss, _ = student.batch_loss(model, ids, labels, backend.head)
+        loss.backward()
+        return [loss.detach()] + [p.grad for p in model.parameters() if p.requires_grad]
+
+    eager = loss_and_grads()
+    decoder = student.decoder(model)
+    explained = torch._dynamo.explain(decoder)(input_ids=ids)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()
+    decoder.compile(backend="aot_eager", fullgraph=True)
+    compiled = loss_and_grads()
+    assert len(compiled) == 29  # the loss and 14 LoRA pairs
+    _assert_close(compiled, eager, dict(rtol=1e-5, atol=1e-5))
+    torch._dynamo.reset()

@@ -262,7 +262,7 @@ def test_our_kernels_leave_the_name_kernels_to_the_distribution_that_owns_it(tmp
     ({"backend": "triton"}, ["train.backend=triton needs a CUDA GPU; none found", "train.backend=peft"]),
     ({"max_len": 20}, ["train.max_len=20", "training template alone is"]),
     ({"precision": "fp8"}, ["train.precision='fp8' is unknown"]),
-    ({"backend": "triton", "compile": True}, ["train.compile=true applies to the peft backend only"]),
+    ({"backend": "unsloth", "compile": True}, ["train.compile=true applies to the peft and triton backends only"]),
 ])
 def test_bad_train_settings_are_one_clear_error(student_dir, change, words):
     if torch.cuda.is_available() and change.get("backend") in ("unsloth", "triton"):

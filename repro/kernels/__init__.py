@@ -1,6 +1,7 @@
 """Triton kernels for the CUDA training backend (see repro/kernels/README.md).
 
-Each kernel stands beside a PyTorch reference and an autograd Function, and tests/test_kernels.py
+Each kernel stands beside a PyTorch reference and is a torch.library custom op (so torch.compile
+keeps it whole, without a graph break), and tests/test_kernels.py
 compares the two on random inputs (on the CPU under TRITON_INTERPRET=1, compiled on CUDA). The
 CPU training path (repro/train.py) never imports this package.
 

@@ -85,49 +85,64 @@ def _ce_loss_and_grad(LOGITS, LABELS, LOSS, V, stride, ignore_index, softcap,
         tl.store(ptr + cols, grad.to(LOGITS.dtype.element_ty), mask=mask)
 
 
-class FusedLinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, ignore_index, softcap, chunk_size, grad_enabled):
-        shape, H = hidden.shape, hidden.shape[-1]
-        h = hidden.reshape(-1, H)
-        y = labels.reshape(-1).contiguous()
-        N, V = h.shape[0], weight.shape[0]
-        if y.shape[0] != N:
-            raise ValueError(f"fused_linear_cross_entropy: {N} rows of hidden, {y.shape[0]} labels")
-        bad = (y != ignore_index) & ((y < 0) | (y >= V))
-        if bad.any():
-            raise ValueError(f"fused_linear_cross_entropy: a label is outside [0, {V}) and is not "
-                             f"ignore_index={ignore_index}")
-        need_h = grad_enabled and ctx.needs_input_grad[0]
-        need_w = grad_enabled and ctx.needs_input_grad[1]
-        chunk = chunk_size or max(1, CHUNK_ELEMENTS // V)
-        block = min(MAX_BLOCK_V, triton.next_power_of_2(V))
-        loss_rows = torch.empty(N, dtype=torch.float32, device=h.device)
-        grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device) if need_h else None
-        # The weight's gradient sums over every chunk: keep that sum in fp32.
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
-        for start in range(0, N, chunk):
-            hc = h[start:start + chunk]
-            logits = (hc @ weight.T).contiguous()  # [chunk, V]; becomes d loss / d logits
-            _ce_loss_and_grad[(hc.shape[0],)](
-                logits, y[start:start + chunk], loss_rows[start:start + chunk], V,
-                logits.stride(0), ignore_index, 1.0 if softcap is None else float(softcap),
-                HAS_SOFTCAP=softcap is not None, BLOCK_V=block, num_warps=num_warps(block))
-            if need_h:
-                grad_h[start:start + chunk] = logits @ weight
-            if need_w:
-                with torch.autocast(h.device.type, enabled=False):
-                    grad_w.addmm_(logits.T.float(), hc.float())
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.shape, ctx.weight_dtype = shape, weight.dtype
-        return loss_rows.sum()
+# A torch.library custom op, so torch.compile sees the whole chunked loop as one opaque op (no
+# graph break, and no tracing of the Python loop over chunks).
+@torch.library.custom_op("repro_kernels::fused_linear_cross_entropy", mutates_args=())
+def _flce_op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+             softcap: float | None, chunk_size: int | None, need_h: bool,
+             need_w: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The summed loss (fp32 scalar), d loss / d hidden (hidden's shape and dtype; empty unless
+    need_h), d loss / d weight (fp32, weight's shape; empty unless need_w)."""
+    H = hidden.shape[-1]
+    h = hidden.reshape(-1, H)
+    y = labels.reshape(-1).contiguous()
+    N, V = h.shape[0], weight.shape[0]
+    bad = (y != ignore_index) & ((y < 0) | (y >= V))
+    if bad.any():
+        raise ValueError(f"fused_linear_cross_entropy: a label is outside [0, {V}) and is not "
+                         f"ignore_index={ignore_index}")
+    chunk = chunk_size or max(1, CHUNK_ELEMENTS // V)
+    block = min(MAX_BLOCK_V, triton.next_power_of_2(V))
+    loss_rows = torch.empty(N, dtype=torch.float32, device=h.device)
+    grad_h = torch.empty(h.shape, dtype=h.dtype, device=h.device) if need_h else h.new_empty(0)
+    # The weight's gradient sums over every chunk: keep that sum in fp32.
+    grad_w = torch.zeros(weight.shape if need_w else (0,), dtype=torch.float32, device=h.device)
+    for start in range(0, N, chunk):
+        hc = h[start:start + chunk]
+        logits = (hc @ weight.T).contiguous()  # [chunk, V]; becomes d loss / d logits
+        _ce_loss_and_grad[(hc.shape[0],)](
+            logits, y[start:start + chunk], loss_rows[start:start + chunk], V,
+            logits.stride(0), ignore_index, 1.0 if softcap is None else float(softcap),
+            HAS_SOFTCAP=softcap is not None, BLOCK_V=block, num_warps=num_warps(block))
+        if need_h:
+            grad_h[start:start + chunk] = logits @ weight
+        if need_w:
+            with torch.autocast(h.device.type, enabled=False):
+                grad_w.addmm_(logits.T.float(), hc.float())
+    return loss_rows.sum(), grad_h.view(hidden.shape) if need_h else grad_h, grad_w
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        dh = (grad_h * grad_out.to(grad_h.dtype)).reshape(ctx.shape) if grad_h is not None else None
-        dw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
-        return dh, dw, None, None, None, None, None
+
+@_flce_op.register_fake
+def _(hidden, weight, labels, ignore_index, softcap, chunk_size, need_h, need_w):
+    return (hidden.new_empty((), dtype=torch.float32), hidden.new_empty(hidden.shape if need_h else (0,)),
+            hidden.new_empty(weight.shape if need_w else (0,), dtype=torch.float32))
+
+
+def _flce_setup(ctx, inputs, output):
+    _, weight, _, _, _, _, need_h, need_w = inputs
+    ctx.save_for_backward(output[1], output[2])
+    ctx.need_h, ctx.need_w, ctx.weight_dtype = need_h, need_w, weight.dtype
+
+
+def _flce_backward(ctx, grad_out, _dgh, _dgw):
+    # The gradients were taken in the forward pass: only scale them by the incoming one.
+    grad_h, grad_w = ctx.saved_tensors
+    dh = grad_h * grad_out.to(grad_h.dtype) if ctx.need_h else None
+    dw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.need_w else None
+    return dh, dw, None, None, None, None, None, None
+
+
+_flce_op.register_autograd(_flce_backward, setup_context=_flce_setup)
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -140,10 +155,17 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     chunk_size: rows per chunk (default: ~256 MiB of fp32 logits). The logits are computed in
     the inputs' dtype (as HF's lm_head does) and the loss from them in fp32. Returns an fp32
     scalar; gradients for hidden and, if it requires grad, weight. Labels outside [0, V) other
-    than ignore_index raise ValueError (one device sync per call).
+    than ignore_index raise ValueError (one device sync per call). A torch.library op
+    (repro_kernels::fused_linear_cross_entropy): torch.compile does not trace into it.
     """
     require_triton()
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"fused_linear_cross_entropy: chunk_size must be >= 1, got {chunk_size}")
-    return FusedLinearCrossEntropy.apply(hidden, weight, labels, int(ignore_index), softcap,
-                                         chunk_size, torch.is_grad_enabled())
+    N = hidden.numel() // hidden.shape[-1] if hidden.shape[-1] else 0
+    if labels.numel() != N:
+        raise ValueError(f"fused_linear_cross_entropy: {N} rows of hidden, {labels.numel()} labels")
+    grad = torch.is_grad_enabled()
+    loss, _, _ = _flce_op(hidden, weight, labels, int(ignore_index),
+                          None if softcap is None else float(softcap), chunk_size,
+                          grad and hidden.requires_grad, grad and weight.requires_grad)
+    return loss

@@ -68,38 +68,64 @@ def _gated_bwd(DY, G, U, DG, DU, n, KIND: tl.constexpr, BLOCK: tl.constexpr):
     tl.store(DU + offs, (dy * act).to(DU.dtype.element_ty), mask=mask)
 
 
-class GatedAct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gate, up, kind):
-        gate, up = gate.contiguous(), up.contiguous()
-        y = torch.empty_like(gate)
-        n = gate.numel()
-        if n:
-            _gated_fwd[(triton.cdiv(n, BLOCK),)](gate, up, y, n, KIND=kind, BLOCK=BLOCK)
-        ctx.save_for_backward(gate, up)
-        ctx.kind = kind
-        return y
+# torch.library custom ops, so torch.compile sees each launch as one opaque op (no graph break).
+@torch.library.custom_op("repro_kernels::gated_act_fwd", mutates_args=())
+def _gated_fwd_op(gate: torch.Tensor, up: torch.Tensor, kind: int) -> torch.Tensor:
+    """act(gate) * up, contiguous, gate's dtype. Checks nothing: see gated_act()."""
+    gate, up = gate.contiguous(), up.contiguous()
+    y = torch.empty_like(gate)
+    n = gate.numel()
+    if n:
+        _gated_fwd[(triton.cdiv(n, BLOCK),)](gate, up, y, n, KIND=kind, BLOCK=BLOCK)
+    return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        gate, up = ctx.saved_tensors
-        dy = dy.contiguous()
-        dg, du = torch.empty_like(gate), torch.empty_like(up)
-        n = gate.numel()
-        if n:
-            _gated_bwd[(triton.cdiv(n, BLOCK),)](dy, gate, up, dg, du, n, KIND=ctx.kind,
-                                                 BLOCK=BLOCK)
-        return dg, du, None
+
+@_gated_fwd_op.register_fake
+def _(gate, up, kind):
+    return gate.new_empty(gate.shape)
+
+
+@torch.library.custom_op("repro_kernels::gated_act_bwd", mutates_args=())
+def _gated_bwd_op(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
+                  kind: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """d gate, d up (contiguous, in gate's and up's dtypes)."""
+    dy, gate, up = dy.contiguous(), gate.contiguous(), up.contiguous()
+    dg, du = torch.empty_like(gate), torch.empty_like(up)
+    n = gate.numel()
+    if n:
+        _gated_bwd[(triton.cdiv(n, BLOCK),)](dy, gate, up, dg, du, n, KIND=kind, BLOCK=BLOCK)
+    return dg, du
+
+
+@_gated_bwd_op.register_fake
+def _(dy, gate, up, kind):
+    return gate.new_empty(gate.shape), up.new_empty(up.shape)
+
+
+def _gated_setup(ctx, inputs, output):
+    gate, up, kind = inputs
+    ctx.save_for_backward(gate, up)
+    ctx.kind = kind
+
+
+def _gated_backward(ctx, dy):
+    gate, up = ctx.saved_tensors
+    dg, du = _gated_bwd_op(dy, gate, up, ctx.kind)
+    return dg, du, None
+
+
+_gated_fwd_op.register_autograd(_gated_backward, setup_context=_gated_setup)
 
 
 def gated_act(gate: torch.Tensor, up: torch.Tensor, kind: str) -> torch.Tensor:
     """act(gate) * up for gate, up of the same shape; gradients for both; returns gate's dtype.
 
-    Computes in fp32 inside. Both inputs are made contiguous (a copy if they are views).
+    Computes in fp32 inside. Both inputs are made contiguous (a copy if they are views). A
+    torch.library op (repro_kernels::gated_act_fwd/_bwd): torch.compile does not trace into it.
     """
     if kind not in KINDS:
         raise ValueError(f"gated_act: unknown kind {kind!r}; one of {sorted(KINDS)}")
     if gate.shape != up.shape:
         raise ValueError(f"gated_act: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
     require_triton()
-    return GatedAct.apply(gate, up, KINDS[kind])
+    return _gated_fwd_op(gate, up, KINDS[kind])

@@ -94,38 +94,62 @@ def _fused_matmul(a, b, b_strides, p, q, q_strides, bias, scale, n_out):
     return c
 
 
-class LoraLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, lora_A, lora_B, scale):
-        shape, d_in = x.shape, x.shape[-1]
-        d_out = weight.shape[0]
-        x2 = x.reshape(-1, d_in).contiguous()
-        A, B = lora_A.to(x.dtype), lora_B.to(x.dtype)
-        xa = x2 @ A.T  # [M, r]
-        # weight [out, in] read as [in, out]: (k, n) strides (1, in); lora_B [out, r] as [r, out].
-        y = _fused_matmul(x2, weight, (weight.stride(1), weight.stride(0)), xa, B,
-                          (B.stride(1), B.stride(0)), bias, scale, d_out)
-        ctx.save_for_backward(x2, weight, A, B, xa)
-        ctx.shape, ctx.scale = shape, scale
-        ctx.dtypes = (lora_A.dtype, lora_B.dtype)
-        return y.view(*shape[:-1], d_out)
+# torch.library custom ops, so torch.compile sees each launch as one opaque op (no graph break).
+@torch.library.custom_op("repro_kernels::lowrank_matmul", mutates_args=())
+def _lowrank_mm_op(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+                   bias: torch.Tensor | None, scale: float, trans: bool) -> torch.Tensor:
+    """a[M, K] @ b' + scale * p[M, R] @ q' (+ bias), b' and q' being b.T and q.T if trans else
+    b and q; in a's dtype. Neither a nor p is copied unless it is a non-contiguous view."""
+    a, p = a.contiguous(), p.contiguous()
+    if trans:  # b [n, K] read as [K, n] through its strides: no transposed copy
+        return _fused_matmul(a, b, (b.stride(1), b.stride(0)), p, q, (q.stride(1), q.stride(0)),
+                             bias, scale, b.shape[0])
+    return _fused_matmul(a, b, (b.stride(0), b.stride(1)), p, q, (q.stride(0), q.stride(1)),
+                         bias, scale, b.shape[1])
 
-    @staticmethod
-    def backward(ctx, dy):
-        x2, weight, A, B, xa = ctx.saved_tensors
-        dy2 = dy.reshape(-1, weight.shape[0]).to(x2.dtype).contiguous()
-        d_xa = (dy2 @ B) * ctx.scale  # [M, r]
-        dx = dA = dB = None
-        if ctx.needs_input_grad[0]:
-            # dy [M, out] @ weight [out, in] + d_xa [M, r] @ lora_A [r, in]
-            dx = _fused_matmul(dy2, weight, (weight.stride(0), weight.stride(1)), d_xa, A,
-                               (A.stride(0), A.stride(1)), None, 1.0, weight.shape[1])
-            dx = dx.view(ctx.shape)
-        if ctx.needs_input_grad[3]:
-            dA = (d_xa.T @ x2).to(ctx.dtypes[0])
-        if ctx.needs_input_grad[4]:
-            dB = ((dy2.T @ xa) * ctx.scale).to(ctx.dtypes[1])
-        return dx, None, None, dA, dB, None
+
+@_lowrank_mm_op.register_fake
+def _(a, b, p, q, bias, scale, trans):
+    return a.new_empty((a.shape[0], b.shape[0] if trans else b.shape[1]))
+
+
+@torch.library.custom_op("repro_kernels::lora_linear", mutates_args=())
+def _lora_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 lora_A: torch.Tensor, lora_B: torch.Tensor,
+                 scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = x[M, in] @ weight.T + bias + scale * (x @ lora_A.T) @ lora_B.T, and x @ lora_A.T
+    (kept for the backward). All in x's dtype; checks nothing: see lora_linear()."""
+    xa = x @ lora_A.T  # [M, r]
+    return _lowrank_mm_op(x, weight, xa, lora_B, bias, scale, True), xa
+
+
+@_lora_fwd_op.register_fake
+def _(x, weight, bias, lora_A, lora_B, scale):
+    return x.new_empty((x.shape[0], weight.shape[0])), x.new_empty((x.shape[0], lora_A.shape[0]))
+
+
+def _lora_setup(ctx, inputs, output):
+    x, weight, _, lora_A, lora_B, scale = inputs
+    ctx.save_for_backward(x, weight, lora_A, lora_B, output[1])
+    ctx.scale = scale
+
+
+def _lora_backward(ctx, dy, _dxa):
+    x, weight, A, B, xa = ctx.saved_tensors
+    dy = dy.to(x.dtype)
+    d_xa = (dy @ B) * ctx.scale  # [M, r]
+    dx = dA = dB = None
+    if ctx.needs_input_grad[0]:
+        # dy [M, out] @ weight [out, in] + d_xa [M, r] @ lora_A [r, in]: the same fused kernel
+        dx = _lowrank_mm_op(dy, weight, d_xa, A, None, 1.0, False)
+    if ctx.needs_input_grad[3]:
+        dA = d_xa.T @ x
+    if ctx.needs_input_grad[4]:
+        dB = (dy.T @ xa) * ctx.scale
+    return dx, None, None, dA, dB, None
+
+
+_lora_fwd_op.register_autograd(_lora_backward, setup_context=_lora_setup)
 
 
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -135,10 +159,15 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     weight [out, in] and bias [out] or None: frozen (ValueError if they require grad while
     autograd is on). lora_A [r, in], lora_B [out, r]: PEFT's lora_A.weight / lora_B.weight,
     cast to x's dtype for the product, their gradients returned in their own dtype. No dropout.
+    A torch.library op (repro_kernels::lora_linear, ::lowrank_matmul): torch.compile does not
+    trace into it.
     """
     require_triton()
     frozen = [t for t in (weight, bias) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in frozen):
         raise ValueError("lora_linear: weight and bias must be frozen (requires_grad=False); "
                          "their gradients are not computed")
-    return LoraLinear.apply(x, weight, bias, lora_A, lora_B, float(scale))
+    x2 = x.reshape(-1, x.shape[-1])
+    # The casts are autograd's: A's and B's gradients come back in their own dtypes.
+    y, _ = _lora_fwd_op(x2, weight, bias, lora_A.to(x.dtype), lora_B.to(x.dtype), float(scale))
+    return y.view(*x.shape[:-1], weight.shape[0])

@@ -21,7 +21,7 @@ linear + cross-entropy that repro.train uses on the decoder's hidden states, nev
 full logits.
 
 Dtypes: under autocast the replaced code would have run its matmuls in the autocast dtype, so the
-LoRA patch casts its inputs to it; our autograd Functions are not autocast-aware themselves.
+LoRA patch casts its inputs to it; our custom ops are not autocast-aware themselves.
 """
 
 from __future__ import annotations

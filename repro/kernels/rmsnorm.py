@@ -8,6 +8,8 @@ x's dtype. That is Gemma's order; HF Llama/Qwen round the normalised x to the in
 multiplying by the weight, so in bf16 our output can differ from theirs by one bf16 rounding.
 """
 
+import math
+
 import torch
 
 from repro.kernels._triton import require_triton, num_warps, tl, triton
@@ -70,46 +72,77 @@ def _n_programs(x: torch.Tensor, n_rows: int) -> int:
     return min(n_rows, 4)  # the interpreter: few programs, each a Python loop
 
 
-class RMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, eps, offset):
-        shape, H = x.shape, x.shape[-1]
+# torch.library custom ops, so torch.compile sees each launch as one opaque op (no graph break)
+# and traces its shapes through the fake implementations below instead of the Triton launch.
+@torch.library.custom_op("repro_kernels::rmsnorm_fwd", mutates_args=())
+def _rmsnorm_fwd_op(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                    offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (x's shape, contiguous) and each row's 1/rms (fp32). Checks nothing: see rmsnorm()."""
+    H = x.shape[-1]
+    x2 = x.reshape(-1, H).contiguous()
+    y = torch.empty_like(x2)
+    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+    if x2.shape[0]:
         block = triton.next_power_of_2(H)
-        if block > MAX_BLOCK_H:
-            raise ValueError(f"rmsnorm: hidden size {H} is over the kernel's {MAX_BLOCK_H}")
-        x2 = x.reshape(-1, H).contiguous()
-        weight = weight.contiguous()
-        y = torch.empty_like(x2)
-        rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
-        if x2.shape[0]:
-            _rmsnorm_fwd[(x2.shape[0],)](x2, weight, y, rstd, H, eps, offset, BLOCK_H=block,
-                                         num_warps=num_warps(block))
-        ctx.save_for_backward(x2, weight, rstd)
-        ctx.shape, ctx.offset, ctx.block = shape, offset, block
-        return y.view(shape)
+        _rmsnorm_fwd[(x2.shape[0],)](x2, weight.contiguous(), y, rstd, H, eps, offset,
+                                     BLOCK_H=block, num_warps=num_warps(block))
+    return y.view(x.shape), rstd
 
-    @staticmethod
-    def backward(ctx, dy):
-        x2, weight, rstd = ctx.saved_tensors
-        n_rows, H = x2.shape
-        dy2 = dy.reshape(-1, H).contiguous()
-        dx = torch.empty_like(x2)
-        need_dw = ctx.needs_input_grad[1]
-        programs = max(1, _n_programs(x2, n_rows))
-        dw_part = torch.zeros((programs, H) if need_dw else (1,), dtype=torch.float32,
-                              device=x2.device)
-        if n_rows:
-            _rmsnorm_bwd[(programs,)](dy2, x2, weight, rstd, dx, dw_part, n_rows, H, ctx.offset,
-                                      triton.cdiv(n_rows, programs), BLOCK_H=ctx.block,
-                                      COMPUTE_DW=need_dw, num_warps=num_warps(ctx.block))
-        dw = dw_part.sum(0).to(weight.dtype) if need_dw else None
-        return dx.view(ctx.shape), dw, None, None
+
+@_rmsnorm_fwd_op.register_fake
+def _(x, weight, eps, offset):
+    return x.new_empty(x.shape), x.new_empty(math.prod(x.shape[:-1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("repro_kernels::rmsnorm_bwd", mutates_args=())
+def _rmsnorm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
+                    offset: float, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """dx (x's shape) and dw (weight's dtype; empty unless need_dw)."""
+    H = x.shape[-1]
+    x2 = x.reshape(-1, H).contiguous()
+    n_rows = x2.shape[0]
+    dy2 = dy.reshape(-1, H).contiguous()
+    dx = torch.empty_like(x2)
+    programs = max(1, _n_programs(x2, n_rows))
+    dw_part = torch.zeros((programs, H) if need_dw else (1,), dtype=torch.float32,
+                          device=x2.device)
+    if n_rows:
+        block = triton.next_power_of_2(H)
+        _rmsnorm_bwd[(programs,)](dy2, x2, weight.contiguous(), rstd, dx, dw_part, n_rows, H,
+                                  offset, triton.cdiv(n_rows, programs), BLOCK_H=block,
+                                  COMPUTE_DW=need_dw, num_warps=num_warps(block))
+    dw = dw_part.sum(0).to(weight.dtype) if need_dw else weight.new_empty(0)
+    return dx.view(x.shape), dw
+
+
+@_rmsnorm_bwd_op.register_fake
+def _(dy, x, weight, rstd, offset, need_dw):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape if need_dw else (0,))
+
+
+def _rmsnorm_setup(ctx, inputs, output):
+    x, weight, _, offset = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.offset = offset
+
+
+def _rmsnorm_backward(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    need_dw = ctx.needs_input_grad[1]
+    dx, dw = _rmsnorm_bwd_op(dy, x, weight, rstd, ctx.offset, need_dw)
+    return dx, dw if need_dw else None, None, None
+
+
+_rmsnorm_fwd_op.register_autograd(_rmsnorm_backward, setup_context=_rmsnorm_setup)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
     """RMSNorm over the last dimension of x[..., H] with weight[H]; gradients for x and weight.
 
     Same value as rmsnorm_reference (fp32 inside, returned in x's dtype); rows up to 65536 wide.
+    A torch.library op (repro_kernels::rmsnorm_fwd/_bwd): torch.compile does not trace into it.
     """
     require_triton()
-    return RMSNorm.apply(x, weight, float(eps), float(offset))
+    if triton.next_power_of_2(x.shape[-1]) > MAX_BLOCK_H:
+        raise ValueError(f"rmsnorm: hidden size {x.shape[-1]} is over the kernel's {MAX_BLOCK_H}")
+    return _rmsnorm_fwd_op(x, weight, float(eps), float(offset))[0]
