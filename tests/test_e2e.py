@@ -48,16 +48,20 @@ def test_report_has_counts_and_a_pass_at_1_table_for_students_and_teacher(smoke_
     results = json.loads((smoke_run / "eval" / "results.json").read_text())
     assert "| seeds | " in report and "| clean | " in report
     assert "| model | prompt | HumanEval | HumanEval+ | MBPP | MBPP+ |" in report
-    for label, style in (("base", "completion"), ("finetuned", "instruct"), ("teacher", "chat")):
+    for label, style in (("base", "completion"), ("base-instruct", "instruct"), ("finetuned", "instruct"),
+                         ("teacher", "chat")):
         r = results["models"][label]
         assert r["prompt_style"] == style and f"| {label} | {style} | " in report
         for b in ("humaneval", "mbpp"):
             assert r[b]["n"] == 2 and set(r[b]) >= {"base", "plus"}
-    # 3 pairs of models x (2 benchmarks x base/plus + MultiPL-E JavaScript + DS-1000)
-    assert len(results["comparisons"]) == 3 * (2 * 2 + 2)
+    # 6 pairs of the 4 models x 2 benchmarks x base/plus; 3 pairs (not the control row) x (MultiPL-E
+    # JavaScript + DS-1000)
+    assert len(results["comparisons"]) == 6 * 2 * 2 + 3 * 2
     for label in ("base", "finetuned", "teacher"):
         assert results["models"][label]["multipl-e/js"]["n"] == 2 and results["models"][label]["ds1000"]["n"] == 2
-    assert "| finetuned − base |" in report
+    assert not set(results["models"]["base-instruct"]) & {"multipl-e/js", "ds1000"}
+    assert "| finetuned − base |" in report and "| finetuned − base-instruct |" in report
+    assert "Control on HumanEval" in report
 
 
 def test_the_html_report_of_a_real_run_has_every_section_and_figure(smoke_run):
