@@ -74,9 +74,9 @@ def from_run(run: Path, sets: list[str]) -> config_mod.Config:
 
 
 def size_config(cfg: config_mod.Config, n: int) -> config_mod.Config:
-    c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_pairs=n),
-                            evaluate=dataclasses.replace(cfg.evaluate, models=BASE_ROWS if n == 0 else ["finetuned"]))
-    return c
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_pairs=n),
+                               evaluate=dataclasses.replace(cfg.evaluate,
+                                                            models=BASE_ROWS if n == 0 else ["finetuned"]))
 
 
 def _bring(parent: Path, d: Path, names: list[str]) -> None:
@@ -118,7 +118,7 @@ def run(parent: Path, sizes: list[int], sets: list[str], opts: pipeline.Options)
         _bring(parent, d, base_file if n == 0 else needed)
         opts.logged = False
         pipeline.run_stages(c, RunDir(d), stages, opts)
-    result = summarize(top, [n for n in sizes], pool)
+    result = summarize(top, sizes, pool)
     write_json(top / "curve.json", result)
     write_text(top / "curve.md", render(result))
     from repro.report.curve import curve_png
