@@ -68,6 +68,10 @@ def _key(model_key: str, text: str) -> str:
     return hashlib.sha256(f"{model_key}\0last\0{text}".encode()).hexdigest()
 
 
+# Vectors an embedding cache keeps at most (a 0.5B teacher's are 3.5 KB: ~14 MB).
+CACHE_MAX = 4096
+
+
 def embed(texts: list[str], gguf: Path, cache: Path | None, model_key: str) -> tuple[list, int]:
     """Last-token, L2-normalized llama.cpp embeddings of `texts` (vectors, how many were computed
     now). Vectors are cached in `cache` by sha256 of model, pooling and text; the model is loaded
@@ -101,9 +105,13 @@ def embed(texts: list[str], gguf: Path, cache: Path | None, model_key: str) -> t
         for t, v in zip(todo, vectors):
             have[_key(model_key, t)] = np.asarray(v, np.float32)
     if cache is not None and todo:
-        used = list(dict.fromkeys(keys))  # only what this report uses: the cache cannot grow without end
+        # What this call uses first, then what earlier calls left, up to CACHE_MAX vectors: the
+        # sections of one report (categories, diversity, the Self-Instruct twin; both runs of
+        # `repro compare`) share a file, and keeping only one call's texts made them re-embed each
+        # other's on every build; the bound keeps it from growing without end.
+        kept = list(dict.fromkeys(keys + list(have)))[:CACHE_MAX]
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-            np.savez(f, keys=np.array(used), vectors=np.stack([have[k] for k in used]))
+            np.savez(f, keys=np.array(kept), vectors=np.stack([have[k] for k in kept]))
     return [have[k] for k in keys], len(todo)
 
 
