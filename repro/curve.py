@@ -27,11 +27,11 @@ from repro import config as config_mod
 from repro import pipeline
 from repro.artifacts import ReproError, RunDir, parquet_rows, write_json, write_text
 from repro.eval.stats import paired_bootstrap, wilson
+from repro.report.rundata import BENCH_NAMES as NAMES
 
 # What the curve sets before the user's --set: every EvalPlus problem, no other benchmarks.
 CURVE_SETS = ["evaluate.stride=1", "evaluate.limit=0", "evaluate.multilingual=", "evaluate.samples=1"]
 BASE_ROWS = ["base", "base-instruct"]
-NAMES = {"humaneval": "HumanEval", "mbpp": "MBPP"}
 N_BOOT = 2000
 
 
@@ -145,7 +145,7 @@ def summarize(top: Path, sizes: list[int], pool: int) -> dict:
             train[n] = {"pairs": m["stats"]["examples"], "steps": m["stats"]["steps"],
                         "final_loss": round(m["stats"]["final_loss"], 4)}
     rows: dict[str, dict[str, list]] = {}  # "label" -> size/base row -> per-task results
-    benchmarks, order = {}, []
+    benchmarks = {}
     for n, ev in evs.items():
         for b, info in ev["benchmarks"].items():
             if b not in benchmarks:
@@ -155,13 +155,12 @@ def summarize(top: Path, sizes: list[int], pool: int) -> dict:
                                  "`repro curve` with the same evaluate settings")
             for split in ("base", "plus") if info["plus"] else ("base",):
                 label = NAMES.get(b, b) + ("+" if split == "plus" else "")
-                if label not in rows:
-                    rows[label], order = {}, order + [label]
+                rows.setdefault(label, {})
                 for model, res in ev["models"].items():
                     key = model if n == 0 else str(n)
                     rows[label][key] = [bool(x) for x in res[b][split]["per_task"]]
     points, diffs, slopes = [], [], {}
-    for label in order:
+    for label in rows:
         r = rows[label]
         for key, passed in r.items():
             lo, hi = wilson(sum(passed), len(passed))
