@@ -221,7 +221,10 @@ def test_a_chunk_package_that_is_not_installed_is_one_line(tmp_path):
         pass
     r = repro("evaluate", "--profile", "smoke", "--run-dir", str(tmp_path / "run"),
               "--set", f"evaluate.teacher=embedded:{e.name}", "--set", "evaluate.models=teacher",
-              "--set", "evaluate.benchmarks=humaneval", "--set", f"train.student={small_gguf(tmp_path / 's.gguf')}")
+              "--set", "evaluate.benchmarks=humaneval", "--set", f"train.student={small_gguf(tmp_path / 's.gguf')}",
+              # An empty cache: a copy assembled earlier (by a cpu-large run on this machine) is used
+              # without its packages, rightly, and would hide the missing package.
+              env={"REPRO_CACHE": str(tmp_path / "cache")})
     one_line_error(r, f"package {e.packages[0]}=={e.version} is not installed", "[teacher-1p5b]")
     assert not (tmp_path / "run").exists()
 
