@@ -87,6 +87,11 @@ def test_full_eval_clears_the_profiles_subset():
     tiny = json.loads(repro("config", "--profile", "tiny").stdout)["evaluate"]
     full = json.loads(repro("config", "--profile", "tiny", "--full-eval").stdout)["evaluate"]
     assert tiny["stride"] == 6 and (full["stride"], full["limit"]) == (1, 0)
+    # tiny leaves MultiPL-E and DS-1000 out; --full-eval puts them back, all of them
+    assert tiny["multilingual"] == [] and full["multilingual"] == ["multipl-e", "ds1000"]
+    assert full["multilingual_stride"] == 1
+    own = json.loads(repro("config", "--profile", "tiny", "--full-eval", "--set", "evaluate.multilingual=ds1000").stdout)
+    assert own["evaluate"]["multilingual"] == ["ds1000"]  # what the user set wins
     smoke = json.loads(repro("config", "--profile", "smoke", "--full-eval").stdout)["evaluate"]
     assert smoke["limit"] == 0
 

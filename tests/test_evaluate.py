@@ -180,6 +180,33 @@ def test_canonical_answers_score_everything_and_results_have_evalplus_shapes(tmp
     assert all(c["diff"] == 0.0 for c in res["comparisons"])
 
 
+def test_rows_of_one_model_decode_in_one_pass_and_count_their_own_answers(tmp_path, fake_engine, monkeypatch):
+    """The base student and the control row share a GGUF: one engine, one batch; each row still
+    says how many answers it made and reused, in the rows' own order."""
+    import repro.engine
+    from repro.eval import evalplus_data
+
+    opens = []
+    monkeypatch.setattr(repro.engine, "open_engine", lambda *a, **k: opens.append(a[1]) or FakeEngine(fake_engine))
+    monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
+    bench = evalplus_data.load("humaneval")
+    for t in list(bench.problems)[:2]:
+        p = bench.problems[t]
+        fake_engine[p["prompt"].strip()] = "\n" + p["canonical_solution"].lstrip("\n")
+    student, teacher = tmp_path / "s.gguf", tmp_path / "t.gguf"
+    student.write_bytes(b"GGUF student")
+    teacher.write_bytes(b"GGUF teacher")
+    cfg = EvaluateConfig(limit=2, benchmarks=["humaneval"], multilingual=[])
+    rows = {"teacher": (teacher, "chat"), "base": (student, "completion"), "base-instruct": (student, "instruct")}
+    res = evaluate.run(cfg, rows, tmp_path / "eval")
+    assert opens == [teacher, student] and len(FakeEngine.calls) == 6
+    assert list(res["models"]) == list(rows)
+    assert [(m["generated"], m["reused"]) for m in res["models"].values()] == [(2, 0)] * 3
+    assert all(m["humaneval"]["base"]["passed"] == 2 for m in res["models"].values())
+    again = evaluate.run(cfg, rows, tmp_path / "eval")
+    assert len(opens) == 2 and [(m["generated"], m["reused"]) for m in again["models"].values()] == [(0, 2)] * 3
+
+
 def test_multipl_e_through_the_stage_scores_each_model_on_the_same_problems(tmp_path, fake_engine, monkeypatch):
     """JavaScript, HumanEval numbers 0, 53, 106, 159: one right answer (53), the rest wrong."""
     monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")

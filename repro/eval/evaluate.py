@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from repro.eval import ds1000, evalplus_data, multipl_e
@@ -191,14 +192,20 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
     OpenAI-compatible server (`engine.Server`). Returns counts and throughput."""
     from repro.engine import Request, open_engine
 
-    todo, n = [], cfg.samples
+    todo, n, seen = [], cfg.samples, {}
     for bench, problems, ids, style, path in jobs:
         path.parent.mkdir(parents=True, exist_ok=True)
         repair_jsonl(path)  # a torn last line from a crash is cut and redone
-        have = {(r["task_id"], r.get("sample", 0)) for r in read_jsonl(path)}
-        todo += [(bench, problems[t], style, path, j) for t in ids for j in range(n) if (t, j) not in have]
+        if path not in seen:  # a file two jobs share (two rows of one model and prompt) is decoded once
+            seen[path] = {(r["task_id"], r.get("sample", 0)) for r in read_jsonl(path)}
+        for t in ids:
+            for j in range(n):
+                if (t, j) not in seen[path]:
+                    seen[path].add((t, j))
+                    todo.append((bench, problems[t], style, path, j))
     n_all = sum(len(j[2]) for j in jobs) * n
-    out = {"generated": len(todo), "reused": n_all - len(todo), "tokens_per_second": None, "threads": None}
+    out = {"generated": len(todo), "reused": n_all - len(todo), "tokens_per_second": None, "threads": None,
+           "generated_by_path": Counter(t[3] for t in todo)}
     if not todo:
         return out
     task = progress.add_task(f"evaluate {label}", total=len(todo)) if progress else None
@@ -304,12 +311,15 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
         results.update(samples=cfg.samples, temperature=cfg.temperature, estimator="unbiased pass@k (Chen et al. 2021)")
     extra = multilingual_sets(cfg)
     results["multilingual"] = {name: {k: v for k, v in x.items() if k != "problems"} for name, x in extra.items()}
-    # 1. Answers, model by model (one llama.cpp model in memory at a time).
-    answers = {}
+    # 1. Answers, model by model (one llama.cpp model in memory at a time). Rows of the same GGUF
+    # (base and the control row) decode in one pass: one load, and one batch that does not drain
+    # between them.
+    answers, jobs_of, where_of, groups = {}, {}, {}, {}
     for label, (gguf, style) in models.items():
         local_file = isinstance(gguf, Path)
         sha = sha256_file(gguf) if local_file else fingerprint("server", gguf.base_url, gguf.model)
-        jobs = []
+        groups.setdefault(sha if local_file else label, []).append(label)
+        jobs = jobs_of[label] = []
         for b, bench in benches.items():
             local = local_answers(out_dir / label / b, cfg)
             path = answers_path(answer_key(sha, bench, style, cfg), local, cfg) if local_file else local
@@ -322,9 +332,18 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                 path = answers_path(answer_key(sha, x["ref"], st, cfg), local, cfg) if local_file else local
                 jobs.append((name, x["problems"], x["task_ids"], st, path))
                 answers[label, name] = path
-        counts = generate(label, gguf, jobs, cfg, progress)
-        where = {"gguf": str(gguf), "sha256": sha} if local_file else {"server": gguf.base_url, "model": gguf.model}
-        results["models"][label] = {**where, "prompt_style": style, **counts}
+        where_of[label] = {"gguf": str(gguf), "sha256": sha} if local_file else {"server": gguf.base_url,
+                                                                                 "model": gguf.model}
+    for labels in groups.values():
+        gguf = models[labels[0]][0]
+        counts = generate(" + ".join(labels), gguf, [j for label in labels for j in jobs_of[label]], cfg, progress)
+        by_path = counts.pop("generated_by_path")
+        for label in labels:
+            made = sum(by_path[j[4]] for j in jobs_of[label])
+            every = sum(len(j[2]) for j in jobs_of[label]) * cfg.samples
+            results["models"][label] = {**where_of[label], "prompt_style": models[label][1], **counts,
+                                        "generated": made, "reused": every - made}
+    results["models"] = {label: results["models"][label] for label in models}  # the rows' own order
     # 2. Programs, once no model is decoding: a program sharing the 2 cores with llama.cpp's
     # threads made decoding 3x slower (measured), more than the programs themselves cost.
     for b, bench in benches.items():

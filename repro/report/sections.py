@@ -450,7 +450,10 @@ def sec_multilingual(r: RunData) -> list:
         return [("p", f"The evaluate stage has {NOT_RUN} (no `manifests/evaluate.json`).")]
     sets = ev.get("multilingual") or {}
     if not sets:
-        return [("p", "Not evaluated in this run (`evaluate.multilingual` was empty).")]
+        return [("p", "Not evaluated in this run (`evaluate.multilingual` was empty; the `tiny` profile leaves "
+                      "them out, where both students scored 0 on every problem). Add them with "
+                      "`--set evaluate.multilingual=multipl-e,ds1000` (every `evaluate.multilingual_stride`-th "
+                      "problem) or `--full-eval` (all of them).")]
     models = [m for m in ev["models"] if any(n in ev["models"][m] for n in sets)]  # not the control row
     out = []
     langs = [n for n in sets if n.startswith("multipl-e/")]
