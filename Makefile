@@ -10,6 +10,10 @@ STAMP  := $(VENV)/.setup-done
 # CUDA build. Elsewhere, a CPU build: make setup TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# The triton that TORCH_SPEC's Linux wheels on PyPI require (torch 2.13.0: triton==3.7.1). A CPU
+# build of torch requires none, so `make lock` would otherwise lock the newest triton, and pip
+# then refuses the lock beside PyPI's torch (ResolutionImpossible) on every machine but this one.
+TRITON_SPEC    ?= triton==3.7.1
 EXTRAS         ?= dev,embedded-models
 PROFILE        ?= tiny
 # llama-cpp-python's build: empty = detect (tools/build-choice: cuda where nvidia-smi lists a GPU
@@ -140,7 +144,7 @@ lock:
 	rm -rf $(VENV).lock
 	$(PYTHON) -m venv $(VENV).lock
 	$(VENV).lock/bin/pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(VENV).lock/bin/pip install -e ".[$(EXTRAS)]"
+	$(VENV).lock/bin/pip install -e ".[$(EXTRAS)]" "$(TRITON_SPEC)"
 	{ echo "# Exact versions for make setup (pip constraints); refresh with: make lock"; \
 	  $(VENV).lock/bin/pip freeze --exclude-editable | grep -viE '^(torch|magicoder-repro)[=@ ]'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)

@@ -16,7 +16,7 @@ SCRIPT = REPO / "tools" / "build-choice"
 # What tools/build-choice runs besides the fakes, and what the Makefile's parse runs (cat).
 TOOLS = ("sh", "sed", "head", "timeout", "cat")
 # Variables that, in the environment, would override the Makefile's defaults or change make.
-UNSET = ("GPU", "CUDA_ARCHITECTURES", "EXTRAS", "PROFILE", "VENV", "LOCK", "PYTHON", "TORCH_SPEC",
+UNSET = ("GPU", "CUDA_ARCHITECTURES", "EXTRAS", "PROFILE", "VENV", "LOCK", "PYTHON", "TORCH_SPEC", "TRITON_SPEC",
          "TORCH_PIP_ARGS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES")
 
 H200 = "GPU 0: NVIDIA H200 (UUID: GPU-5f3c2d1e-0000-0000-0000-000000000000)"
@@ -265,3 +265,18 @@ def test_make_cpu_large_adds_the_1p5b_teacher_then_runs_validated_and_its_curve(
     assert p.stdout.splitlines()[-3:] == [f"{venv}/bin/repro run --profile cpu-large --variant oss+validated",
                                           f"{venv}/bin/repro curve cpu-large-validated --sizes 0,50,100,200,400",
                                           f"{venv}/bin/repro report cpu-large-validated"]
+
+
+@needs_make
+def test_the_lock_holds_the_triton_that_pypis_torch_requires(machine, tmp_path):
+    """PyPI's Linux torch pins one triton (torch 2.13.0: 3.7.1); the CPU build on this machine pins
+    none. A lock with another triton made `make setup` fail everywhere but here
+    (ResolutionImpossible, 2026-12-05), so the lock and `make lock` take TRITON_SPEC."""
+    import re
+
+    p = make(machine(), tmp_path / "venv", "-p", "lock")  # -n -p: the Makefile's variables and the recipe
+    spec = re.search(r"^TRITON_SPEC \??= (triton==\S+)$", p.stdout, re.M).group(1)
+    assert re.search(r"^TORCH_SPEC \??= torch==2\.13\.0$", p.stdout, re.M), "a new torch pins another triton: update TRITON_SPEC"
+    pins = [line for line in (REPO / "requirements.lock").read_text().splitlines() if line.startswith("triton==")]
+    assert pins == [spec]
+    assert f'-e ".[dev,embedded-models]" "{spec}"' in p.stdout
