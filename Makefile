@@ -99,7 +99,6 @@ $(STAMP): pyproject.toml $(LOCK) $(if $(strip $(SETUP_STALE)),FORCE)
 	$(BIN)/pip install -c $(LOCK) -e ".[$(SETUP_EXTRAS_NOW)]"$(KEEP_TORCH)
 	$(TORCH_NOTE)
 	$(BIN)/repro fetch
-	-$(MAKE) --no-print-directory toolchains
 	echo "extras=$(SETUP_EXTRAS_NOW)" > $(STAMP)
 
 FORCE:
@@ -107,6 +106,8 @@ FORCE:
 # MultiPL-E's PHP and the javatuples jar every Java prompt imports, from Debian's registry. Only as
 # root with apt-get (CI, containers); elsewhere evaluation marks those languages "not run" and says
 # what to install. Swift is not in Debian's registry: always "not run" unless installed by hand.
+# The tests need them, and every profile but tiny (which leaves MultiPL-E out); `make toolchains`
+# adds them after a tiny reproduce.
 toolchains:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  need=""; command -v php >/dev/null || need="$$need php-cli"; \
@@ -119,7 +120,7 @@ toolchains:
 # PROFILE=cpu-large trains on the validated pairs and then draws the learning curve over them
 # (sizes CURVE_SIZES, every HumanEval(+) and MBPP(+) problem), its report last.
 CURVE_SIZES ?= 0,50,100,200,400
-reproduce: setup
+reproduce: setup $(if $(filter tiny,$(PROFILE)),,toolchains)
 	$(BIN)/repro run --profile $(PROFILE)$(if $(filter cpu-large,$(PROFILE)), --variant oss+validated)
 	$(if $(filter cpu-large,$(PROFILE)),$(BIN)/repro curve $(PROFILE)-validated --sizes $(CURVE_SIZES))
 	$(if $(filter cpu-large,$(PROFILE)),$(BIN)/repro report $(PROFILE)-validated)
@@ -131,10 +132,10 @@ ablate: setup
 
 # The quick loop after each change (about 10 min on 2 cores): everything but the slow self-tests
 # and the end-to-end runs other than the smoke one.
-test: setup
+test: setup toolchains
 	$(BIN)/python -m pytest -m "not slow and (not e2e or quick)"
 
-test-all: setup
+test-all: setup toolchains
 	$(BIN)/python -m pytest
 
 # Resolve every dependency anew (the newest releases pyproject.toml allows), write them to

@@ -249,8 +249,12 @@ def test_make_switches_a_cuda_build_back_to_cpu(machine, tmp_path):
     env = machine(smi=H200, nvcc=True)
     venv = old_venv(tmp_path, "cuda", "extras=cuda,dev,embedded-models,hub")
     assert make(env, venv, "setup").stdout == NOTHING
-    assert make(env, venv, "reproduce", "PROFILE=workstation").stdout.splitlines() == [
-        f"{venv}/bin/repro run --profile workstation"]
+    lines = make(env, venv, "reproduce", "PROFILE=workstation").stdout.splitlines()
+    # MultiPL-E's toolchains (workstation evaluates it), then the run; nothing set up again
+    assert lines[-1] == f"{venv}/bin/repro run --profile workstation" and "apt-get" in "\n".join(lines[:-1])
+    assert "pip" not in "\n".join(lines)
+    tiny = make(env, venv, "reproduce").stdout.splitlines()  # tiny leaves MultiPL-E out: no toolchains
+    assert tiny == [f"{venv}/bin/repro run --profile tiny"]
     p = make(env, venv, "setup", "GPU=cpu")
     # from pip's cache again; the extras installed before are kept up to date, but not cuda's
     assert llama_line(p.stdout) == f"{venv}/bin/pip install --force-reinstall --no-deps -c requirements.lock llama-cpp-python"
