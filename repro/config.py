@@ -288,17 +288,18 @@ def _tiny() -> Config:
     # The paper's budget (min(2500, n_ctx - prompt)) lets the 0.5B teacher's looping answers run
     # to ~1,750 tokens; 768 keeps make reproduce near its measured hour (the 2026-11-26 timing).
     c.generate.max_tokens = 768
-    # 3 models x (164 + 378) problems would take ~3 h here; every 6th problem (28 HumanEval, 63
-    # MBPP) keeps evaluation near half an hour. `repro run --full-eval` runs them all.
+    # 4 rows x (164 + 378) problems would take ~1.5 h here; every 6th problem (28 HumanEval, 63
+    # MBPP) keeps evaluation near 12 min. `repro run --full-eval` runs them all.
     c.evaluate.stride = 6
     # MultiPL-E and DS-1000 are left out: at every 24th problem (7 a language, 40 DS-1000) they
-    # cost about as much as HumanEval and MBPP (3 x 75 more answers, long DS-1000 prompts, compilers)
-    # and both students scored 0 on every one, which shows nothing at this size. `--set evaluate.multilingual=multipl-e,ds1000` (every 24th) or
-    # `--full-eval` (all of them) puts them back.
+    # cost about as much as HumanEval and MBPP (3 x 75 more answers, long DS-1000 prompts,
+    # compilers) and both students scored 0 on every one, which shows nothing at this size.
+    # `--set evaluate.multilingual=multipl-e,ds1000` (every 24th) or `--full-eval` (all of them)
+    # puts them back.
     c.evaluate.multilingual = []
     c.evaluate.multilingual_stride = 24
-    # 16 sequences decode ~30% more tokens/s than 8 on 2 cores (bench/anchor_llama.py); the KV cache of
-    # 16 x 2,048 tokens of the 0.5B teacher is ~0.4 GB.
+    # 16 sequences: 64 tokens/s against 41 at 8 in the idle fresh-clone runs (2026-12-05 and -04);
+    # the KV cache of 16 x 2,048 tokens of the 0.5B teacher is ~0.4 GB.
     c.generate.parallel = 16
     # Evolving and answering all ~40 problems would add ~20 min of teacher time; 24 give the
     # second training stage its data (the ablation uses at most half the training set from it).

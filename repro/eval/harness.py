@@ -65,8 +65,8 @@ GT_FILE_BYTES = 1 << 30  # one task's pickled outputs (Mbpp/255's are over 16 MB
 
 
 # What harness_child.py imports, its guard's too (resource, shutil, subprocess: imported by each
-# child, they took 189 real MBPP answers from 3.6 to 2.6 s), and numpy (EvalPlus's evaluator has it loaded too):
-# warm workers import these once, so that a child finds them loaded.
+# child, they took 189 real MBPP answers from 3.6 to 2.6 s), and numpy (EvalPlus's evaluator has
+# it loaded too): warm workers import these once, so that a child finds them loaded.
 PRELOAD = ("ast", "contextlib", "copy", "faulthandler", "importlib", "io", "json", "math", "pickle", "platform",
            "signal", "time", "resource", "shutil", "subprocess", "numpy")
 
