@@ -660,10 +660,11 @@ def print_results(run: RunDir, console) -> None:
 
 def load_config(profile: str, sets: list[str], variant: str = "oss", full_eval: bool = False) -> Config:
     full = ["evaluate.stride=1", "evaluate.limit=0", "evaluate.multilingual_stride=1"] if full_eval else []
-    if full_eval and not any(s.split("=", 1)[0].strip() == "evaluate.multilingual" for s in sets):
-        full.append("evaluate.multilingual=multipl-e,ds1000")  # a profile that leaves them out (tiny) gets them
+    # Every multilingual set where the profile leaves them out (tiny), before the user's own --set,
+    # which wins.
+    every_set = [f"evaluate.multilingual={','.join(config_mod.EvaluateConfig().multilingual)}"] if full_eval else []
     variant = config_mod.check_variant(variant or "oss")
-    cfg = config_mod.load(profile, config_mod.variant_sets(variant) + list(sets) + full)
+    cfg = config_mod.load(profile, config_mod.variant_sets(variant) + every_set + list(sets) + full)
     cfg.variant = variant
     return cfg
 
