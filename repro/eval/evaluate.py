@@ -314,7 +314,7 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
     # 1. Answers, model by model (one llama.cpp model in memory at a time). Rows of the same GGUF
     # (base and the control row) decode in one pass: one load, and one batch that does not drain
     # between them.
-    answers, jobs_of, where_of, groups = {}, {}, {}, {}
+    answers, jobs_of, groups = {}, {}, {}
     for label, (gguf, style) in models.items():
         local_file = isinstance(gguf, Path)
         sha = sha256_file(gguf) if local_file else fingerprint("server", gguf.base_url, gguf.model)
@@ -332,8 +332,8 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                 path = answers_path(answer_key(sha, x["ref"], st, cfg), local, cfg) if local_file else local
                 jobs.append((name, x["problems"], x["task_ids"], st, path))
                 answers[label, name] = path
-        where_of[label] = {"gguf": str(gguf), "sha256": sha} if local_file else {"server": gguf.base_url,
-                                                                                 "model": gguf.model}
+        where = {"gguf": str(gguf), "sha256": sha} if local_file else {"server": gguf.base_url, "model": gguf.model}
+        results["models"][label] = {**where, "prompt_style": style}  # the counts once its group has decoded
     for labels in groups.values():
         gguf = models[labels[0]][0]
         counts = generate(" + ".join(labels), gguf, [j for label in labels for j in jobs_of[label]], cfg, progress)
@@ -341,9 +341,7 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
         for label in labels:
             made = sum(by_path[j[4]] for j in jobs_of[label])
             every = sum(len(j[2]) for j in jobs_of[label]) * cfg.samples
-            results["models"][label] = {**where_of[label], "prompt_style": models[label][1], **counts,
-                                        "generated": made, "reused": every - made}
-    results["models"] = {label: results["models"][label] for label in models}  # the rows' own order
+            results["models"][label].update(counts, generated=made, reused=every - made)
     # 2. Programs, once no model is decoding: a program sharing the 2 cores with llama.cpp's
     # threads made decoding 3x slower (measured), more than the programs themselves cost.
     for b, bench in benches.items():
