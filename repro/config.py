@@ -64,6 +64,9 @@ class GenerateConfig:
                                     # choice, faster and smaller there); on the CPU it stays off, as the
                                     # `llama` reference backend has it, so both give the same greedy text
     seed: int = 42
+    fill_loops: int = 0             # > 0 (llama-batched, greedy): an answer whose last N tokens repeat a
+                                    # cycle 3 times over is completed by repeating it, not decoded (it runs
+                                    # to max_tokens and is rejected as cut either way); 0 = decode all
     structured: str = ""            # "" = free text with two headings; json = a JSON object {problem, solution}
                                     # forced by a grammar (llama backends) or response_format (openai)
     # backend=openai: any OpenAI-compatible server (vLLM, SGLang, llama-server, python -m repro.serve)
@@ -187,6 +190,10 @@ class EvaluateConfig:
     stride: int = 1                 # every Nth problem of each benchmark, in task order (1 = all)
     limit: int = 0                  # at most this many problems per benchmark (0 = no limit)
     max_tokens: int = 512           # the paper's evaluation budget
+    fill_loops: int = 0             # > 0 (llama-batched, greedy): an answer whose last N tokens repeat a
+                                    # cycle 3 times over is completed by repeating the cycle to max_tokens
+                                    # instead of decoding it (docs/evaluate.md: how often that equals the
+                                    # decoded answer); 0 = decode every token, as the paper
     n_ctx: int = 2048               # per sequence
     backend: str = "llama-batched"  # llama-batched | llama (one request at a time, the reference)
     parallel: int = 16              # sequences decoded together (short prompts: more fit a step)
@@ -301,6 +308,11 @@ def _tiny() -> Config:
     # 16 sequences: 64 tokens/s against 41 at 8 in the idle fresh-clone runs (2026-12-05 and -04);
     # the KV cache of 16 x 2,048 tokens of the 0.5B teacher is ~0.4 GB.
     c.generate.parallel = 16
+    # The 270M students loop verbatim in ~1 answer in 4, to the 512-token limit: 36% of their answer
+    # tokens in the 2026-12-05 run. Those tokens are repeated instead of decoded (160: no filled
+    # answer differed from the decoded one there; bench/fill_loops.py). The teacher's looping
+    # answers are cut at generate.max_tokens and rejected either way.
+    c.evaluate.fill_loops = c.generate.fill_loops = 160
     # Evolving and answering all ~40 problems would add ~20 min of teacher time; 24 give the
     # second training stage its data (the ablation uses at most half the training set from it).
     c.evol.num = 24
@@ -348,6 +360,7 @@ def _cpu_large() -> Config:
     c.generate.max_tokens = 768
     c.evaluate.models = ["base", "base-instruct", "finetuned"]
     c.evaluate.multilingual_stride = 24  # as tiny: the tables, with wide intervals
+    c.evaluate.fill_loops = c.generate.fill_loops = 160  # as tiny
     return c
 
 

@@ -337,6 +337,8 @@ def model_fingerprint(cfg: GenerateConfig, engine) -> str:
 def params_hash(cfg: GenerateConfig) -> str:
     """The settings that shape an answer, beyond the prompt and the model (not speed settings)."""
     p = {k: getattr(cfg, k) for k in ("max_tokens", "temperature", "top_p", "n_ctx", "seed", "structured")}
+    if cfg.fill_loops:  # only when on: answers made before the setting existed keep their hash
+        p["fill_loops"] = cfg.fill_loops
     return hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -516,7 +518,8 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
                     yield Request(key, messages=f.messages, max_tokens=it["max_tokens"],
                                   temperature=cfg.temperature, top_p=cfg.top_p,
                                   seed=item_seed(cfg.seed + it.get("sample", 0), base_seed_id(it["seed_id"])),
-                                  json_schema=ANSWER_SCHEMA if cfg.structured == "json" else None)
+                                  json_schema=ANSWER_SCHEMA if cfg.structured == "json" else None,
+                                  fill_loops=cfg.fill_loops)
 
             def store(f, it, extra):
                 row = {k: v for k, v in it.items() if k != "snippet"}
@@ -542,7 +545,8 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
                     show(advance=0)
                     continue
                 answer = {"raw": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                          "completion_tokens": c.completion_tokens, "seconds": round(c.seconds, 2)}
+                          "completion_tokens": c.completion_tokens, "seconds": round(c.seconds, 2),
+                          **({"filled_tokens": c.filled} if c.filled else {})}
                 verdict = judge(c.text, c.finish_reason, cfg.structured)
                 if pool and not isinstance(verdict, str) and (copy := copied_task(verdict[0], pool)):
                     answer.update(copied_task=copy[0], rouge_l=round(copy[1], 3))
@@ -558,6 +562,7 @@ def run(cfg: GenerateConfig, seeds_path: Path, pairs_path: Path, rejected_path: 
                  "failed": n["failed"], "truncated": n["truncated"], "backend": cfg.backend,
                  "parallel": cfg.parallel, "threads": engine.threads, "model": model,
                  "completion_tokens": st.completion_tokens, "prompt_tokens": st.prompt_tokens,
+                 **({"filled_tokens": st.filled_tokens} if st.filled_tokens else {}),
                  "decode_seconds": round(st.seconds, 1),
                  "tokens_per_second": round(st.tokens_per_second, 2) if st.tokens_per_second else None}
     pairs, rejected = read_jsonl(pairs_path), read_jsonl(rejected_path)

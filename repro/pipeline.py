@@ -142,7 +142,7 @@ def _generate_settings(cfg: Config) -> dict:
          "prompt_hash": _prompt_hash(cfg.generate.prompt)}
     # Settings newer than the runs already made are left out at their defaults (one sample, every
     # seed: what those runs did), so that their generate stays up to date.
-    for k, default in (("samples", 1), ("shard", ""), ("tasks", ""), ("tasks_per_request", 3)):
+    for k, default in (("samples", 1), ("shard", ""), ("tasks", ""), ("tasks_per_request", 3), ("fill_loops", 0)):
         if s[k] == default:
             del s[k]
     if cfg.generate.tasks:  # self-instruct: the pool's content, as the prompt's
@@ -359,6 +359,8 @@ def _evaluate_settings(cfg: Config) -> dict:
     section = cfg.section("evaluate")
     if e.samples == 1:  # greedy: the sampling settings, newer than the runs made, change nothing
         del section["samples"], section["temperature"]
+    if not e.fill_loops:  # newer than the runs made, and off: every token decoded, as those runs did
+        del section["fill_loops"]
     return {**section, "base_id": models.model_id(cfg.train.student),
             "teacher_id": models.model_id(teacher_spec(cfg)) if "teacher" in e.models else "",
             "benchmark_data": data,

@@ -158,3 +158,75 @@ def test_the_json_grammar_allows_escapes_but_no_raw_control_characters():
         C.llama_sampler_free(g)
     finally:
         vocab.close()
+
+
+# Request.fill_loops, on the batched engine's own bookkeeping (no model): tokens are fed one at a
+# time as _accept feeds them, each shown as "<id>".
+
+
+class _Pieces:
+    @staticmethod
+    def piece(t: int) -> bytes:
+        return f"<{t}>".encode()
+
+
+def _feed(tokens, fill_loops, max_new, stops=()):
+    from repro.engine.llama_backend import BatchedEngine, _Slot, loop_counters
+
+    r = Request("k", fill_loops=fill_loops, max_tokens=max_new)
+    runs, loop_at = loop_counters(r)
+    s = _Slot(r, 0, [1], max_new, [x.encode() for x in stops], 0.0, runs=runs, loop_at=loop_at)
+    engine = type("E", (), {"tokenizer": _Pieces()})()
+    for i, t in enumerate(tokens):
+        s.out.append(t)
+        s.text += _Pieces.piece(t)
+        if s.runs is not None and (done := BatchedEngine._fill_loop(engine, s)):
+            return done, s, i + 1
+    return None, s, len(tokens)
+
+
+def test_a_loop_is_filled_once_it_repeats_three_times_and_not_before():
+    head, cycle = [5, 6, 7, 8], [1, 2, 3]
+    done, s, fed = _feed(head + cycle * 10, fill_loops=6, max_new=40)
+    # Period 3 counts as a loop once 6 tokens each equal the one 3 before: three cycles in.
+    assert fed == len(head) + 9 and done[1] == "length"
+    expect = (head + cycle * 12)[:40]
+    assert s.out == expect and s.filled == 40 - fed
+    assert done[0] == "".join(f"<{t}>" for t in expect)
+    # fill_loops is a floor: a longer window waits for more repeats; a larger period needs 3 of them
+    # whatever fill_loops says.
+    assert _feed(head + cycle * 10, fill_loops=12, max_new=40)[2] == len(head) + 3 + 12
+    assert _feed(head + [9] * 8 + cycle * 10, fill_loops=1, max_new=60)[2] == len(head) + 3  # [9] x 3
+    assert _feed(head + [1, 2, 3, 4, 5, 6] * 3, fill_loops=1, max_new=60)[2] == len(head) + 18
+
+
+def test_text_that_is_not_a_loop_is_decoded_and_off_means_off():
+    done, s, fed = _feed([1, 2, 3, 1, 2, 4, 1, 2, 3, 1, 2, 4, 5, 1, 2, 3], fill_loops=6, max_new=40)
+    assert done is None and s.filled == 0
+    assert _feed([7] * 50, fill_loops=0, max_new=60)[0] is None
+    sampled = Request("k", fill_loops=8, temperature=0.7)
+    from repro.engine.llama_backend import loop_counters
+    assert loop_counters(sampled) == (None, None)
+
+
+def test_a_stop_string_that_the_repeats_complete_ends_the_filled_answer():
+    done, s, fed = _feed([3] + [9] * 10, fill_loops=4, max_new=50, stops=["<9>" * 12])
+    # Filled after five 9s; decoding would have stopped at the twelfth, before the stop string.
+    assert fed == 6 and s.filled > 0 and done == ("<3>", "stop")
+
+
+@pytest.mark.e2e
+def test_a_filled_loop_equals_the_decoded_answer(student):
+    """The student continues a run of identical lines with more of them: filling the loop gives
+    the text decoding gives, with most tokens not decoded."""
+    reqs = [Request("loop", prompt="x = 1\n" * 40, max_tokens=120),
+            Request("code", prompt=humaneval()[0]["prompt"], max_tokens=40, stop=COMPLETION_STOPS)]
+    full, full_stats = _run("llama-batched", student, reqs, n_ctx=512, parallel=2)
+    filled, stats = _run("llama-batched", student, [Request(**{**r.__dict__, "fill_loops": 24}) for r in reqs],
+                         n_ctx=512, parallel=2)
+    for r in reqs:
+        assert (filled[r.key].text, filled[r.key].finish_reason, filled[r.key].completion_tokens) == \
+            (full[r.key].text, full[r.key].finish_reason, full[r.key].completion_tokens), r.key
+    assert filled["loop"].filled > 60 and filled["code"].filled == 0 and full["loop"].filled == 0
+    assert stats.filled_tokens == filled["loop"].filled
+    assert stats.completion_tokens + stats.filled_tokens == full_stats.completion_tokens

@@ -207,6 +207,37 @@ def test_rows_of_one_model_decode_in_one_pass_and_count_their_own_answers(tmp_pa
     assert len(opens) == 2 and [(m["generated"], m["reused"]) for m in again["models"].values()] == [(0, 2)] * 3
 
 
+def test_filled_loops_are_asked_for_counted_per_row_and_stated_in_the_report(tmp_path, fake_engine, monkeypatch):
+    """evaluate.fill_loops reaches each greedy request; answers the engine filled are counted in
+    their row's results and named in the report; answers made with it are cached apart."""
+    import repro.engine
+    from repro.eval import evalplus_data
+    from repro.report.sections import sec_evaluation
+
+    class Filling(FakeEngine):
+        def run(self, requests):
+            for i, r in enumerate(requests):
+                assert r.fill_loops == 160
+                c = next(FakeEngine.run(self, [r]))
+                yield replace(c, finish_reason="length", filled=7) if i == 0 else c
+
+    monkeypatch.setattr(repro.engine, "open_engine", lambda *a, **k: Filling(fake_engine))
+    monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
+    bench = evalplus_data.load("humaneval")
+    for t in list(bench.problems)[:2]:
+        p = bench.problems[t]
+        fake_engine[p["prompt"].strip()] = "\n" + p["canonical_solution"].lstrip("\n")
+    gguf = tmp_path / "s.gguf"
+    gguf.write_bytes(b"GGUF")
+    cfg = EvaluateConfig(limit=2, benchmarks=["humaneval"], multilingual=[], fill_loops=160)
+    res = evaluate.run(cfg, {"base": (gguf, "completion")}, tmp_path / "eval")
+    assert res["fill_loops"] == 160 and res["models"]["base"]["humaneval"]["filled"] == {"answers": 1, "tokens": 7}
+    text = str(sec_evaluation(type("Run", (), {"stats": lambda self, stage: res})()))
+    assert "evaluate.fill_loops=160" in text and "base 1 (7 tokens)" in text
+    assert evaluate.answer_key("s", bench, "completion", cfg) != \
+        evaluate.answer_key("s", bench, "completion", replace(cfg, fill_loops=0))
+
+
 def test_multipl_e_through_the_stage_scores_each_model_on_the_same_problems(tmp_path, fake_engine, monkeypatch):
     """JavaScript, HumanEval numbers 0, 53, 106, 159: one right answer (53), the rest wrong."""
     monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")

@@ -23,9 +23,10 @@ LANGS = ["python", "java", "cpp", "python", "rust", "shell"]
 CLEAN_SETS = ["clean.benchmarks=humaneval", "clean.near_dup_threshold=0", "clean.similarity=false"]
 # The generate fingerprints (settings only) and a store key that the code before the variant gave
 # (computed with that commit's repro/): the oss variant must keep them. tiny's changed on purpose
-# since, with generate.parallel 8 -> 16 (was a9ec8986...).
+# since, with generate.parallel 8 -> 16 (was a9ec8986...), then generate.fill_loops 0 -> 160 (was
+# 664492b9...).
 OSS_FINGERPRINTS = {"smoke": "52ecac8af722136cd430d51e5f076d636acedff2343329354c468027f3ccfc91",
-                    "tiny": "664492b9fd9367c21e641d74e799e2b856fe1d8b395e480d69933d238ceeda44"}
+                    "tiny": "ed4fc4c22ecdcba3427072db5d4bd1701ebe58344d04ada02e61c698505005ce"}
 OSS_KEY = "s0/e7acbaa75099"  # store_items(GenerateConfig(), [("s0", "python", "x0 = 0", "f0.py")], "m", oss prompt)
 
 

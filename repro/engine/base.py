@@ -12,6 +12,8 @@ from repro.artifacts import ReproError
 
 
 BACKENDS = ("llama-batched", "llama", "openai")
+# Request.fill_loops: the longest cycle, in tokens, that is looked for.
+LOOP_MAX_PERIOD = 128
 LOCAL_BACKENDS = ("llama-batched", "llama")
 
 
@@ -28,6 +30,10 @@ class Request:
     json_schema: dict | None = None       # constrain the answer to JSON of this schema
     prefill: str = ""                     # the answer's start, given (as Magicoder's evaluation prefills
                                           # a code fence); not part of the returned text
+    fill_loops: int = 0                   # llama-batched, greedy, no json_schema: once the answer's last N
+                                          # tokens repeat a cycle of at most LOOP_MAX_PERIOD tokens (3 times
+                                          # over at least), the cycle is repeated up to max_tokens instead of
+                                          # decoded (what greedy decoding gives while the loop holds); 0 = off
 
 
 @dataclass
@@ -39,12 +45,14 @@ class Completion:
     completion_tokens: int
     seconds: float                        # from admission to finish (overlaps with other requests)
     error: str = ""                       # why, when finish_reason is "error"
+    filled: int = 0                       # answer tokens written by repeating a loop (Request.fill_loops)
 
 
 @dataclass
 class Stats:
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0            # decoded answer tokens (those filled by a loop are not counted)
+    filled_tokens: int = 0                # answer tokens repeated from a loop (Request.fill_loops), not decoded
     seconds: float = 0.0                  # time inside run(), not counting the caller's between results
     prompt_seconds: float = 0.0           # spent evaluating prompts (not known for openai)
     prompt_tokens_reused: int = 0         # prompt tokens found in a sequence's cache already

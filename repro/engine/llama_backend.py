@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from repro.artifacts import ReproError
-from repro.engine.base import Completion, Engine, Request, Stats, grammar_of
+from repro.engine.base import LOOP_MAX_PERIOD, Completion, Engine, Request, Stats, grammar_of
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +173,21 @@ class _Slot:
     text: bytearray = field(default_factory=bytearray)
     rng: object = None
     grammar: object = None                # a llama.cpp grammar sampler (structured answers), owned
+    runs: object = None                   # Request.fill_loops: per period p, how many of the latest
+                                          # answer tokens equal the one p before (numpy); None = off
+    loop_at: object = None                # the run length at which period p counts as a loop
+    filled: int = 0                       # answer tokens repeated from a loop, not decoded
+
+
+def loop_counters(r: Request) -> tuple[object, object]:
+    """A greedy request's Request.fill_loops state for its _Slot (runs, loop_at); (None, None) when
+    off. Sampled answers are left alone: they need not repeat a loop they fell into."""
+    import numpy as np
+
+    if r.fill_loops <= 0 or r.temperature > 0:
+        return None, None
+    return (np.zeros(LOOP_MAX_PERIOD, dtype=np.int64),
+            np.maximum(r.fill_loops, 2 * np.arange(1, LOOP_MAX_PERIOD + 1)))
 
 
 class BatchedEngine(Engine):
@@ -318,9 +333,10 @@ class BatchedEngine(Engine):
                             raise ReproError(f"engine: llama.cpp rejected the grammar for {r.key}'s JSON schema")
                     seq = heapq.heappop(free)  # the lowest free id keeps the active ids contiguous
                     stops = [x.encode() for x in list(r.stop) + extra_stops if x]
-                    active.append(_Slot(r, seq, toks, min(r.max_tokens or room, room), stops,
-                                        time.perf_counter(), fed=self._reuse(seq, toks),
-                                        rng=np.random.default_rng(r.seed), grammar=grammar))
+                    runs, loop_at = loop_counters(r) if grammar is None else (None, None)
+                    active.append(_Slot(r, seq, toks, min(r.max_tokens or room, room), stops, time.perf_counter(),
+                                        fed=self._reuse(seq, toks), rng=np.random.default_rng(r.seed),
+                                        grammar=grammar, runs=runs, loop_at=loop_at))
                 if not active:
                     break
                 # One batch: a chunk of ONE newly admitted prompt if there is any, else the next
@@ -359,9 +375,10 @@ class BatchedEngine(Engine):
                     if done:
                         text, reason = done
                         self.stats.prompt_tokens += len(s.tokens)
-                        self.stats.completion_tokens += len(s.out)
+                        self.stats.completion_tokens += len(s.out) - s.filled
+                        self.stats.filled_tokens += s.filled
                         finished.append(Completion(s.req.key, text, reason, len(s.tokens), len(s.out),
-                                                   time.perf_counter() - s.t0))
+                                                   time.perf_counter() - s.t0, filled=s.filled))
                         active.remove(s)
                         self._free_grammar(s)
                         heapq.heappush(free, s.seq)
@@ -428,7 +445,43 @@ class BatchedEngine(Engine):
                 return s.text[: min(hits)].decode("utf-8", errors="ignore"), "stop"
         if len(s.out) >= s.max_new:
             return s.text.decode("utf-8", errors="ignore"), "length"
+        if s.runs is not None:
+            return self._fill_loop(s)
         return None
+
+    def _fill_loop(self, s: _Slot) -> tuple[str, str] | None:
+        """Request.fill_loops: once the latest tokens are a cycle of period p repeated (run[p] >=
+        max(fill_loops, 2p): 3 times over at least), write the rest of the answer, up to max_new,
+        by repeating it, and return the answer as decoding would end it: "length", or "stop" at a
+        stop string the repeats complete.
+
+        Why: small models at greedy decoding often fall into a verbatim loop and stay in it to the
+        token limit; on a CPU those tokens cost as much as any others. What it does not do: check
+        that the model would have stayed in the loop. bench/fill_loops.py measures how often the
+        filled answers equal the fully decoded ones (docs/evaluate.md has the figures).
+        """
+        import numpy as np
+
+        out, runs = s.out, s.runs
+        k = min(len(runs), len(out) - 1)
+        if k < 1:
+            return None
+        before = np.fromiter(reversed(out[-1 - k:-1]), dtype=np.int64, count=k)  # 1, 2, ... k back
+        runs[:k] = np.where(before == out[-1], runs[:k] + 1, 0)
+        hit = np.flatnonzero(runs >= s.loop_at)
+        if not len(hit):
+            return None
+        p, start = int(hit[0]) + 1, len(s.text)
+        while len(out) < s.max_new:
+            out.append(out[-p])
+            s.text += self.tokenizer.piece(out[-1])
+            s.filled += 1
+        if s.stops:
+            at = max(0, start - max(map(len, s.stops)) + 1)
+            hits = [i for i in (s.text.find(x, at) for x in s.stops) if i >= 0]
+            if hits:
+                return s.text[: min(hits)].decode("utf-8", errors="ignore"), "stop"
+        return s.text.decode("utf-8", errors="ignore"), "length"
 
     def close(self) -> None:
         if getattr(self, "batch", None) is not None:

@@ -160,8 +160,12 @@ def answer_key(model_sha: str, bench, style: str, cfg: EvaluateConfig) -> str:
     # Sampled answers (evaluate.samples > 1) are others than the greedy ones; not n itself: sample j
     # is the same whatever n is, so a larger n keeps the first ones.
     sampled = ["sampled", cfg.temperature] if cfg.samples > 1 else []
+    # A filled loop may differ from the decoded one where the model would have left it: its own key
+    # (none when off, so answers cached before the setting existed stay valid).
+    loops = ["fill_loops", cfg.fill_loops] if cfg.fill_loops and cfg.samples == 1 else []
     return fingerprint("eval-answers", model_sha, bench.sha256, style, prompts, MBPP_INSTRUCTION, EOS_STOPS,
-                       EXTRA_STOPS, cfg.max_tokens, cfg.n_ctx, cfg.backend, cfg.parallel, *device, *sampled)
+                       EXTRA_STOPS, cfg.max_tokens, cfg.n_ctx, cfg.backend, cfg.parallel, *device, *sampled,
+                       *loops)
 
 
 def local_answers(d: Path, cfg: EvaluateConfig) -> Path:
@@ -222,7 +226,8 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
                 for i, (bench, p, style, path, j) in enumerate(todo):
                     fields = build_request(bench, p, style)
                     where[str(i)] = (p["task_id"], path, j)
-                    sampling = {"temperature": cfg.temperature, "seed": sample_seed(p["task_id"], j)} if n > 1 else {}
+                    sampling = ({"temperature": cfg.temperature, "seed": sample_seed(p["task_id"], j)} if n > 1
+                                else {"fill_loops": cfg.fill_loops})
                     yield Request(str(i), prompt=fields.get("prompt", ""), messages=fields.get("messages"),
                                   prefill=fields.get("prefill", ""), stop=fields["stop"], max_tokens=cfg.max_tokens,
                                   **sampling)
@@ -231,7 +236,8 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
                 task_id, path, j = where[c.key]
                 f = files.get(path) or files.setdefault(path, open(path, "a", encoding="utf-8"))
                 append_jsonl(f, {"task_id": task_id, "answer": c.text, "finish_reason": c.finish_reason,
-                                 "completion_tokens": c.completion_tokens, **({"sample": j} if n > 1 else {})})
+                                 "completion_tokens": c.completion_tokens, **({"sample": j} if n > 1 else {}),
+                                 **({"filled_tokens": c.filled} if c.filled else {})})
                 if progress:
                     tps = engine.stats.tokens_per_second or 0.0
                     progress.update(task, advance=1, description=f"evaluate {label} ({tps:.1f} tok/s)")
@@ -299,7 +305,7 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
     chosen = {b: select(bench.problems, cfg) for b, bench in benches.items()}
     from repro.sandbox import isolation
 
-    results = {"max_tokens": cfg.max_tokens, "backend": cfg.backend, "parallel": cfg.parallel,
+    results = {"max_tokens": cfg.max_tokens, "fill_loops": cfg.fill_loops, "backend": cfg.backend, "parallel": cfg.parallel,
                "sandbox": isolation(),  # how contained the programs were (repro/sandbox.py)
                "benchmarks": {b: {"version": x.version, "sha256": x.sha256, "path": x.path, "plus": x.plus,
                                   "note": x.note, "n": len(chosen[b]), "of": len(x.problems),
@@ -355,7 +361,8 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                     r = by_id[t, j]
                     samples.append({"task_id": t, "solution": solution(head, r["answer"]), "answer": r["answer"],
                                     "finish_reason": r["finish_reason"], "completion_tokens": r["completion_tokens"],
-                                    **({"sample": j} if cfg.samples > 1 else {})})
+                                    **({"sample": j} if cfg.samples > 1 else {}),
+                                    **({"filled_tokens": r["filled_tokens"]} if r.get("filled_tokens") else {})})
             d = out_dir / label / b
             d.mkdir(parents=True, exist_ok=True)
             _write_jsonl(d / "samples.jsonl", samples)
@@ -365,6 +372,9 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                                           if progress else None)
             write_json(d / "eval_results.json", ev)
             results["models"][label][b] = _summary(ev, chosen[b], cfg.samples)
+            filled = [x["filled_tokens"] for x in samples if x.get("filled_tokens")]
+            if filled:  # answers completed by repeating their loop (evaluate.fill_loops)
+                results["models"][label][b]["filled"] = {"answers": len(filled), "tokens": sum(filled)}
     for name, x in extra.items():
         if x["task_ids"]:
             for label in (m for m in models if m != CONTROL):

@@ -383,6 +383,16 @@ def sec_evaluation(r: RunData) -> list:
     out = [("p", f"Greedy, at most {ev.get('max_tokens')} new tokens, one answer per problem, through llama.cpp on the "
                  "GGUF files (the students quantized), judged with EvalPlus's rules; pass@1 in % with its 95% Wilson "
                  "interval. A plus pass needs the base tests too.")]
+    filled = {label: [res[b]["filled"] for b in ev.get("benchmarks", {}) if "filled" in res.get(b, {})]
+              for label, res in ev["models"].items()}
+    if any(filled.values()):
+        rows = ", ".join(f"{label} {sum(f['answers'] for f in fs)} ({sum(f['tokens'] for f in fs)} tokens)"
+                         for label, fs in filled.items() if fs)
+        out.append(("p", f"Answers that fell into a verbatim loop were completed by repeating it to the limit "
+                         f"instead of decoding it (`evaluate.fill_loops={ev.get('fill_loops')}`: the last "
+                         f"{ev.get('fill_loops')} tokens a cycle repeated 3 times over at least): {rows}. Decoding "
+                         "them gives the same text while the model stays in its loop; docs/evaluate.md says how often "
+                         "that held when measured, and `--set evaluate.fill_loops=0` decodes every token."))
     if iso := ev.get("sandbox"):
         out.append(("p", f"Every program ran in our sandbox, {iso['level']} isolation"
                          + (", each run under its own uid" if iso.get("uid") == "own" else "")
