@@ -80,3 +80,28 @@ def test_busy_cores_sees_another_process_spinning():
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def test_a_gguf_is_parsed_once_while_a_student_is_dequantized(tmp_path):
+    """hf_checkpoint's reads (tokenizer, config, weights) share one parse of the file, and gguf's
+    own reader is back afterwards, also after an error."""
+    import gguf
+    import numpy as np
+
+    from repro.models import _one_gguf_parse
+
+    path = tmp_path / "t.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor("x", np.arange(4, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    original = gguf.GGUFReader
+    with _one_gguf_parse():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first and list(first.tensors[0].data) == [0, 1, 2, 3]
+    assert gguf.GGUFReader is original and gguf.GGUFReader(path) is not first
+    with pytest.raises(RuntimeError), _one_gguf_parse():
+        raise RuntimeError
+    assert gguf.GGUFReader is original
