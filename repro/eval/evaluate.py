@@ -305,7 +305,8 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
     chosen = {b: select(bench.problems, cfg) for b, bench in benches.items()}
     from repro.sandbox import isolation
 
-    results = {"max_tokens": cfg.max_tokens, "fill_loops": cfg.fill_loops, "backend": cfg.backend, "parallel": cfg.parallel,
+    results = {"max_tokens": cfg.max_tokens, "fill_loops": cfg.fill_loops, "backend": cfg.backend,
+               "parallel": cfg.parallel,
                "sandbox": isolation(),  # how contained the programs were (repro/sandbox.py)
                "benchmarks": {b: {"version": x.version, "sha256": x.sha256, "path": x.path, "plus": x.plus,
                                   "note": x.note, "n": len(chosen[b]), "of": len(x.problems),
@@ -372,9 +373,6 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                                           if progress else None)
             write_json(d / "eval_results.json", ev)
             results["models"][label][b] = _summary(ev, chosen[b], cfg.samples)
-            filled = [x["filled_tokens"] for x in samples if x.get("filled_tokens")]
-            if filled:  # answers completed by repeating their loop (evaluate.fill_loops)
-                results["models"][label][b]["filled"] = {"answers": len(filled), "tokens": sum(filled)}
     for name, x in extra.items():
         if x["task_ids"]:
             for label in (m for m in models if m != CONTROL):
@@ -382,6 +380,12 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                          for r in read_jsonl(answers[label, name])}
                 results["models"][label][name] = judge_multilingual(name, x, by_id, out_dir / label / name, cfg,
                                                                     progress, label)
+    # Answers completed by repeating their loop (evaluate.fill_loops), per row and benchmark.
+    for (label, name), path in answers.items():
+        ids = set(chosen[name] if name in chosen else extra[name]["task_ids"])
+        filled = [r["filled_tokens"] for r in read_jsonl(path) if r.get("filled_tokens") and r["task_id"] in ids]
+        if filled and name in results["models"][label]:
+            results["models"][label][name]["filled"] = {"answers": len(filled), "tokens": sum(filled)}
     # 3. Differences between models on the same problems.
     labels = list(models)
     for b in [*benches, *(n for n, x in extra.items() if x["task_ids"])]:

@@ -383,7 +383,7 @@ def sec_evaluation(r: RunData) -> list:
     out = [("p", f"Greedy, at most {ev.get('max_tokens')} new tokens, one answer per problem, through llama.cpp on the "
                  "GGUF files (the students quantized), judged with EvalPlus's rules; pass@1 in % with its 95% Wilson "
                  "interval. A plus pass needs the base tests too.")]
-    filled = {label: [res[b]["filled"] for b in ev.get("benchmarks", {}) if "filled" in res.get(b, {})]
+    filled = {label: [x["filled"] for x in res.values() if isinstance(x, dict) and "filled" in x]
               for label, res in ev["models"].items()}
     if any(filled.values()):
         rows = ", ".join(f"{label} {sum(f['answers'] for f in fs)} ({sum(f['tokens'] for f in fs)} tokens)"
