@@ -219,7 +219,7 @@ def test_filled_loops_are_asked_for_counted_per_row_and_stated_in_the_report(tmp
             for i, r in enumerate(requests):
                 assert r.fill_loops == 160
                 c = next(FakeEngine.run(self, [r]))
-                yield replace(c, finish_reason="length", filled=7) if i == 0 else c
+                yield replace(c, finish_reason="length", filled=7) if i == 0 or "function add(" in r.prompt else c
 
     monkeypatch.setattr(repro.engine, "open_engine", lambda *a, **k: Filling(fake_engine))
     monkeypatch.setattr(evaluate, "eval_cache", lambda: tmp_path / "cache")
@@ -227,13 +227,18 @@ def test_filled_loops_are_asked_for_counted_per_row_and_stated_in_the_report(tmp
     for t in list(bench.problems)[:2]:
         p = bench.problems[t]
         fake_engine[p["prompt"].strip()] = "\n" + p["canonical_solution"].lstrip("\n")
+    fake_engine["function add(x, y){"] = "\n  return x + y;\n}\n"
+    fake_engine["function "] = "\n  return undefined_name;\n}\n"
     gguf = tmp_path / "s.gguf"
     gguf.write_bytes(b"GGUF")
-    cfg = EvaluateConfig(limit=2, benchmarks=["humaneval"], multilingual=[], fill_loops=160)
+    cfg = EvaluateConfig(limit=2, benchmarks=["humaneval"], multilingual=["multipl-e"], multipl_e_langs=["js"],
+                         multilingual_stride=53, fill_loops=160)
     res = evaluate.run(cfg, {"base": (gguf, "completion")}, tmp_path / "eval")
-    assert res["fill_loops"] == 160 and res["models"]["base"]["humaneval"]["filled"] == {"answers": 1, "tokens": 7}
+    base = res["models"]["base"]
+    assert res["fill_loops"] == 160 and base["humaneval"]["filled"] == base["multipl-e/js"]["filled"] == \
+        {"answers": 1, "tokens": 7}
     text = str(sec_evaluation(type("Run", (), {"stats": lambda self, stage: res})()))
-    assert "evaluate.fill_loops=160" in text and "base 1 (7 tokens)" in text
+    assert "evaluate.fill_loops=160" in text and "base 2 (14 tokens)" in text
     assert evaluate.answer_key("s", bench, "completion", cfg) != \
         evaluate.answer_key("s", bench, "completion", replace(cfg, fill_loops=0))
 
