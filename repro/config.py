@@ -3,7 +3,8 @@
 Profiles:
 - `smoke`: for tests. A handful of seeds, two optimizer steps, a few eval problems (minutes).
 - `tiny`: the default of `make reproduce`. The embedded models on a 2-core CPU; every 6th
-  HumanEval(+) and MBPP(+) problem for the base and fine-tuned student and the teacher.
+  HumanEval(+) and MBPP(+) problem for the base and fine-tuned student and the teacher; answers
+  that loop verbatim are completed by repeating the loop (`fill_loops`), not decoded.
 - `cpu-large`: the largest CPU run (hours, in several sittings): the 1.5B embedded teacher, 1,200
   seeds for 400+ validated pairs, every HumanEval(+) and MBPP(+) problem, base rows on both prompts.
 - `workstation`: one consumer CUDA GPU (24 GB): a 7B instruct teacher (GGUF) and a 1.5B base code
