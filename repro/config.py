@@ -296,8 +296,8 @@ def _tiny() -> Config:
     # The paper's budget (min(2500, n_ctx - prompt)) lets the 0.5B teacher's looping answers run
     # to ~1,750 tokens; 768 keeps make reproduce near its measured hour (the 2026-11-26 timing).
     c.generate.max_tokens = 768
-    # 4 rows x (164 + 378) problems would take ~1.2 h here; every 6th problem (28 HumanEval, 63
-    # MBPP) keeps evaluation near 12 min. `repro run --full-eval` runs them all.
+    # 4 rows x (164 + 378) problems would take ~1 h here; every 6th problem (28 HumanEval, 63
+    # MBPP) keeps evaluation near 10 min (9.4 with fill_loops). `repro run --full-eval` runs them all.
     c.evaluate.stride = 6
     # MultiPL-E and DS-1000 are left out: at every 24th problem (7 a language, 40 DS-1000) they
     # cost about as much as HumanEval and MBPP (3 x 75 more answers, long DS-1000 prompts,
