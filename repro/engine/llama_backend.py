@@ -179,6 +179,17 @@ class _Slot:
     filled: int = 0                       # answer tokens repeated from a loop, not decoded
 
 
+def _stop_in(s: _Slot, before: int) -> tuple[str, str] | None:
+    """(text up to the first stop string, "stop") if the answer's bytes from `before` on complete
+    one, else None. Only text added since `before` can complete one, so the search starts just
+    before it; the bytes are searched, and the text decoded once, at the end, not on every token."""
+    if not s.stops:
+        return None
+    start = max(0, before - max(map(len, s.stops)) + 1)
+    hits = [i for i in (s.text.find(x, start) for x in s.stops) if i >= 0]
+    return (s.text[: min(hits)].decode("utf-8", errors="ignore"), "stop") if hits else None
+
+
 def loop_counters(r: Request) -> tuple[object, object]:
     """A greedy request's Request.fill_loops state for its _Slot (runs, loop_at); (None, None) when
     off. Sampled answers are left alone: they need not repeat a loop they fell into."""
@@ -436,13 +447,8 @@ class BatchedEngine(Engine):
         s.out.append(tok)
         before = len(s.text)
         s.text += self.tokenizer.piece(tok)
-        if s.stops:
-            # Search the bytes, from just before the new piece: only it can complete a stop string,
-            # and the text is decoded once, at the end, not on every token.
-            start = max(0, before - max(map(len, s.stops)) + 1)
-            hits = [i for i in (s.text.find(x, start) for x in s.stops) if i >= 0]
-            if hits:
-                return s.text[: min(hits)].decode("utf-8", errors="ignore"), "stop"
+        if (stopped := _stop_in(s, before)) is not None:
+            return stopped
         if len(s.out) >= s.max_new:
             return s.text.decode("utf-8", errors="ignore"), "length"
         if s.runs is not None:
@@ -471,17 +477,12 @@ class BatchedEngine(Engine):
         hit = np.flatnonzero(runs >= s.loop_at)
         if not len(hit):
             return None
-        p, start = int(hit[0]) + 1, len(s.text)
+        p, before = int(hit[0]) + 1, len(s.text)
         while len(out) < s.max_new:
             out.append(out[-p])
             s.text += self.tokenizer.piece(out[-1])
             s.filled += 1
-        if s.stops:
-            at = max(0, start - max(map(len, s.stops)) + 1)
-            hits = [i for i in (s.text.find(x, at) for x in s.stops) if i >= 0]
-            if hits:
-                return s.text[: min(hits)].decode("utf-8", errors="ignore"), "stop"
-        return s.text.decode("utf-8", errors="ignore"), "length"
+        return _stop_in(s, before) or (s.text.decode("utf-8", errors="ignore"), "length")
 
     def close(self) -> None:
         if getattr(self, "batch", None) is not None:
