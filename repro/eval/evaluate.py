@@ -226,11 +226,11 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
                 for i, (bench, p, style, path, j) in enumerate(todo):
                     fields = build_request(bench, p, style)
                     where[str(i)] = (p["task_id"], path, j)
-                    sampling = ({"temperature": cfg.temperature, "seed": sample_seed(p["task_id"], j)} if n > 1
+                    decoding = ({"temperature": cfg.temperature, "seed": sample_seed(p["task_id"], j)} if n > 1
                                 else {"fill_loops": cfg.fill_loops})
                     yield Request(str(i), prompt=fields.get("prompt", ""), messages=fields.get("messages"),
                                   prefill=fields.get("prefill", ""), stop=fields["stop"], max_tokens=cfg.max_tokens,
-                                  **sampling)
+                                  **decoding)
 
             for c in engine.run(requests()):
                 task_id, path, j = where[c.key]
@@ -251,6 +251,13 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
 
 # ---------------------------------------------------------------------------------------------
 # The stage
+
+
+def _with_filled(summary: dict, rows: list[dict]) -> dict:
+    """`summary` with, if any of the judged answers `rows` were completed by repeating their loop
+    (evaluate.fill_loops), "filled": how many and their filled tokens."""
+    filled = [r["filled_tokens"] for r in rows if r.get("filled_tokens")]
+    return {**summary, "filled": {"answers": len(filled), "tokens": sum(filled)}} if filled else summary
 
 
 def _summary(results: dict, ids: list[str], n: int = 1) -> dict:
@@ -372,20 +379,16 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                                           progress=(lambda done, total: progress.update(task, completed=done))
                                           if progress else None)
             write_json(d / "eval_results.json", ev)
-            results["models"][label][b] = _summary(ev, chosen[b], cfg.samples)
+            results["models"][label][b] = _with_filled(_summary(ev, chosen[b], cfg.samples), samples)
     for name, x in extra.items():
         if x["task_ids"]:
+            ids = set(x["task_ids"])
             for label in (m for m in models if m != CONTROL):
+                rows = [r for r in read_jsonl(answers[label, name]) if r["task_id"] in ids]
                 by_id = {r["task_id"] if cfg.samples == 1 else (r["task_id"], r.get("sample", 0)): r["answer"]
-                         for r in read_jsonl(answers[label, name])}
-                results["models"][label][name] = judge_multilingual(name, x, by_id, out_dir / label / name, cfg,
-                                                                    progress, label)
-    # Answers completed by repeating their loop (evaluate.fill_loops), per row and benchmark.
-    for (label, name), path in answers.items():
-        ids = set(chosen[name] if name in chosen else extra[name]["task_ids"])
-        filled = [r["filled_tokens"] for r in read_jsonl(path) if r.get("filled_tokens") and r["task_id"] in ids]
-        if filled and name in results["models"][label]:
-            results["models"][label][name]["filled"] = {"answers": len(filled), "tokens": sum(filled)}
+                         for r in rows}
+                results["models"][label][name] = _with_filled(
+                    judge_multilingual(name, x, by_id, out_dir / label / name, cfg, progress, label), rows)
     # 3. Differences between models on the same problems.
     labels = list(models)
     for b in [*benches, *(n for n, x in extra.items() if x["task_ids"])]:
