@@ -59,7 +59,7 @@ def main() -> None:
     for b in cfg.benchmarks:
         bench = evalplus_data.load(b, path=getattr(cfg, f"{b}_path"), fetch=cfg.fetch)
         for style in args.styles.split(","):
-            for t in select(bench.problems, cfg):
+            for t in select(bench.problems, cfg, b):
                 todo[f"{style}|{t}"] = (b, bench.problems[t], style)
     path = resolve(args.model)
     full, t_full, s_full = decode(path, cfg, todo, 0)

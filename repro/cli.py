@@ -337,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="print nothing but errors (runs/<name>/log.txt still gets everything)")
         p.add_argument("--full-eval", action="store_true",
                        help="evaluate every problem of every benchmark "
-                            "(evaluate.stride=1, evaluate.multilingual_stride=1, evaluate.limit=0, and MultiPL-E "
-                            "and DS-1000 where the profile leaves them out)")
+                            "(evaluate.stride=1, evaluate.mbpp_stride=0, evaluate.multilingual_stride=1, "
+                            "evaluate.limit=0, and MultiPL-E and DS-1000 where the profile leaves them out)")
         p.add_argument("--variant", default="oss", metavar="VARIANT",
                        help=f"what the student is trained on: {', '.join(config_mod.VARIANTS)} (default oss, the "
                             "paper's); other variants run in runs/<name>-<validated|evol|validated-evol|self-instruct>/")

@@ -2,9 +2,9 @@
 
 Profiles:
 - `smoke`: for tests. A handful of seeds, two optimizer steps, a few eval problems (minutes).
-- `tiny`: the default of `make reproduce`. The embedded models on a 2-core CPU; every 6th
-  HumanEval(+) and MBPP(+) problem for the base and fine-tuned student and the teacher; answers
-  that loop verbatim are completed by repeating the loop (`fill_loops`), not decoded.
+- `tiny`: the default of `make reproduce` (~20 min). The embedded models on a 2-core CPU; 40 seeds;
+  every 6th HumanEval(+) and every 12th MBPP(+) problem for the base and fine-tuned student and the
+  teacher; answers that loop verbatim are completed by repeating the loop (`fill_loops`), not decoded.
 - `cpu-large`: the largest CPU run (hours, in several sittings): the 1.5B embedded teacher, 1,200
   seeds for 400+ validated pairs, every HumanEval(+) and MBPP(+) problem, base rows on both prompts.
 - `workstation`: one consumer CUDA GPU (24 GB): a 7B instruct teacher (GGUF) and a 1.5B base code
@@ -189,6 +189,7 @@ class EvaluateConfig:
     models: list[str] = field(default_factory=lambda: ["base", "base-instruct", "finetuned", "teacher"])
     teacher: str = ""               # "" = generate.teacher
     stride: int = 1                 # every Nth problem of each benchmark, in task order (1 = all)
+    mbpp_stride: int = 0            # MBPP(+)'s own stride (0 = evaluate.stride): it has 2.3x HumanEval's problems
     limit: int = 0                  # at most this many problems per benchmark (0 = no limit)
     max_tokens: int = 512           # the paper's evaluation budget
     fill_loops: int = 0             # > 0 (llama-batched, greedy): an answer whose last N tokens repeat a
@@ -293,12 +294,18 @@ def _smoke() -> Config:
 
 def _tiny() -> Config:
     c = Config(profile="tiny")
+    # 40 seeds (20 Python, 5 C, 5 C++, 5 Java, 3 JavaScript, 2 shell; 48 before): ~35 pairs, so
+    # that generate and train fit make reproduce's 20 min with evaluation (bench/README.md).
+    c.seeds.num_seeds = 40
     # The paper's budget (min(2500, n_ctx - prompt)) lets the 0.5B teacher's looping answers run
     # to ~1,750 tokens; 768 keeps make reproduce near its measured hour (the 2026-11-26 timing).
     c.generate.max_tokens = 768
-    # 4 rows x (164 + 378) problems would take ~1 h here; every 6th problem (28 HumanEval, 63
-    # MBPP) keeps evaluation near 10 min (9.4 with fill_loops). `repro run --full-eval` runs them all.
+    # 4 rows x (164 + 378) problems would take ~1 h here. Every 6th HumanEval problem (28) and every
+    # 12th MBPP one (32, as many as HumanEval's; every 6th was 63 and 62% of evaluation's time)
+    # keep it near 6 min, inside make reproduce's 20 min. `repro run --full-eval` runs them all;
+    # --set evaluate.mbpp_stride=6 is the 63 of before.
     c.evaluate.stride = 6
+    c.evaluate.mbpp_stride = 12
     # MultiPL-E and DS-1000 are left out: at every 24th problem (7 a language, 40 DS-1000) they
     # cost about as much as HumanEval and MBPP (3 x 75 more answers, long DS-1000 prompts,
     # compilers) and both students scored 0 on every one, which shows nothing at this size.
@@ -424,6 +431,7 @@ RANGES = {
     "train.lora_dropout": (0, True, 1, False),
     "train.threads": (0, True, None, False),
     "evaluate.stride": (1, True, None, False),
+    "evaluate.mbpp_stride": (0, True, None, False),
     "evaluate.limit": (0, True, None, False),
     "evaluate.multilingual_stride": (1, True, None, False),
     "evaluate.max_tokens": (1, True, None, False),

@@ -8,7 +8,7 @@ fine-tuned student's instruction prompt (the control row). Each size is a run of
 RUN/curve/<N>/ (train, export, evaluate; the training pairs and their manifest copied from RUN),
 so a size already done is skipped and a larger size added later reuses the smaller ones' models
 and answers. Evaluation covers every HumanEval(+) and MBPP(+) problem unless --set says otherwise
-(evaluate.stride, evaluate.limit); MultiPL-E and DS-1000 are left out.
+(evaluate.stride, evaluate.mbpp_stride, evaluate.limit); MultiPL-E and DS-1000 are left out.
 
 Writes RUN/curve/curve.json, curve.md and curve.png: pass@1 per size with its Wilson interval,
 each size against both base rows (paired bootstrap), and the slope in points per doubling of the
@@ -30,7 +30,7 @@ from repro.eval.stats import paired_bootstrap, wilson
 from repro.report.rundata import BENCH_NAMES as NAMES
 
 # What the curve sets before the user's --set: every EvalPlus problem, no other benchmarks.
-CURVE_SETS = ["evaluate.stride=1", "evaluate.limit=0", "evaluate.multilingual=", "evaluate.samples=1"]
+CURVE_SETS = ["evaluate.stride=1", "evaluate.mbpp_stride=0", "evaluate.limit=0", "evaluate.multilingual=", "evaluate.samples=1"]
 BASE_ROWS = ["base", "base-instruct"]
 N_BOOT = 2000
 

@@ -661,7 +661,7 @@ def print_results(run: RunDir, console) -> None:
 
 
 def load_config(profile: str, sets: list[str], variant: str = "oss", full_eval: bool = False) -> Config:
-    full = ["evaluate.stride=1", "evaluate.limit=0", "evaluate.multilingual_stride=1"] if full_eval else []
+    full = ["evaluate.stride=1", "evaluate.mbpp_stride=0", "evaluate.limit=0", "evaluate.multilingual_stride=1"] if full_eval else []
     # Every multilingual set where the profile leaves them out (tiny), before the user's own --set,
     # which wins.
     every_set = [f"evaluate.multilingual={','.join(config_mod.EvaluateConfig().multilingual)}"] if full_eval else []

@@ -57,11 +57,16 @@ def test_solution_is_the_given_head_and_the_code_up_to_the_fence(head, answer, p
 def test_every_nth_problem_is_chosen_and_stated():
     problems = {f"T/{i}": {} for i in range(10)}
     cfg = EvaluateConfig(stride=3)
-    ids = evaluate.select(problems, cfg)
+    ids = evaluate.select(problems, cfg, "humaneval")
     assert ids == ["T/0", "T/3", "T/6", "T/9"]
     assert evaluate.subset_note(10, len(ids), cfg.stride, cfg.limit) == "4 of 10: one problem in every 3, in task order"
     assert evaluate.subset_note(10, 2, 1, 2) == "2 of 10: the first 2 in task order"
-    assert evaluate.select(problems, EvaluateConfig(limit=2)) == ["T/0", "T/1"]
+    assert evaluate.select(problems, EvaluateConfig(limit=2), "mbpp") == ["T/0", "T/1"]
+    # MBPP's own stride where set; HumanEval keeps evaluate.stride
+    cfg = EvaluateConfig(stride=3, mbpp_stride=5)
+    assert evaluate.select(problems, cfg, "mbpp") == ["T/0", "T/5"]
+    assert evaluate.select(problems, cfg, "humaneval") == ["T/0", "T/3", "T/6", "T/9"]
+    assert evaluate.stride_of("mbpp", EvaluateConfig(stride=3)) == 3  # 0 = evaluate.stride
     assert evaluate.subset_note(10, len(problems), 1, 0) == "all"
 
 

@@ -126,9 +126,14 @@ def solution(head: str, answer: str) -> str:
     return head + code
 
 
-def select(problems: dict[str, dict], cfg: EvaluateConfig) -> list[str]:
-    """The task ids evaluated: every `stride`-th in task order, at most `limit`."""
-    ids = list(problems)[:: max(1, cfg.stride)]
+def stride_of(bench: str, cfg: EvaluateConfig) -> int:
+    """The stride of benchmark `bench` (humaneval, mbpp): `mbpp_stride` for MBPP where set."""
+    return cfg.mbpp_stride if bench == "mbpp" and cfg.mbpp_stride else cfg.stride
+
+
+def select(problems: dict[str, dict], cfg: EvaluateConfig, bench: str) -> list[str]:
+    """The task ids evaluated: every `stride_of(bench)`-th in task order, at most `limit`."""
+    ids = list(problems)[:: max(1, stride_of(bench, cfg))]
     return ids[: cfg.limit] if cfg.limit else ids
 
 
@@ -309,7 +314,7 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
 
     out_dir.mkdir(parents=True, exist_ok=True)
     benches = {b: evalplus_data.load(b, path=getattr(cfg, f"{b}_path"), fetch=cfg.fetch) for b in cfg.benchmarks}
-    chosen = {b: select(bench.problems, cfg) for b, bench in benches.items()}
+    chosen = {b: select(bench.problems, cfg, b) for b, bench in benches.items()}
     from repro.sandbox import isolation
 
     results = {"max_tokens": cfg.max_tokens, "fill_loops": cfg.fill_loops, "backend": cfg.backend,
@@ -317,7 +322,8 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                "sandbox": isolation(),  # how contained the programs were (repro/sandbox.py)
                "benchmarks": {b: {"version": x.version, "sha256": x.sha256, "path": x.path, "plus": x.plus,
                                   "note": x.note, "n": len(chosen[b]), "of": len(x.problems),
-                                  "subset": subset_note(len(x.problems), len(chosen[b]), cfg.stride, cfg.limit),
+                                  "subset": subset_note(len(x.problems), len(chosen[b]), stride_of(b, cfg),
+                                                        cfg.limit),
                                   "task_ids": chosen[b]}
                               for b, x in benches.items()},
                "multilingual": {}, "models": {}, "comparisons": []}
