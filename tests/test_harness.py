@@ -7,6 +7,7 @@ run by `make test-all`; `make test` leaves them out.
 
 import json
 import re
+import time
 
 import pytest
 
@@ -125,6 +126,18 @@ def test_a_function_that_swallows_the_alarm_is_a_timeout(benches):
     # plus has no inputs, so it passes, as in EvalPlus
     assert (r["base_status"], r["plus_status"]) == ("timeout", "pass")
     assert "still on test 0 at the 5 s deadline" in r["reason"]
+
+
+def test_a_process_a_run_leaves_running_is_killed_before_the_next_run(benches):
+    # Base and plus share one sandbox (harness_child.py, "checks"): each run is its own process,
+    # and what it starts is killed when it ends. A run that leaves a busy child behind must not
+    # hold up the plus run or the sandbox until its backstop deadline (5 s + 2 s here).
+    bench, gt = benches["mbpp"]
+    leftover = "\nimport posix\nif posix.fork() == 0:\n    while True:\n        pass\n"
+    t0 = time.monotonic()
+    r = harness.check(bench, "Mbpp/793", _canonical(bench, "Mbpp/793") + leftover, gt)
+    assert (r["base_status"], r["plus_status"], r["reason"]) == ("pass", "pass", "")
+    assert time.monotonic() - t0 < 4
 
 
 def test_prints_stdin_and_main_behave_as_in_evalplus(benches):

@@ -12,16 +12,20 @@ are in the evalplus 0.3.1 wheel):
   that ends without a verdict, is "timeout".
 - Comparison (eval/__init__.py:155-203): exact match, EvalPlus's special oracles, and the float
   tolerance (`atol`, 1e-6 for float outputs, np.allclose with rtol=1e-7); see harness_child.py.
-- Base and plus are two separate runs of the solution; each stops at its first failing input, and
-  its fail_tests is the last input run (evaluate.py:255-265).
+- Base and plus are two separate runs of the solution, each in a process of its own; each stops at
+  its first failing input, and its fail_tests is the last input run (evaluate.py:255-265).
 - eval_results.json has EvalPlus's shape (evaluate.py:186-189, 287-296), with one extra key of ours
   per row, "reason", which EvalPlus ignores when it reads the file.
 
 Where we differ, on purpose:
-- each run is in our sandbox (own pid namespace and process group, rlimits, scrubbed env): a fresh
-  child forked by a warm sandboxed worker (repro/eval/worker.py; its fork counts against the
-  deadline, milliseconds), or, as the reference path (`warm=False`, REPRO_WARM=0, or "process"
-  isolation), a fresh interpreter (tens of milliseconds), never a fork of the evaluator;
+- a sample's two runs are in one sandbox (own pid namespace and process group, rlimits, scrubbed
+  env), each a fork of the sandboxed harness taken before the solution runs, killed at its own
+  deadline, and what it leaves running killed before the next run (harness_child.py, "checks"):
+  one sandbox per sample, not per run, roughly halved the time of answers that fail at once. The
+  sandbox is a fresh child forked by a warm sandboxed worker (repro/eval/worker.py; its fork
+  counts against the deadline, milliseconds), or, as the reference path (`warm=False`,
+  REPRO_WARM=0, or "process" isolation), a fresh interpreter (tens of milliseconds), never a fork
+  of the evaluator;
 - ground truth runs in parallel sandboxed processes, not in the evaluator itself;
 - HumanEval/32 (`find_zero`): EvalPlus 0.3.1 never counts a passing input there, so it fails every
   program on that task (fixed in later EvalPlus); we count it, so the canonical solution passes.
@@ -173,31 +177,47 @@ def check(bench: Benchmark, task_id: str, solution: str, gt: dict[str, dict], *,
         base = _run_program(p, solution, mem_bytes, pool)
         return {"task_id": task_id, "solution": solution, "base_status": base.status, "plus_status": None,
                 "base_fail_tests": [], "plus_fail_tests": [], "reason": _reason(base=base)}
-    limits = dict(min_time_limit=min_time_limit, gt_time_limit_factor=gt_time_limit_factor, mem_bytes=mem_bytes,
-                  pool=pool)
-    base = _judge(bench, p, solution, p["base_input"], gt[task_id]["base"], gt[task_id]["base_time"], **limits)
-    plus = _judge(bench, p, solution, p["plus_input"], gt[task_id]["plus"], gt[task_id]["plus_time"], **limits)
+    g = gt[task_id]
+    v = _judge(bench, p, solution, [("base", p["base_input"], g["base"], g["base_time"]),
+                                    ("plus", p["plus_input"], g["plus"], g["plus_time"])],
+               min_time_limit=min_time_limit, gt_time_limit_factor=gt_time_limit_factor, mem_bytes=mem_bytes,
+               pool=pool)
+    base, plus = v["base"], v["plus"]
     return {"task_id": task_id, "solution": solution, "base_status": base.status, "plus_status": plus.status,
             "base_fail_tests": _fail_tests(bench, task_id, base, p["base_input"]),
             "plus_fail_tests": _fail_tests(bench, task_id, plus, p["plus_input"]),
             "reason": _reason(base=base, plus=plus)}
 
 
-def _judge(bench: Benchmark, p: dict, solution: str, inputs: list, expected: list, ref_time: list[float], *,
-           min_time_limit: float, gt_time_limit_factor: float, mem_bytes: int, pool: worker.Pool | None) -> Verdict:
-    time_limits = [max(min_time_limit, gt_time_limit_factor * t) for t in ref_time]
-    deadline = min(TIMEOUT_PER_TASK, sum(time_limits)) + 1 + 1  # EvalPlus's timeout, then its join slack
-    task = {"mode": "check", "dataset": bench.name, "entry_point": p["entry_point"], "solution": solution,
-            "inputs": inputs, "expected": expected, "time_limits": time_limits, "atol": p["atol"],
-            "mem_bytes": sandbox.mem_cap(mem_bytes),
+def _judge(bench: Benchmark, p: dict, solution: str, splits: list[tuple[str, list, list, list[float]]], *,
+           min_time_limit: float, gt_time_limit_factor: float, mem_bytes: int,
+           pool: worker.Pool | None) -> dict[str, Verdict]:
+    """Each split (name, inputs, expected outputs, reference times) judged in a process of its own,
+    all of them in one sandboxed run (harness_child.py's "checks"): {name: Verdict}."""
+    runs = []
+    for name, inputs, expected, ref_time in splits:
+        time_limits = [max(min_time_limit, gt_time_limit_factor * t) for t in ref_time]
+        runs.append({"name": name, "inputs": inputs, "expected": expected, "time_limits": time_limits,
+                     # EvalPlus's timeout, then its join slack
+                     "deadline": min(TIMEOUT_PER_TASK, sum(time_limits)) + 1 + 1})
+    task = {"mode": "checks", "dataset": bench.name, "entry_point": p["entry_point"], "solution": solution,
+            "atol": p["atol"], "mem_bytes": sandbox.mem_cap(mem_bytes), "runs": runs,
             # numpy is loaded before the guard when a comparison may need np.allclose
-            "numpy": p["atol"] != 0 or any(is_floats(e) for e in expected)}
-    r = _run_child(task, deadline, mem_bytes, pool)
-    events = _events(r)
+            "numpy": p["atol"] != 0 or any(is_floats(e) for run in runs for e in run["expected"])}
+    # The sandbox's own deadline is a backstop: each run is killed at its deadline inside it.
+    r = _run_child(task, sum(run["deadline"] for run in runs) + 1, mem_bytes, pool,
+                   read_back=(*(run["name"] + ".jsonl" for run in runs), "runs.jsonl"))
+    ended = {e.get("name"): e for e in _events(r, "runs.jsonl")}
+    return {run["name"]: _verdict(r, _events(r, run["name"] + ".jsonl"), run, ended.get(run["name"]))
+            for run in runs}
+
+
+def _verdict(r: sandbox.Result, events: list[dict], run: dict, ended: dict | None) -> Verdict:
+    inputs, time_limits = run["inputs"], run["time_limits"]
     tests = [e for e in events if "i" in e]
     end = next((e for e in events if "stat" in e), None)
     if end is None:
-        return Verdict("timeout", len(tests), _no_verdict(r, events, tests, deadline))
+        return Verdict("timeout", len(tests), _no_verdict(r, events, tests, run["deadline"], ended))
     if end["stat"] == "pass" and len(tests) == len(inputs) and all(e["ok"] for e in tests):
         return Verdict("pass", len(tests), "")
     failed = next((e for e in tests if not e["ok"]), None)
@@ -228,16 +248,17 @@ def _run_program(p: dict, solution: str, mem_bytes: int, pool: worker.Pool | Non
     return Verdict("fail", 0, f"time limit ({WHEEL_TIME_LIMIT_S:.0f} s)" if why == "time limit" else why)
 
 
-def _run_child(task: dict, deadline: float, mem_bytes: int, pool: worker.Pool | None) -> sandbox.Result:
+def _run_child(task: dict, deadline: float, mem_bytes: int, pool: worker.Pool | None,
+               read_back: tuple[str, ...] = ("result.jsonl",)) -> sandbox.Result:
     run = pool.run_python if pool is not None else sandbox.run_python
     return run(_child(), timeout_s=deadline, mem_bytes=sandbox.mem_cap(mem_bytes),
-               files={"task.pkl": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)}, read_back=("result.jsonl",))
+               files={"task.pkl": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)}, read_back=read_back)
 
 
-def _events(r: sandbox.Result) -> list[dict]:
+def _events(r: sandbox.Result, name: str = "result.jsonl") -> list[dict]:
     """The child's result lines; a torn or foreign line ends the list (the process was cut short)."""
     events = []
-    for line in r.files.get("result.jsonl", b"").split(b"\n"):
+    for line in r.files.get(name, b"").split(b"\n"):
         try:
             e = json.loads(line)
         except ValueError:
@@ -248,10 +269,16 @@ def _events(r: sandbox.Result) -> list[dict]:
     return events
 
 
-def _no_verdict(r: sandbox.Result, events: list[dict], tests: list[dict], deadline: float) -> str:
-    if not events and r.status != "timeout":  # the harness itself failed: say how
+def _no_verdict(r: sandbox.Result, events: list[dict], tests: list[dict], deadline: float,
+                ended: dict | None = None) -> str:
+    """Why a run has no verdict. `ended`: how its own process ended ("checks": killed at its
+    deadline, or its exit status), None where only the sandbox's result `r` says."""
+    if ended is not None:
+        if not ended.get("killed"):
+            return f"the process ended without a verdict (exit status {ended.get('exit')})"
+    elif not events and r.status != "timeout":  # the harness itself failed: say how
         return f"the harness did not start: {(r.output.strip().splitlines() or ['no output'])[-1][:200]}"
-    if r.status != "timeout":
+    elif r.status != "timeout":
         return f"the process ended without a verdict (exit status {r.returncode})"
     if not any(e.get("ev") == "exec" for e in events):
         return f"still loading the solution at the {deadline:.0f} s deadline"

