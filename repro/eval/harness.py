@@ -21,7 +21,8 @@ Where we differ, on purpose:
 - a sample's two runs are in one sandbox (own pid namespace and process group, rlimits, scrubbed
   env), each a fork of the sandboxed harness taken before the solution runs, killed at its own
   deadline, and what it leaves running killed before the next run (harness_child.py, "checks"):
-  one sandbox per sample, not per run, roughly halved the time of answers that fail at once. The
+  one sandbox per sample, not per run, took 5-17% off judging a real run's answers (bench/README.md;
+  the forks inside cost ~3 ms a run, most of the ~6 ms a sandbox costs). The
   sandbox is a fresh child forked by a warm sandboxed worker (repro/eval/worker.py; its fork
   counts against the deadline, milliseconds), or, as the reference path (`warm=False`,
   REPRO_WARM=0, or "process" isolation), a fresh interpreter (tens of milliseconds), never a fork

