@@ -74,6 +74,15 @@ def test_every_nth_problem_is_chosen_and_stated():
 # Intervals
 
 
+def test_wilson_interval_holds_the_rate_exactly_at_0_and_n():
+    # rounding put 0/27's lower bound at 7e-18 and 63/63's upper one below 1, so the report's
+    # pass@1 figure failed on negative error bars (a fresh tiny run, 27 MBPP problems)
+    for n in range(1, 400):
+        for k in (0, n):
+            lo, hi = wilson(k, n)
+            assert lo <= k / n <= hi
+
+
 def test_wilson_interval_brackets_the_rate():
     lo, hi = wilson(0, 10)
     assert lo == 0.0 and 0.2 < hi < 0.35

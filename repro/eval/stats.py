@@ -14,7 +14,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
+    # min/max with p: at 0/n and n/n the bounds land on p only up to rounding (0/27 gave a lower
+    # bound of 7e-18), and a bound past the rate made the report's error bars negative.
+    return (max(0.0, min(p, c - h)), min(1.0, max(p, c + h)))
 
 
 def paired_bootstrap(a: list[bool], b: list[bool], n_boot: int = 10_000, seed: int = 0,

@@ -26,8 +26,8 @@ def curve_png(r: dict) -> bytes:
             if pts:
                 x = [p["pairs"] for p in pts]
                 y = [100 * p["pass@1"] for p in pts]
-                err = [[100 * (p["pass@1"] - p["ci95"][0]) for p in pts],
-                       [100 * (p["ci95"][1] - p["pass@1"]) for p in pts]]
+                err = [[max(0.0, 100 * (p["pass@1"] - p["ci95"][0])) for p in pts],
+                       [max(0.0, 100 * (p["ci95"][1] - p["pass@1"])) for p in pts]]
                 ax.errorbar(x, y, yerr=err, fmt="o-", color="#4c72b0", capsize=3, label="fine-tuned")
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(x, [str(v) for v in x])

@@ -436,8 +436,10 @@ def sec_evaluation(r: RunData) -> list:
         for i, label in enumerate(models):
             res = [ev["models"][label].get(b, {}).get(s) for b, s, _ in cols]
             p = [100 * v["pass@1"] if v else 0 for v in res]
-            err = [[100 * (v["pass@1"] - v["ci95"][0]) if v else 0 for v in res],
-                   [100 * (v["ci95"][1] - v["pass@1"]) if v else 0 for v in res]]
+            # max(0, ...): results.json written before stats.wilson held the rate exactly at 0/n
+            # and n/n have bounds a rounding error past it
+            err = [[max(0.0, 100 * (v["pass@1"] - v["ci95"][0])) if v else 0 for v in res],
+                   [max(0.0, 100 * (v["ci95"][1] - v["pass@1"])) if v else 0 for v in res]]
             ax.bar(x + (i - (len(models) - 1) / 2) * width, p, width, yerr=err, capsize=3, label=label)
         ax.set_xticks(x, [c[2] for c in cols])
         ax.set_ylabel("pass@1, %")
