@@ -168,6 +168,8 @@ def load_model(cfg: TrainConfig, ckpt: Path, device: str, bf16: bool) -> tuple[o
                      "(the fused LoRA kernel has no dropout)")
         cfg = dataclasses.replace(cfg, lora_dropout=0.0)
     model = add_lora(model, cfg)
+    if device == "cpu" and bf16 and cfg.backend == "peft":
+        frozen_linears_to(model, torch.bfloat16)
     backend = Backend("peft", device, bf16, chunked_head)
     if cfg.backend == "triton":
         backend, counts = kernel_backend(model, device, bf16)
@@ -178,6 +180,28 @@ def load_model(cfg: TrainConfig, ckpt: Path, device: str, bf16: bool) -> tuple[o
     if cfg.compile:
         decoder(model).compile()  # in place: parameter names (and the saved adapter) unchanged
     return model, backend, notes
+
+
+def frozen_linears_to(model, dtype) -> int:
+    """Store the frozen weights of the Linear layers in `dtype` (autocast's), and say how many.
+
+    Autocast casts a weight that needs no gradient anew on every forward: on the CPU that was
+    100M parameters converted per example, the conversions' fresh 1-3 MiB outputs each a new
+    mmap whose page faults cost more than the conversion. The matmuls see the same bf16 values as
+    before. Embeddings, norms and the output head (tied to the embedding in Gemma) stay fp32, so
+    the residual stream stays fp32 too; the LoRA weights are trainable and untouched.
+    """
+    import torch
+
+    head = model.get_output_embeddings()
+    n = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m is not head and not m.weight.requires_grad:
+            m.weight.data = m.weight.data.to(dtype)
+            if m.bias is not None and not m.bias.requires_grad:
+                m.bias.data = m.bias.data.to(dtype)
+            n += 1
+    return n
 
 
 def _load_unsloth(cfg: TrainConfig, ckpt: Path, bf16: bool):
@@ -224,6 +248,35 @@ def logits_head(h, lm_head, targets, softcap):
 CHUNK_ELEMENTS = 2 ** 26
 
 
+def _frozen_cast(module, dtype):
+    """`module.weight` in `dtype`, converted once and kept on the module while the weight is
+    unchanged: Gemma's head is its 262K x 640 embedding, and converting it for every example
+    wrote 335 MB to fresh pages each time. Not for a weight that trains."""
+    w = module.weight
+    if w.dtype == dtype:
+        return w
+    key = (w.data_ptr(), w._version, dtype)
+    kept = module.__dict__.get("_repro_cast")
+    if kept is None or kept[0] != key:
+        kept = (key, w.detach().to(dtype))
+        module.__dict__["_repro_cast"] = kept
+    return kept[1]
+
+
+def _workspace(module, name: str, rows: int, cols: int, device):
+    """An fp32 [rows, cols] scratch tensor, a view of one kept on `module` for later calls (and
+    grown when too small); what it held before is garbage. For the chunked head's logits: a fresh
+    256-MiB buffer per example cost 65K page faults each time on the CPU."""
+    import torch
+
+    kept = module.__dict__.setdefault("_repro_workspace", {})
+    t = kept.get(name)
+    if t is None or t.shape[0] < rows or t.shape[1] != cols or t.device != torch.device(device):
+        t = kept[name] = None  # let the old one go first
+        t = kept[name] = torch.empty((rows, cols), dtype=torch.float32, device=device)
+    return t[:rows]
+
+
 def chunked_head(h, lm_head, targets, softcap):
     """`logits_head`'s result and hidden-state gradient without the full [N, V] logits, in
     PyTorch ops (any device): the design of repro/kernels/cross_entropy.py. Rows go through in chunks;
@@ -249,26 +302,38 @@ def chunked_head(h, lm_head, targets, softcap):
             # weight again for every chunk).
             dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
             with torch.autocast(dev, enabled=False):
-                wd, hd = w.to(dt), hidden.to(dt)
-                chunk = max(1, CHUNK_ELEMENTS // w.shape[0])
+                wd, hd = _frozen_cast(lm_head, dt), hidden.to(dt)
+                n, V = hd.shape[0], w.shape[0]
+                chunk = min(n, max(1, CHUNK_ELEMENTS // V))
                 total = torch.zeros((), dtype=torch.float32, device=hidden.device)
                 grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-                for s in range(0, hd.shape[0], chunk):
-                    z = (hd[s:s + chunk] @ wd.T).float()
-                    y = targets[s:s + chunk]
+                # One fp32 buffer for every chunk's logits, worked on in place and kept between
+                # calls: fresh 256-MiB temporaries per chunk (the float copy, logsumexp's, the
+                # softmax) were each a new mmap on the CPU, faulted in page by page.
+                buf = _workspace(lm_head, "logits", chunk, V, hidden.device)
+                t_buf = _workspace(lm_head, "tanh", chunk, V, hidden.device) if softcap is not None else None
+                for s in range(0, n, chunk):
+                    e = min(n, s + chunk)
+                    z = buf[:e - s]
+                    if dt == torch.float32:
+                        torch.mm(hd[s:e], wd.T, out=z)
+                    else:
+                        z.copy_(hd[s:e] @ wd.T)
+                    y = targets[s:e, None]
                     t = None
                     if softcap is not None:
-                        t = torch.tanh(z / softcap)
-                        z = softcap * t
-                    lse = torch.logsumexp(z, dim=-1)
-                    rows = torch.arange(z.shape[0], device=z.device)
-                    total += (lse - z[rows, y]).sum()
+                        t = torch.div(z, softcap, out=t_buf[:e - s]).tanh_()
+                        torch.mul(t, softcap, out=z)
+                    m = z.amax(dim=-1, keepdim=True)
+                    zy = z.gather(1, y)
+                    sums = z.sub_(m).exp_().sum(dim=-1, keepdim=True)  # z: exp(z - max)
+                    total += (m + sums.log() - zy).sum()  # logsumexp - target logit
                     if grad is not None:
-                        g = z.sub_(lse[:, None]).exp_()  # softmax, in place
-                        g[rows, y] -= 1.0
+                        g = z.div_(sums)  # softmax
+                        g.scatter_add_(1, y, torch.full_like(zy, -1.0))
                         if t is not None:
-                            g.mul_(1.0 - t * t)
-                        grad[s:s + chunk] = (g.to(dt) @ wd).to(grad.dtype)
+                            g.mul_(t.mul_(t).neg_().add_(1.0))  # the softcap's derivative
+                        grad[s:e] = (g.to(dt) @ wd).to(grad.dtype)
             ctx.save_for_backward(grad)
             return total
 

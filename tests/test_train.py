@@ -66,6 +66,58 @@ def test_chunked_head_gives_the_full_logits_loss_and_gradient(softcap, autocast,
     torch.testing.assert_close(g_got, g_ref, **tol)
 
 
+def test_the_chunked_head_keeps_one_buffer_and_recasts_a_changed_weight(monkeypatch):
+    monkeypatch.setattr(student, "CHUNK_ELEMENTS", 4 * 50)  # 4 rows a chunk
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    # Row counts under, at and over a chunk, then a weight changed in place: each call must equal
+    # the full logits' loss and gradient, whatever the kept buffer and cast held before.
+    for n, bump in ((3, False), (10, False), (4, False), (7, True)):
+        if bump:
+            head.weight.mul_(1.5)
+        targets = torch.randint(0, 50, (n,))
+        results = []
+        for fn in (student.logits_head, student.chunked_head):
+            h = torch.randn(n, 16, generator=torch.Generator().manual_seed(n)).requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = fn(h, head, targets, None)
+            loss.backward()
+            results.append((loss.detach(), h.grad))
+        (ref, g_ref), (got, g_got) = results
+        torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(g_got, g_ref, rtol=2e-2, atol=2e-2)
+    assert head.__dict__["_repro_workspace"]["logits"].shape == (4, 50)  # one buffer, a chunk's rows
+
+
+def test_frozen_linears_in_bf16_give_the_same_autocast_step(tiny_model, tiny_tokenizer):
+    import copy
+
+    exs, _ = train.build_examples(tiny_tokenizer, ROWS, max_len=256)
+    ids, labels = train.collate(exs[:2], "cpu")
+    cfg = TrainConfig(lora_r=8, lora_alpha=16, lora_dropout=0.0, precision="bf16")
+    results = []
+    for cast in (False, True):
+        torch.manual_seed(0)
+        model = student.add_lora(copy.deepcopy(tiny_model), cfg)
+        if cast:
+            assert student.frozen_linears_to(model, torch.bfloat16) == 2 * 7  # 7 projections a layer
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = train.batch_loss(model, ids, labels, student.chunked_head)
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        dtypes = {n: p.dtype for n, p in model.named_parameters()}
+        results.append((loss.detach(), grads, dtypes))
+    (ref, g_ref, _), (got, g_got, dtypes) = results
+    # Autocast rounded the fp32 weights to the same bf16 values on every call.
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    torch.testing.assert_close(g_got, g_ref, rtol=0, atol=0)
+    assert {dtypes[n] for n in g_got} == {torch.float32}  # LoRA weights train in fp32
+    def dtype(suffix):
+        return next(d for n, d in dtypes.items() if n.endswith(suffix))
+    assert dtype("embed_tokens.weight") == torch.float32  # and so the tied head
+    assert dtype("layers.0.mlp.up_proj.base_layer.weight") == torch.bfloat16
+
+
 def test_lora_training_lowers_the_loss_and_leaves_base_weights(tiny_model, tiny_tokenizer):
     exs, _ = train.build_examples(tiny_tokenizer, ROWS, max_len=256)
     cfg = TrainConfig(max_steps=40, batch_size=2, lr=1e-2, warmup_steps=2, lora_r=8, lora_alpha=16,
