@@ -1,6 +1,7 @@
 """Training throughput of the LoRA trainer: CPU precisions and torch.compile, or the CUDA backends.
 
     .venv/bin/python bench/train.py                              # CPU: fp32 vs bf16 autocast vs torch.compile
+    .venv/bin/python bench/train.py --runs bf16-before,bf16      # CPU: bf16 before and after 6b8908b
     .venv/bin/python bench/train.py --models student,qwen0.5b    # also the 0.5B teacher's architecture
     .venv/bin/python bench/train.py --device cuda --random-init  # GPU: eager PEFT vs triton vs unsloth
                                                                  #   vs triton+compile
@@ -47,7 +48,9 @@ CONFIGS = ROOT / "bench" / "configs"
 MODEL_CONFIGS = {"student": CONFIGS / "gemma-3-270m.json", "qwen0.5b": CONFIGS / "qwen2.5-0.5b.json"}
 # name -> train settings; the first of each device is the baseline of the ratios
 CPU_RUNS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
-            "compile": {"precision": "auto", "compile": True}}
+            "compile": {"precision": "auto", "compile": True},
+            # bf16 as it ran before 6b8908b, for the side-by-side: see before_6b8908b()
+            "bf16-before": {"precision": "bf16", "before": True}}
 CUDA_RUNS = {"eager": {"backend": "peft"}, "triton": {"backend": "triton"}, "unsloth": {"backend": "unsloth"},
              "compile": {"backend": "peft", "compile": True},
              # our kernels as torch.library ops inside the compiled decoder (issue 23)
@@ -69,6 +72,9 @@ def worker(spec: dict) -> dict:
         import unsloth  # noqa: F401  # before transformers and peft, as Unsloth requires
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
+    if spec.get("before"):
+        before_6b8908b()
+    train._return_freed_memory()  # as train.run does first
     torch.manual_seed(0)
     cfg = TrainConfig(student=spec["model_dir"], backend=spec["backend"], device=spec["device"],
                       precision=spec.get("precision", "bf16" if spec["device"] == "cuda" else "auto"),
@@ -119,6 +125,21 @@ def worker(spec: dict) -> dict:
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "threads": torch.get_num_threads()})
     return out
+
+
+def before_6b8908b() -> None:
+    """Put back the CPU memory path of the trainer before 6b8908b: frozen weights kept in fp32
+    (autocast casts them on every forward), the head's bf16 copy and logits buffer made anew per
+    example, and glibc's mmap threshold at 1 MiB."""
+    import torch
+
+    from repro import student, train
+
+    student.frozen_linears_to = lambda model, dtype: 0
+    student._frozen_cast = lambda module, dtype: module.weight.detach().to(dtype)
+    student._workspace = lambda module, name, rows, cols, device: torch.empty(
+        (rows, cols), dtype=torch.float32, device=device)
+    train._return_freed_memory = lambda: train._LIBC and train._LIBC.mallopt(-3, 1 << 20)
 
 
 def _replace(cfg, **kw):
@@ -217,7 +238,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--models", default="student", help="comma-separated: student, qwen0.5b")
-    ap.add_argument("--runs", help="comma-separated; CPU: fp32,bf16,compile (default all); "
+    ap.add_argument("--runs", help="comma-separated; CPU: fp32,bf16,compile (default), bf16-before; "
                                    f"CUDA: {CUDA_DEFAULT} (default), compile")
     ap.add_argument("--seq", type=int, help="tokens per sequence (default: CPU 512, CUDA 1024)")
     ap.add_argument("--batch", type=int, help="sequences per step, one forward (default: CPU 1, CUDA 8)")
