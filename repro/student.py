@@ -304,7 +304,7 @@ def chunked_head(h, lm_head, targets, softcap):
             with torch.autocast(dev, enabled=False):
                 wd, hd = _frozen_cast(lm_head, dt), hidden.to(dt)
                 n, V = hd.shape[0], w.shape[0]
-                chunk = min(n, max(1, CHUNK_ELEMENTS // V))
+                chunk = max(1, min(n, CHUNK_ELEMENTS // V))
                 total = torch.zeros((), dtype=torch.float32, device=hidden.device)
                 grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
                 # One fp32 buffer for every chunk's logits, worked on in place and kept between

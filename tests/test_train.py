@@ -70,9 +70,9 @@ def test_the_chunked_head_keeps_one_buffer_and_recasts_a_changed_weight(monkeypa
     monkeypatch.setattr(student, "CHUNK_ELEMENTS", 4 * 50)  # 4 rows a chunk
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
-    # Row counts under, at and over a chunk, then a weight changed in place: each call must equal
-    # the full logits' loss and gradient, whatever the kept buffer and cast held before.
-    for n, bump in ((3, False), (10, False), (4, False), (7, True)):
+    # No rows, rows under, at and over a chunk, then a weight changed in place: each call must
+    # equal the full logits' loss and gradient, whatever the kept buffer and cast held before.
+    for n, bump in ((0, False), (3, False), (10, False), (4, False), (7, True)):
         if bump:
             head.weight.mul_(1.5)
         targets = torch.randint(0, 50, (n,))
