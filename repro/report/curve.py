@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from repro.report.rundata import RunData, figure_block, png_of
+from repro.report.rundata import RunData, error_bars, figure_block, png_of
 
 BASE_STYLE = {"base": ("completion prompt", "#8c8c8c"), "base-instruct": ("instruction prompt", "#dd8452")}
 
@@ -26,9 +26,7 @@ def curve_png(r: dict) -> bytes:
             if pts:
                 x = [p["pairs"] for p in pts]
                 y = [100 * p["pass@1"] for p in pts]
-                err = [[max(0.0, 100 * (p["pass@1"] - p["ci95"][0])) for p in pts],
-                       [max(0.0, 100 * (p["ci95"][1] - p["pass@1"])) for p in pts]]
-                ax.errorbar(x, y, yerr=err, fmt="o-", color="#4c72b0", capsize=3, label="fine-tuned")
+                ax.errorbar(x, y, yerr=error_bars(pts), fmt="o-", color="#4c72b0", capsize=3, label="fine-tuned")
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(x, [str(v) for v in x])
             ax.set_title(b, fontsize=9)

@@ -164,6 +164,14 @@ def figure_block(name: str, png: bytes, caption: str) -> tuple:
     return ("fig", name, png, caption)
 
 
+def error_bars(results: list) -> list:
+    """matplotlib's `yerr` in percent for pass@1 results ({"pass@1", "ci95"}, or None for a bar
+    of 0): below and above each rate. Clamped at 0: results.json files written before
+    stats.wilson held the rate exactly at 0/n and n/n have bounds a rounding error past it."""
+    return [[max(0.0, 100 * (v["pass@1"] - v["ci95"][0])) if v else 0 for v in results],
+            [max(0.0, 100 * (v["ci95"][1] - v["pass@1"])) if v else 0 for v in results]]
+
+
 # ---------------------------------------------------------------------------------------------
 # Small pieces the sections share
 

@@ -19,8 +19,8 @@ from repro.languages import MULTIPL_E
 from repro.report.categories import CATEGORIES, EMBED_CHARS, categorize
 from repro.report.effects import control_sentences
 from repro.report.rundata import (BENCH_NAMES, CACHE_FILE, NOT_RUN, PAPER_PAIRS, PAPER_ROWS, RunData, columns,
-                                  counts, figure_block, join, local_gguf, model_sha, model_title, not_run, pct,
-                                  png_of)
+                                  counts, error_bars, figure_block, join, local_gguf, model_sha, model_title,
+                                  not_run, pct, png_of)
 
 def _funnel(r: RunData) -> list[tuple[str, str, str, str]]:
     rows = []
@@ -436,11 +436,8 @@ def sec_evaluation(r: RunData) -> list:
         for i, label in enumerate(models):
             res = [ev["models"][label].get(b, {}).get(s) for b, s, _ in cols]
             p = [100 * v["pass@1"] if v else 0 for v in res]
-            # max(0, ...): results.json written before stats.wilson held the rate exactly at 0/n
-            # and n/n have bounds a rounding error past it
-            err = [[max(0.0, 100 * (v["pass@1"] - v["ci95"][0])) if v else 0 for v in res],
-                   [max(0.0, 100 * (v["ci95"][1] - v["pass@1"])) if v else 0 for v in res]]
-            ax.bar(x + (i - (len(models) - 1) / 2) * width, p, width, yerr=err, capsize=3, label=label)
+            ax.bar(x + (i - (len(models) - 1) / 2) * width, p, width, yerr=error_bars(res), capsize=3,
+                   label=label)
         ax.set_xticks(x, [c[2] for c in cols])
         ax.set_ylabel("pass@1, %")
         ax.set_ylim(0, 100)
