@@ -152,8 +152,9 @@ def load_model(cfg: TrainConfig, ckpt: Path, device: str, bf16: bool) -> tuple[o
     from transformers import AutoModelForCausalLM
 
     notes = []
-    # CPU: fp32 weights under autocast (the measured path). CUDA in bf16: the frozen base in bf16
-    # (half the memory, no cast per step); PEFT keeps the LoRA weights in fp32.
+    # CPU: fp32 weights, the residual stream in fp32 under autocast; with bf16, frozen_linears_to
+    # below stores just the projections in bf16. CUDA in bf16: the whole frozen base in bf16 (half
+    # the memory, no cast per step). PEFT keeps the LoRA weights in fp32 either way.
     dtype = torch.bfloat16 if device == "cuda" and bf16 else torch.float32
     try:
         # SDPA on the CPU too: its fused kernel keeps no [heads, seq, seq] probabilities for the
@@ -272,7 +273,7 @@ def _workspace(module, name: str, rows: int, cols: int, device):
     kept = module.__dict__.setdefault("_repro_workspace", {})
     t = kept.get(name)
     if t is None or t.shape[0] < rows or t.shape[1] != cols or t.device != torch.device(device):
-        t = kept[name] = None  # let the old one go first
+        kept.pop(name, None)  # the old one goes before the new one is allocated
         t = kept[name] = torch.empty((rows, cols), dtype=torch.float32, device=device)
     return t[:rows]
 
