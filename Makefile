@@ -130,10 +130,15 @@ reproduce: setup $(if $(filter tiny,$(PROFILE)),,toolchains)
 ablate: setup
 	$(BIN)/repro ablate --profile $(PROFILE)
 
-# The quick loop after each change (about 10 min on 2 cores): everything but the slow self-tests
-# and the end-to-end runs other than the smoke one.
+# The quick loop after each change (about 8 min on 2 cores, set-up included): everything but the
+# slow self-tests and the end-to-end runs other than the smoke one. Two pytest-xdist workers, one
+# test module at a time each (--dist loadscope: a module's fixtures are built once), in collection
+# order, where tests/conftest.py puts the smoke run first: it (~4 min) runs on one worker while
+# the other takes the unit tests, which use one core most of the time. More workers save little,
+# since the smoke run is the longest path; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: setup toolchains
-	$(BIN)/python -m pytest -m "not slow and (not e2e or quick)"
+	$(BIN)/python -m pytest -m "not slow and (not e2e or quick)" $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 test-all: setup toolchains
 	$(BIN)/python -m pytest

@@ -11,10 +11,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -52,11 +56,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
 
     Works for files and directories. The temporary name starts with '.tmp-' so a crash leaves
-    something that is obviously not an artifact (and is removed on the next attempt).
+    something that is obviously not an artifact (removed on the next attempt at the same path),
+    and carries the writer's pid and thread, so that two processes filling the same cache entry at
+    once never write into, or delete, each other's. Does NOT make them take turns: the last rename
+    wins (`cache_lock` makes the second wait and reuse the first's result).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}"
+    _remove_stale_temporaries(path)
+    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}.{threading.get_native_id()}"
     _remove(tmp)
     try:
         yield tmp
@@ -71,6 +79,47 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
     finally:
         _remove(tmp)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove what killed writers of `path` left: its temporaries whose process is gone (and the
+    pid-less name that versions before the pid was added used)."""
+    for t in path.parent.glob(f".tmp-{glob.escape(path.name)}*"):
+        rest = t.name[len(f".tmp-{path.name}"):]
+        if rest == "":
+            _remove(t)
+        elif (m := re.fullmatch(r"\.(\d+)\.\d+", rest)) and not _alive(int(m[1])):
+            _remove(t)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
+@contextlib.contextmanager
+def cache_lock(entry: Path) -> Iterator[None]:
+    """Hold an exclusive lock for filling the shared-cache entry `entry`, waiting for another
+    process that holds it (two runs, or two test workers, wanting the same model or converter at
+    once): the caller checks again inside the block and finds the other's result. Does NOT lock
+    readers out; a finished entry is only ever replaced whole, by `atomic_path`."""
+    entry = Path(entry)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is making {entry}", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _remove(p: Path) -> None:

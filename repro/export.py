@@ -36,7 +36,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from repro.artifacts import ReproError, atomic_path, sha256_file
+from repro.artifacts import ReproError, atomic_path, cache_lock, sha256_file
 from repro.config import ExportConfig
 from repro.models import check_gguf
 from repro.models import cache_dir, checkpoint_dir, is_checkpoint, llama_model, load_llama, resolve
@@ -116,6 +116,13 @@ def fetch_converter() -> Path:
     out = converter_dir()
     if has_converter(out):
         return out
+    with cache_lock(out):
+        if not has_converter(out):
+            _download_converter(out)
+    return out
+
+
+def _download_converter(out: Path) -> None:
     version = md.version("llama-cpp-python")
     with tempfile.TemporaryDirectory() as tmp:
         r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
@@ -136,7 +143,6 @@ def fetch_converter() -> Path:
             if not has_converter(dst):
                 raise ReproError(f"export: the llama-cpp-python {version} source archive lacks "
                                  f"{' or '.join(CONVERTERS)} under vendor/llama.cpp/")
-    return out
 
 
 def _converter(script: str, args: list[str], out: Path, what: str) -> None:

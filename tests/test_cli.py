@@ -54,6 +54,78 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
                 pass
 
 
+# A process that fills a cache entry: waits its turn, and fills it only if nobody has; prints
+# "made" or "reused" (two runs, or two test workers, wanting the same model at once).
+FILLER = """
+import os, sys, time
+from pathlib import Path
+from repro.artifacts import atomic_path, cache_lock
+entry = Path(sys.argv[1])
+with cache_lock(entry):
+    if entry.exists():
+        print("reused")
+    else:
+        time.sleep(1.0)
+        with atomic_path(entry) as tmp:
+            tmp.write_text(str(os.getpid()))
+        print("made")
+"""
+
+
+def test_two_processes_wanting_one_cache_entry_take_turns_and_the_second_reuses_it(tmp_path):
+    entry = tmp_path / "cache" / "models" / "m.gguf"
+    first = subprocess.Popen([sys.executable, "-c", FILLER, str(entry)], stdout=subprocess.PIPE, text=True)
+    lock = entry.parent / f".{entry.name}.lock"
+    while not lock.exists():  # the first holds the lock before the second starts
+        pass
+    second = subprocess.run([sys.executable, "-c", FILLER, str(entry)], capture_output=True, text=True)
+    assert first.communicate()[0].strip() == "made" and first.returncode == 0
+    assert second.stdout.strip() == "reused", second.stderr
+    assert f"waiting for another process that is making {entry}" in second.stderr
+    assert entry.read_text() == str(first.pid)
+    assert sorted(p.name for p in entry.parent.iterdir()) == [".m.gguf.lock", "m.gguf"]
+
+
+def test_writers_of_one_path_at_once_never_touch_each_others_temporary(tmp_path):
+    import threading
+
+    from repro.artifacts import atomic_path
+
+    path, inside = tmp_path / "a.json", threading.Barrier(2)
+    errors = []
+
+    def write(text):
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
+                inside.wait(timeout=10)  # both temporaries exist now
+        except Exception as e:  # noqa: BLE001 - any error is the failure
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(c * 100_000,)) for c in "xy"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and path.read_text() in ("x" * 100_000, "y" * 100_000)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write_and_a_live_ones_kept(tmp_path):
+    import os
+
+    from repro.artifacts import write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    for name in (f".tmp-a.json.{dead}.1", ".tmp-a.json", f".tmp-a.json.{os.getpid()}.7", f".tmp-a.jsonl.{dead}.1"):
+        (tmp_path / name).write_text("half")
+    write_text(tmp_path / "a.json", "{}")
+    # The pid-less name is what versions before pids were in the name left; a.jsonl is another artifact.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-a.json.{os.getpid()}.7", f".tmp-a.jsonl.{dead}.1",
+                                                          "a.json"]
+
+
 def test_a_second_command_on_a_locked_run_is_one_line_and_writes_nothing(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -45,7 +45,8 @@ def test_hash_mismatch_is_refused_and_nothing_is_left(fake_entry, tmp_path):
     fake_entry(sha256="0" * 64)
     with pytest.raises(ReproError, match="sha256 .* != expected 000000000000"):
         models.resolve("embedded:variant")
-    assert list((tmp_path / "cache" / "models").iterdir()) == []
+    # Only the empty lock file that made a second process wait (artifacts.cache_lock).
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == [".variant.gguf.lock"]
 
 
 @pytest.mark.parametrize("spec,msg", [("embedded:nope", "unknown"), ("/no/such/model.gguf", "no such file"),

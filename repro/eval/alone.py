@@ -65,7 +65,7 @@ def converted(spec: str, cfg: Config) -> Path:
     """A transformers checkpoint as a GGUF quantized to `export.quant`, made once and cached by
     the checkpoint's identity."""
     from repro import export, models
-    from repro.artifacts import fingerprint
+    from repro.artifacts import cache_lock, fingerprint
 
     export.check_settings(cfg.export)
     key = fingerprint("converted", models.model_id(spec), cfg.export.outtype, cfg.export.quant)[:16]
@@ -73,15 +73,18 @@ def converted(spec: str, cfg: Config) -> Path:
     if out.is_file():
         return out
     src = models.checkpoint_dir(spec, "--model")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    unquantized = out.with_name(out.stem + f".{cfg.export.outtype}.tmp.gguf")
-    try:
-        export.convert(src, unquantized, cfg.export.outtype)
-        with atomic_path(out) as tmp:
-            export.quantize(unquantized, tmp, cfg.export.quant, out.with_suffix(".log"))
-            models.check_gguf(tmp, "--model")
-    finally:
-        unquantized.unlink(missing_ok=True)
+    # Another process converting the same checkpoint is waited for: both would write `unquantized`.
+    with cache_lock(out):
+        if out.is_file():
+            return out
+        unquantized = out.with_name(out.stem + f".{cfg.export.outtype}.tmp.gguf")
+        try:
+            export.convert(src, unquantized, cfg.export.outtype)
+            with atomic_path(out) as tmp:
+                export.quantize(unquantized, tmp, cfg.export.quant, out.with_suffix(".log"))
+                models.check_gguf(tmp, "--model")
+        finally:
+            unquantized.unlink(missing_ok=True)
     return out
 
 
