@@ -84,7 +84,8 @@ def test_busy_cores_sees_another_process_spinning():
 
 
 def test_a_gguf_is_parsed_once_while_a_student_is_dequantized(tmp_path):
-    """hf_checkpoint's reads (tokenizer, config, weights) share one parse of the file, and gguf's
+    """hf_checkpoint's reads (tokenizer, config, weights) share one parse of the file, which reads
+    the same fields and tensor bytes as gguf's own reader from a plain (not np.memmap) view; gguf's
     own reader is back afterwards, also after an error."""
     import gguf
     import numpy as np
@@ -93,15 +94,26 @@ def test_a_gguf_is_parsed_once_while_a_student_is_dequantized(tmp_path):
 
     path = tmp_path / "t.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
+    w.add_token_list(["<pad>", "def", "return", "ünï"])
+    w.add_token_scores([0.0, -1.5, -2.0, -3.25])
     w.add_tensor("x", np.arange(4, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     original = gguf.GGUFReader
+    mapped = original(path)
     with _one_gguf_parse():
         first = gguf.GGUFReader(path)
         assert gguf.GGUFReader(str(path)) is first and list(first.tensors[0].data) == [0, 1, 2, 3]
+        assert type(first.data) is np.ndarray and type(first.tensors[0].data) is np.ndarray
+        assert list(first.fields) == list(mapped.fields)
+        for name, field in mapped.fields.items():
+            got = first.fields[name]
+            assert got.types == field.types and got.data == field.data, name
+            assert all(np.array_equal(a, b) for a, b in zip(got.parts, field.parts)), name
+        tokens = first.fields["tokenizer.ggml.tokens"]
+        assert [bytes(tokens.parts[i]).decode() for i in tokens.data] == ["<pad>", "def", "return", "ünï"]
     assert gguf.GGUFReader is original and gguf.GGUFReader(path) is not first
     with pytest.raises(RuntimeError), _one_gguf_parse():
         raise RuntimeError
