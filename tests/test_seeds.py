@@ -81,6 +81,21 @@ def test_same_inputs_and_seed_give_byte_identical_seeds(tree, tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+def test_the_same_files_in_another_folder_give_the_same_seeds_under_the_file_cap(tmp_path):
+    """A clone's venv lies under another folder in each clone: which files the cap keeps must not
+    depend on where the source is."""
+    for where in ("a/deep/place", "b"):
+        for i in range(40):
+            f = tmp_path / where / "src" / f"pkg{i % 4}" / f"m{i}.py"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text("".join(f"value_{i}_{j} = {i * j}\n" for j in range(30)))
+    got = []
+    for where in ("a/deep/place", "b"):
+        _, rows = _seeds(tmp_path / where, [tmp_path / where / "src"], num_seeds=6, max_files_per_language=5)
+        got.append(sorted((r["seed"], r["path"].split("/src/")[-1]) for r in rows))
+    assert got[0] == got[1] and len(got[0]) == 6
+
+
 def test_another_random_seed_gives_other_seeds(tree, tmp_path):
     _, a = _seeds(tmp_path, [tree], num_seeds=5, random_seed=1)
     _, b = _seeds(tmp_path, [tree], num_seeds=5, random_seed=2)
