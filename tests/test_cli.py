@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,9 +76,10 @@ with cache_lock(entry):
 def test_two_processes_wanting_one_cache_entry_take_turns_and_the_second_reuses_it(tmp_path):
     entry = tmp_path / "cache" / "models" / "m.gguf"
     first = subprocess.Popen([sys.executable, "-c", FILLER, str(entry)], stdout=subprocess.PIPE, text=True)
-    lock = entry.parent / f".{entry.name}.lock"
+    lock, deadline = entry.parent / f".{entry.name}.lock", time.monotonic() + 30
     while not lock.exists():  # the first holds the lock before the second starts
-        pass
+        assert first.poll() is None and time.monotonic() < deadline, "the first filler never took the lock"
+        time.sleep(0.01)
     second = subprocess.run([sys.executable, "-c", FILLER, str(entry)], capture_output=True, text=True)
     assert first.communicate()[0].strip() == "made" and first.returncode == 0
     assert second.stdout.strip() == "reused", second.stderr
