@@ -217,7 +217,17 @@ def test_every_canonical_solution_passes_base_and_plus(full, name):
     bench = full[name]
     results = harness.evaluate_samples(bench, [{"task_id": t, "solution": _canonical(bench, t)}
                                                for t in bench.problems])
-    assert _not_passed(results) == []
+    # A time limit is 4x the reference run's time (EvalPlus's rule), so a loaded machine can push a
+    # canonical solution past it: in CI, Mbpp/255's test 85 (1.5 s alone) once ran past 6.15 s. Those
+    # tasks (a time limit, or the task's whole deadline) are judged again, one at a time; any other
+    # failure, or a second one on time, stands.
+    not_passed = _not_passed(results)
+    timed_out = [t for t, base, plus, why in not_passed if "time limit" in why or "timeout" in (base, plus)]
+    if timed_out:
+        again = harness.evaluate_samples(bench, [{"task_id": t, "solution": _canonical(bench, t)}
+                                                 for t in timed_out], workers=1)
+        not_passed = [row for row in not_passed if row[0] not in timed_out] + _not_passed(again)
+    assert not_passed == []
 
 
 @pytest.mark.slow
