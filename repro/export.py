@@ -39,7 +39,7 @@ from pathlib import Path
 from repro.artifacts import ReproError, atomic_path, cache_lock, sha256_file
 from repro.config import ExportConfig
 from repro.models import check_gguf
-from repro.models import cache_dir, checkpoint_dir, is_checkpoint, llama_model, load_llama, resolve
+from repro.models import cache_dir, checkpoint_dir, choose_threads, is_checkpoint, llama_model, load_llama, resolve
 
 CHECK_TEXT = "def fibonacci(n):\n    "
 TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json")
@@ -232,19 +232,21 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, base_name
 
 
 def roundtrip(merged_dir: Path, ggufs: dict[str, Path], lora: tuple[Path, Path] | None = None,
-              text: str | None = None) -> dict:
+              text: str | None = None, threads: int = 0) -> dict:
     """Tokenizer ids and teacher-forced greedy agreement of each GGUF with the PyTorch model.
 
     `ggufs` maps a label (the file type) to a model GGUF; `lora` is (base GGUF, LoRA GGUF), shown
     as `lora+base`, and beside it `base`, the base GGUF alone: how far the adapter moves the
     base, so a LoRA that silently did not apply would show. Each file is loaded by llama.cpp
     (that is the load check). Agreement counts every position of the text (default
-    ROUNDTRIP_TEXT), the last one's prediction beyond the text included.
+    ROUNDTRIP_TEXT), the last one's prediction beyond the text included. `threads`: llama.cpp's
+    (0 = the cores idle now, measured once for all the loads).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     text = ROUNDTRIP_TEXT if text is None else text
+    threads = choose_threads(threads)  # once: each measure of the idle cores waits 0.5 s
     tok = AutoTokenizer.from_pretrained(merged_dir)
     ids = tok(text)["input_ids"]  # with the tokenizer's own rule for BOS
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
@@ -259,10 +261,10 @@ def roundtrip(merged_dir: Path, ggufs: dict[str, Path], lora: tuple[Path, Path] 
         got = llama_ids(path, text)
         out["tokenizer"][label] = True if got == ids else _first_difference(got, ids)
         out["tokenizer_match"] &= got == ids
-        out["agreement"][label] = _agreement(path, ids, ref)
+        out["agreement"][label] = _agreement(path, ids, ref, threads)
     if lora is not None:
-        out["agreement"]["lora+base"] = _agreement(lora[0], ids, ref, lora=lora[1])
-        out["agreement"]["base"] = _agreement(lora[0], ids, ref)
+        out["agreement"]["lora+base"] = _agreement(lora[0], ids, ref, threads, lora=lora[1])
+        out["agreement"]["base"] = _agreement(lora[0], ids, ref, threads)
     return out
 
 
@@ -280,12 +282,13 @@ def _first_difference(a: list[int], b: list[int]) -> str:
     return f"differs at token {i} ({len(a)} tokens in llama.cpp, {len(b)} in PyTorch)"
 
 
-def _agreement(path: Path, ids: list[int], ref: list[int], lora: Path | None = None) -> float:
+def _agreement(path: Path, ids: list[int], ref: list[int], threads: int, lora: Path | None = None) -> float:
     import numpy as np
 
     n_ctx = -(-len(ids) // 64) * 64
     try:  # all layers on the GPU where llama.cpp was built for one (a CPU build ignores it)
-        llm = load_llama(path, n_ctx=n_ctx, logits_all=True, n_gpu_layers=-1, lora_path=str(lora) if lora else None)
+        llm = load_llama(path, n_ctx=n_ctx, threads=threads, logits_all=True, n_gpu_layers=-1,
+                         lora_path=str(lora) if lora else None)
     except RuntimeError as e:  # llama-cpp-python raises this when a LoRA does not apply
         raise ReproError(f"export: llama.cpp could not apply the LoRA {lora} to {path} ({e})") from None
     try:
@@ -338,7 +341,8 @@ def run(cfg: ExportConfig, student: str, adapter_dir: Path, out_gguf: Path, work
     with atomic_path(out_gguf) as tmp:
         quantize(unquantized, tmp, cfg.quant, log)
         check_gguf(tmp, "export")
-        llm = load_llama(tmp, n_ctx=256, n_gpu_layers=-1)
+        threads = choose_threads(0)  # the cores idle now, for this load and the round trip's
+        llm = load_llama(tmp, n_ctx=256, threads=threads, n_gpu_layers=-1)
         text = llm(CHECK_TEXT, max_tokens=16, temperature=0.0)["choices"][0]["text"]
         llm.close()
     ggufs = {cfg.outtype: unquantized, cfg.quant.lower(): out_gguf}
@@ -353,7 +357,7 @@ def run(cfg: ExportConfig, student: str, adapter_dir: Path, out_gguf: Path, work
     if cfg.lora_gguf:
         with atomic_path(lora) as tmp:
             convert_lora(adapter_dir, checkpoint_dir(student), tmp, cfg.outtype)
-    rt = roundtrip(merged, ggufs, (student_gguf, lora) if cfg.lora_gguf else None)
+    rt = roundtrip(merged, ggufs, (student_gguf, lora) if cfg.lora_gguf else None, threads=threads)
     stats = {"quant": cfg.quant, "outtype": cfg.outtype, "bytes_unquantized": unquantized.stat().st_size,
              "bytes": out_gguf.stat().st_size, "sha256": sha256_file(out_gguf),
              "load_check_prompt": CHECK_TEXT, "load_check_text": text,

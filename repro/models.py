@@ -426,7 +426,7 @@ def _save_hf_checkpoint(gguf: Path, out: Path) -> None:
 def check_gguf(path: Path, setting: str) -> None:
     """Fail early, in one line, on a file llama.cpp cannot use as a model (it would say less, or crash).
 
-    Reads the header only (metadata and tensor records; 0.2-0.5 s with a 262K-token vocabulary): not
+    Reads the header only (metadata and tensor records; about 0.1 s with a 262K-token vocabulary): not
     a GGUF, a version llama.cpp does not read, a header or tensor data cut short (an interrupted
     download), a LoRA adapter (`general.type` = "adapter"), a file with no tensors (a
     vocabulary-only GGUF). It does not look at the tensor data's values.
@@ -509,9 +509,11 @@ def _gguf_header(path: Path, setting: str) -> tuple[dict, int, int, int, int]:
             return take(f"{n}{scalar[etype]}")
         if etype in scalar:  # skipped, not read: token scores and types are 262K long
             skip(n * struct.calcsize(scalar[etype]))
-        elif etype == 8:  # strings (the vocabulary): skipped, not decoded
-            for _ in range(n):
-                skip(take("Q")[0])
+        elif etype == 8:  # strings (the vocabulary): skipped, not decoded, in a tight loop (262K of them)
+            length, at = struct.Struct("<Q").unpack_from, pos
+            for _ in range(n):  # unpack_from raises struct.error past the end
+                at += 8 + length(buf, at)[0]
+            skip(at - pos)
         else:
             for _ in range(n):
                 value(etype)

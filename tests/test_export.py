@@ -116,8 +116,13 @@ def _cut(n):
     (lambda b: b"", ["not a GGUF file", "b''"]),
     (lambda b: b[:4] + (1).to_bytes(4, "little") + b[8:], ["GGUF version 1 is not supported"]),
     (_cut(60), ["truncated or damaged GGUF", "header breaks off"]),
+    # inside the vocabulary (an array of strings, skipped in a tight loop): in a string's length,
+    # and in the last string's bytes
+    (lambda b: b[:b.index(b"<s>") + 3 + 5], ["truncated or damaged GGUF", "header breaks off"]),
+    (lambda b: b[:b.index(b"<s>") + 3 + 8 + 1 + 8], ["truncated or damaged GGUF", "header breaks off"]),
     (_cut(-8), ["truncated GGUF", "its tensors need"]),
-], ids=["bad-magic", "empty", "version-1", "cut-in-header", "cut-in-data"])
+], ids=["bad-magic", "empty", "version-1", "cut-in-header", "cut-in-vocab-length", "cut-in-vocab-string",
+        "cut-in-data"])
 def test_a_damaged_gguf_is_one_line(tmp_path, damage, words):
     good = write_gguf(tmp_path / "good.gguf").read_bytes()
     bad = tmp_path / "bad.gguf"
