@@ -136,7 +136,7 @@ def before_6b8908b() -> None:
     from repro import student, train
 
     student.frozen_linears_to = lambda model, dtype: 0
-    student._frozen_cast = lambda module, dtype: module.weight.detach().to(dtype)
+    student.frozen_cast = lambda module, dtype: module.weight.detach().to(dtype)
     student._workspace = lambda module, name, rows, cols, device: torch.empty(
         (rows, cols), dtype=torch.float32, device=device)
     train._return_freed_memory = lambda: train._LIBC and train._LIBC.mallopt(-3, 1 << 20)

@@ -249,7 +249,7 @@ def logits_head(h, lm_head, targets, softcap):
 CHUNK_ELEMENTS = 2 ** 26
 
 
-def _frozen_cast(module, dtype):
+def frozen_cast(module, dtype):
     """`module.weight` in `dtype`, converted once and kept on the module while the weight is
     unchanged: Gemma's head is its 262K x 640 embedding, and converting it for every example
     wrote 335 MB to fresh pages each time. Not for a weight that trains."""
@@ -303,7 +303,7 @@ def chunked_head(h, lm_head, targets, softcap):
             # weight again for every chunk).
             dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
             with torch.autocast(dev, enabled=False):
-                wd, hd = _frozen_cast(lm_head, dt), hidden.to(dt)
+                wd, hd = frozen_cast(lm_head, dt), hidden.to(dt)
                 n, V = hd.shape[0], w.shape[0]
                 chunk = max(1, min(n, CHUNK_ELEMENTS // V))
                 total = torch.zeros((), dtype=torch.float32, device=hidden.device)

@@ -157,6 +157,36 @@ def test_the_adapter_moves_greedy_output_to_the_training_target(tiny_model, tiny
         assert greedy() == before  # the base weights are untouched
 
 
+def test_greedy_agreement_in_bf16_counts_what_autocast_logits_give(tiny_model, tiny_tokenizer):
+    # greedy_agreement casts the frozen head once and takes max's indices; the plain way is
+    # the head under autocast, cast per call, and argmax. Same hits, adapter off and on.
+    exs, _ = train.build_examples(tiny_tokenizer, ROWS, max_len=256)
+    cfg = TrainConfig(max_steps=40, batch_size=2, lr=2e-2, warmup_steps=1, lora_r=8, lora_alpha=16,
+                      lora_dropout=0.0, precision="fp32")
+    model = student.add_lora(tiny_model, cfg)
+    train.train_loop(model, exs, cfg)
+    backend = student.Backend(bf16=True)
+    head = student.causal_lm(model).get_output_embeddings()
+
+    def plain() -> int:
+        hit = 0
+        for ex in exs:
+            ids, labels = train.collate([ex])
+            with torch.no_grad(), backend.autocast():
+                hidden = student.decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
+                keep = labels[:, 1:] != -100
+                hit += int((head(hidden[:, :-1][keep]).argmax(-1) == labels[:, 1:][keep]).sum())
+        return hit
+
+    model.eval()
+    with model.disable_adapter():
+        off = plain()
+    on = plain()
+    fit = train.greedy_agreement(model, exs, backend, k=len(exs))
+    assert (round(off / fit["tokens"], 4), round(on / fit["tokens"], 4)) == (fit["adapter_off"], fit["adapter_on"])
+    assert fit["adapter_on"] != fit["adapter_off"]  # the adapter moved something: the two passes differ
+
+
 # ---------------------------------------------------------------------------------------------
 # Backends: our kernels patched into the model
 
