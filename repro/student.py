@@ -138,6 +138,8 @@ def kernel_backend(model, device: str, bf16: bool, impl: str = "triton") -> tupl
     lce = kernel_functions(impl).linear_cross_entropy
 
     def head(h, lm_head, targets, softcap):
+        if not plain_head(lm_head):
+            return logits_head(h, lm_head, targets, softcap)
         return lce(h, lm_head.weight.to(h.dtype), targets, softcap=softcap)
 
     return Backend("triton", device, bf16, head), counts
@@ -249,6 +251,15 @@ def logits_head(h, lm_head, targets, softcap):
 CHUNK_ELEMENTS = 2 ** 26
 
 
+def plain_head(lm_head) -> bool:
+    """Whether the output head is a plain, frozen Linear, so that its weight alone gives the logits.
+    Not so when train.target_modules names lm_head (a PEFT LoRA layer: its LoRA must see the
+    hidden states) or the head trains: the fast heads then go the plain way, `lm_head(h)`."""
+    import torch
+
+    return isinstance(lm_head, torch.nn.Linear) and not lm_head.weight.requires_grad
+
+
 def frozen_cast(module, dtype):
     """`module.weight` in `dtype`, converted once and kept on the module while the weight is
     unchanged: Gemma's head is its 262K x 640 embedding, and converting it for every example
@@ -284,14 +295,14 @@ def chunked_head(h, lm_head, targets, softcap):
     each chunk's logits give its loss and, at once, its rows' gradient (softmax - onehot, times
     the softcap's derivative) @ W, so the backward only scales what the forward stored. The
     head's weight gets no gradient: in a LoRA student it is frozen (Gemma ties it to the
-    embedding); a trained head goes the plain way.
+    embedding); a head that trains, or carries a LoRA, goes the plain way (`plain_head`).
 
     Why: with Gemma's 262K vocabulary the full logits of 600 response tokens are 630 MB in fp32,
     and the cross-entropy's softmax and gradients hold several copies of them.
     """
     import torch
 
-    if lm_head.weight.requires_grad:
+    if not plain_head(lm_head):
         return logits_head(h, lm_head, targets, softcap)
 
     class Fn(torch.autograd.Function):

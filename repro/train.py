@@ -49,7 +49,7 @@ from repro.artifacts import (sql_str, DATA_DIR, ReproError, append_jsonl, atomic
                              read_jsonl, write_json, write_text)
 from repro.config import TrainConfig
 from repro.student import (BACKENDS, CUDA_ONLY, Backend, batch_loss, brief, causal_lm, decoder, frozen_cast,
-                           load_model, load_tokenizer, resolve_device, student_checkpoint, use_bf16)
+                           load_model, load_tokenizer, plain_head, resolve_device, student_checkpoint, use_bf16)
 
 
 
@@ -169,8 +169,16 @@ def greedy_agreement(model, examples: list[Example], backend: Backend, k: int = 
     dt = torch.bfloat16 if backend.bf16 else head.weight.dtype  # autocast's matmul dtype
     # The head's weight (Gemma's 262K x 640 embedding, fp32) in that dtype once (kept from the
     # training's loss), not cast again for every 256 rows as autocast would: on the CPU those
-    # casts were 6 of this function's 21 s.
-    w, bias = frozen_cast(head, dt), head.bias
+    # casts were 6 of this function's 21 s. A head with a LoRA (or training) is called as it is.
+    plain = plain_head(head)
+    w, bias = (frozen_cast(head, dt), head.bias) if plain else (None, None)
+
+    def logits(h):
+        if not plain:
+            with backend.autocast():
+                return head(h)
+        z = h.to(dt) @ w.T
+        return z + bias.to(dt) if bias is not None else z
 
     def agree() -> tuple[int, int]:
         hit = total = 0
@@ -179,15 +187,12 @@ def greedy_agreement(model, examples: list[Example], backend: Backend, k: int = 
             with torch.no_grad(), backend.autocast():
                 hidden = decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
             keep = labels[:, 1:] != -100
-            h, targets = hidden[:, :-1][keep].to(dt), labels[:, 1:][keep]
+            h, targets = hidden[:, :-1][keep], labels[:, 1:][keep]
             with torch.no_grad(), torch.autocast(backend.device, enabled=False):
                 for i in range(0, len(h), 256):  # a final softcap is monotonic: argmax unchanged
-                    z = h[i:i + 256] @ w.T
-                    if bias is not None:
-                        z = z + bias.to(dt)
                     # max's indices, not argmax: the same first maximum (both documented so), and
                     # 3x faster over bf16 rows on the CPU (measured, torch 2.13)
-                    hit += int((z.max(-1).indices == targets[i:i + 256]).sum())
+                    hit += int((logits(h[i:i + 256]).max(-1).indices == targets[i:i + 256]).sum())
             total += int(targets.numel())
         return hit, total
 

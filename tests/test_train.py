@@ -157,6 +157,27 @@ def test_the_adapter_moves_greedy_output_to_the_training_target(tiny_model, tiny
         assert greedy() == before  # the base weights are untouched
 
 
+@pytest.mark.parametrize("loss", ["chunked", "kernels"])
+def test_a_lora_on_the_head_trains_through_the_fast_loss_head(loss, tiny_model, tiny_tokenizer):
+    # train.target_modules may name lm_head: PEFT wraps it, its weight (the base's) stays frozen,
+    # and a loss head that used that weight alone would never train the head's LoRA. "kernels":
+    # the triton backend's head, with the kernels' PyTorch references (any device).
+    exs, _ = train.build_examples(tiny_tokenizer, ROWS, max_len=256)
+    cfg = TrainConfig(max_steps=2, batch_size=2, lr=1e-2, warmup_steps=0, lora_r=4, lora_alpha=8,
+                      lora_dropout=0.0, precision="fp32", target_modules=["q_proj", "lm_head"])
+    model = student.add_lora(tiny_model, cfg)
+    head = student.causal_lm(model).get_output_embeddings()
+    assert not student.plain_head(head)
+    b = next(p for n, p in head.named_parameters() if "lora_B" in n)
+    assert not b.any()  # PEFT starts B at zero
+    backend = (student.Backend(head=student.chunked_head) if loss == "chunked"
+               else student.kernel_backend(model, "cpu", False, impl="reference")[0])
+    train.train_loop(model, exs, cfg, backend=backend)
+    assert b.any()  # the head's LoRA got gradients
+    fit = train.greedy_agreement(model, exs, backend)
+    assert fit["tokens"] > 0
+
+
 def test_greedy_agreement_in_bf16_counts_what_autocast_logits_give(tiny_model, tiny_tokenizer):
     # greedy_agreement casts the frozen head once and takes max's indices; the plain way is
     # the head under autocast, cast per call, and argmax. Same hits, adapter off and on.
