@@ -177,8 +177,9 @@ def greedy_agreement(model, examples: list[Example], backend: Backend, k: int = 
         if not plain:
             with backend.autocast():
                 return head(h)
-        z = h.to(dt) @ w.T
-        return z + bias.to(dt) if bias is not None else z
+        with torch.autocast(backend.device, enabled=False):  # dt already: nothing to cast
+            z = h.to(dt) @ w.T
+            return z + bias.to(dt) if bias is not None else z
 
     def agree() -> tuple[int, int]:
         hit = total = 0
@@ -188,7 +189,7 @@ def greedy_agreement(model, examples: list[Example], backend: Backend, k: int = 
                 hidden = decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
             keep = labels[:, 1:] != -100
             h, targets = hidden[:, :-1][keep], labels[:, 1:][keep]
-            with torch.no_grad(), torch.autocast(backend.device, enabled=False):
+            with torch.no_grad():
                 for i in range(0, len(h), 256):  # a final softcap is monotonic: argmax unchanged
                     # max's indices, not argmax: the same first maximum (both documented so), and
                     # 3x faster over bf16 rows on the CPU (measured, torch 2.13)
