@@ -200,6 +200,9 @@ class EvaluateConfig:
     backend: str = "llama-batched"  # llama-batched | llama (one request at a time, the reference)
     parallel: int = 16              # sequences decoded together (short prompts: more fit a step)
     threads: int = 0
+    lanes: int = 0                  # models decoded at once on a CPU, each on its share of the threads
+                                    # (repro/eval/lanes.py; the same answers): 0 = one per thread, 1 = one
+                                    # model at a time
     n_gpu_layers: int = -1          # -1 = all layers on the GPU when llama.cpp was built with CUDA (ignored
                                     # by a CPU build); 0 = CPU only; N = the first N layers
     flash_attn: str = "auto"        # auto | on | off, used only with layers on the GPU (see generate.flash_attn)
@@ -437,6 +440,7 @@ RANGES = {
     "evaluate.multilingual_stride": (1, True, None, False),
     "evaluate.max_tokens": (1, True, None, False),
     "evaluate.threads": (0, True, None, False),
+    "evaluate.lanes": (0, True, None, False),
     "evaluate.n_gpu_layers": (-1, True, None, False),
     "evaluate.workers": (0, True, None, False),
     "evaluate.samples": (1, True, None, False),

@@ -361,6 +361,7 @@ def _evaluate_settings(cfg: Config) -> dict:
         del section["samples"], section["temperature"]
     if not e.fill_loops:  # newer than the runs made, and off: every token decoded, as those runs did
         del section["fill_loops"]
+    del section["lanes"]  # how the answers are scheduled, not what they are
     return {**section, "base_id": models.model_id(cfg.train.student),
             "teacher_id": models.model_id(teacher_spec(cfg)) if "teacher" in e.models else "",
             "benchmark_data": data,

@@ -47,6 +47,24 @@ def test_batched_greedy_equals_the_reference_with_slots_reused(student):
 
 
 @pytest.mark.e2e
+def test_greedy_answers_do_not_change_when_the_threads_do(student):
+    """evaluate's lanes give a finished lane's threads to an engine mid-answer (repro/eval/lanes.py):
+    the greedy text must be what one thread count gives throughout."""
+    probs = humaneval()[:4]
+    reqs = [Request(p["task_id"], prompt=p["prompt"], max_tokens=40, stop=COMPLETION_STOPS) for p in probs]
+    ref, _ = _run("llama-batched", student, reqs, n_ctx=512, parallel=2)
+    got, seen = {}, set()
+    with open_engine("llama-batched", student, threads=1, n_ctx=512, parallel=2) as e:
+        for c in e.run(reqs):
+            got[c.key] = c
+            seen.add(e.threads)
+            e.set_threads(3 - e.threads)  # 1 -> 2 -> 1 ...: a switch at every answer
+    assert seen == {1, 2}
+    assert {k: (c.text, c.completion_tokens) for k, c in got.items()} == \
+        {k: (c.text, c.completion_tokens) for k, c in ref.items()}
+
+
+@pytest.mark.e2e
 def test_batched_chat_equals_the_reference():
     teacher = models.resolve(TEACHER)
     reqs = [Request(f"c{i}", messages=[{"role": "system", "content": "You are a helpful coder."},

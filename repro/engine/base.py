@@ -111,6 +111,10 @@ class Engine(abc.ABC):
     def run(self, requests: Iterable[Request]) -> Iterator[Completion]:
         """Answer every request; yield each result as soon as it is finished."""
 
+    def set_threads(self, n: int) -> None:
+        """Decode with `n` threads from the next step on; callable from another Python thread.
+        Only the batched llama.cpp engine can; the others keep the threads they started with."""
+
     def close(self) -> None:
         pass
 

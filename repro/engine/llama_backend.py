@@ -3,8 +3,10 @@ and `llama` (llama-cpp-python's high-level API, one request at a time: the refer
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import heapq
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,21 @@ class Tokenizer:
     def detokenize(self, toks: list[int]) -> str:
         """Text of `toks`; a character cut in half at the end is dropped."""
         return b"".join(self.piece(t) for t in toks).decode("utf-8", errors="ignore")
+
+
+# llama.cpp prints notes on fd 2 while a model is loaded or a context made or freed; they are
+# silenced by pointing fd 2 elsewhere (here and in llama-cpp-python's model load), which is the
+# whole process's: two engines doing it at once (evaluate's lanes) could restore each other's
+# redirection and silence stderr for good. So engines load and close one at a time.
+_FD2_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _quiet_fd2():
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with _FD2_LOCK, suppress_stdout_stderr(disable=False):
+        yield
 
 
 def load_vocab(gguf: Path):
@@ -211,17 +228,17 @@ class BatchedEngine(Engine):
     def __init__(self, gguf: Path, *, n_ctx: int, parallel: int, threads: int, n_batch: int,
                  n_gpu_layers: int = 0, flash_attn: str = "auto", section: str = "engine"):
         import llama_cpp.llama_cpp as C
-        from llama_cpp._utils import suppress_stdout_stderr
 
         from repro.models import choose_threads, llama_model
 
         self.C = C
         self.n_seq, self.n_ctx, self.n_batch = parallel, n_ctx, max(n_batch, parallel)
-        self.threads = choose_threads(threads)
+        self.threads = self._want_threads = choose_threads(threads)
         self.stats = Stats()
         self.model_name = Path(gguf).name
         self.gpu = _offload(gguf, n_ctx * parallel, n_gpu_layers, section, parallel, self.n_batch)
-        self.model = llama_model(gguf, n_gpu_layers=n_gpu_layers if self.gpu else 0)
+        with _FD2_LOCK:
+            self.model = llama_model(gguf, n_gpu_layers=n_gpu_layers if self.gpu else 0)
         cp = C.llama_context_default_params()
         cp.n_ctx = n_ctx * parallel
         cp.n_batch = cp.n_ubatch = self.n_batch
@@ -241,7 +258,7 @@ class BatchedEngine(Engine):
             cp.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
         # llama.cpp prints notes about the cache layout on fd 2; they are not for our users.
-        with suppress_stdout_stderr(disable=False):
+        with _quiet_fd2():
             self.ctx = C.llama_init_from_model(self.model.model, cp)
         if not self.ctx:
             raise ReproError(f"{gguf}: llama.cpp could not create a context of {parallel} x {n_ctx} "
@@ -312,6 +329,12 @@ class BatchedEngine(Engine):
             self.C.llama_sampler_free(s.grammar)
             s.grammar = None
 
+    def set_threads(self, n: int) -> None:
+        """Takes effect at the next step, in the thread that runs the loop. The text does not
+        change: llama.cpp splits each op's rows among its threads, every row's sums in one thread
+        (tests/test_engine.py checks greedy answers across a change)."""
+        self._want_threads = max(1, n)
+
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, requests: Iterable[Request]) -> Iterator[Completion]:
@@ -325,6 +348,10 @@ class BatchedEngine(Engine):
         try:
             while True:
                 t_step = time.perf_counter()
+                if self._want_threads != self.threads:
+                    self.threads = self._want_threads
+                    with _quiet_fd2():  # it logs the new count
+                        C.llama_set_n_threads(self.ctx, self.threads, self.threads)
                 # Admit new requests into free sequences.
                 while free and not exhausted:
                     r = next(pending, None)
@@ -489,13 +516,12 @@ class BatchedEngine(Engine):
             self.C.llama_batch_free(self.batch)
             self.batch = None
         if getattr(self, "ctx", None):
-            from llama_cpp._utils import suppress_stdout_stderr
-
-            with suppress_stdout_stderr(disable=False):  # it reports its buffer sizes on fd 2
+            with _quiet_fd2():  # it reports its buffer sizes on fd 2
                 self.C.llama_free(self.ctx)
             self.ctx = None
         if getattr(self, "model", None) is not None:
-            self.model.close()
+            with _FD2_LOCK:
+                self.model.close()
             self.model = None
 
     def __del__(self):

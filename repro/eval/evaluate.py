@@ -15,7 +15,9 @@ rules, in our sandbox. Prompt styles:
 Answers are cached across runs under the cache directory, keyed by the model file's sha256, the
 benchmark file's sha256, the prompt style and its texts, and the decoding settings: the base
 student's and the teacher's answers are made once and reused by every later run (the fine-tuned
-student's file changes with each training). Programs run only after every answer is decoded.
+student's file changes with each training). On a CPU the models decode side by side, each on its
+share of the threads, with the same answers (repro/eval/lanes.py). Programs run only after every
+answer is decoded.
 
 The paper's other axes (`evaluate.multilingual`): MultiPL-E's HumanEval in Java, JavaScript, C++,
 PHP, Swift and Rust (repro/eval/multipl_e.py; a completion prompt for every model, as the bigcode harness
@@ -40,12 +42,14 @@ paired-bootstrap intervals of each difference between models.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
 from pathlib import Path
 
 from repro.eval import ds1000, evalplus_data, multipl_e
+from repro.eval import lanes as lane_pool
 from repro.artifacts import DATA_DIR, ReproError, append_jsonl, fingerprint, read_jsonl, repair_jsonl, \
     sha256_file, write_json, write_text
 from repro.data.benchmarks import Missing
@@ -195,13 +199,9 @@ def answers_path(key: str, local: Path, cfg: EvaluateConfig) -> Path:
     return eval_cache() / f"{key[:32]}.jsonl" if cfg.cache else local
 
 
-def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=None) -> dict:
-    """Decode what is not in each job's answers file yet. jobs: (bench name, problems, ids, style,
-    answers path). One engine for all of a model's jobs: llama.cpp on a GGUF path, or an
-    OpenAI-compatible server (`engine.Server`). Returns counts and throughput."""
-    from repro.engine import Request, open_engine
-
-    todo, n, seen = [], cfg.samples, {}
+def _todo(jobs: list[tuple], n: int) -> list[tuple]:
+    """The (bench, problem, style, path, sample) that no job's answers file holds yet."""
+    todo, seen = [], {}
     for bench, problems, ids, style, path in jobs:
         path.parent.mkdir(parents=True, exist_ok=True)
         repair_jsonl(path)  # a torn last line from a crash is cut and redone
@@ -212,6 +212,18 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
                 if (t, j) not in seen[path]:
                     seen[path].add((t, j))
                     todo.append((bench, problems[t], style, path, j))
+    return todo
+
+
+def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=None, lane=None) -> dict:
+    """Decode what is not in each job's answers file yet. jobs: (bench name, problems, ids, style,
+    answers path). One engine for all of a model's jobs: llama.cpp on a GGUF path, or an
+    OpenAI-compatible server (`engine.Server`). `lane` (repro/eval/lanes.py): the threads to
+    start with, and more when another lane ends. Returns counts and throughput."""
+    from repro.engine import Request, open_engine
+
+    n = cfg.samples
+    todo = _todo(jobs, n)
     n_all = sum(len(j[2]) for j in jobs) * n
     out = {"generated": len(todo), "reused": n_all - len(todo), "tokens_per_second": None, "threads": None,
            "generated_by_path": Counter(t[3] for t in todo)}
@@ -222,8 +234,9 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
     try:
         server = None if isinstance(gguf, Path) else gguf
         with open_engine("openai" if server else cfg.backend, None if server else gguf, n_ctx=cfg.n_ctx,
-                         parallel=cfg.parallel, threads=cfg.threads, n_gpu_layers=cfg.n_gpu_layers,
-                         flash_attn=cfg.flash_attn, section="evaluate", server=server) as engine:
+                         parallel=cfg.parallel, threads=lane.threads() if lane else cfg.threads,
+                         n_gpu_layers=cfg.n_gpu_layers, flash_attn=cfg.flash_attn, section="evaluate",
+                         server=server) as engine, lane.attached(engine) if lane else contextlib.nullcontext():
             out["threads"] = engine.threads
             where = {}
 
@@ -246,12 +259,35 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
                 if progress:
                     tps = engine.stats.tokens_per_second or 0.0
                     progress.update(task, advance=1, description=f"evaluate {label} ({tps:.1f} tok/s)")
+                if lane and lane.stopped():  # another lane failed: its error ends the stage
+                    break
+            out["threads"] = max(out["threads"], engine.threads)  # a lane's share grows as others end
             if engine.stats.seconds:
                 out["tokens_per_second"] = round(engine.stats.tokens_per_second, 1)
     finally:
         for f in files.values():
             f.close()
     return out
+
+
+def lane_plan(cfg: EvaluateConfig, work: list[tuple]) -> tuple[int, int]:
+    """(lanes, threads): how many models decode at once (repro/eval/lanes.py), over how many
+    threads. One lane, as before, for a server's model, the `llama` reference backend, layers on
+    a GPU, or where fewer than two models (or threads) have answers to make."""
+    from repro.gpu import llama_offload
+    from repro.models import choose_threads
+
+    busy = [w for w in work if _todo(w[2], cfg.samples)]
+    if (cfg.lanes == 1 or len(busy) < 2 or cfg.backend != "llama-batched"
+            or not all(isinstance(w[1], Path) for w in work) or (cfg.n_gpu_layers != 0 and llama_offload())):
+        return 1, 0
+    threads = choose_threads(cfg.threads)
+    return max(1, min(cfg.lanes or threads, len(busy), threads)), threads
+
+
+def _cost(w: tuple, cfg: EvaluateConfig) -> int:
+    """A model's decoding work, roughly: answers to make x the weights read per token."""
+    return len(_todo(w[2], cfg.samples)) * w[1].stat().st_size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,9 +367,9 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
         results.update(samples=cfg.samples, temperature=cfg.temperature, estimator="unbiased pass@k (Chen et al. 2021)")
     extra = multilingual_sets(cfg)
     results["multilingual"] = {name: {k: v for k, v in x.items() if k != "problems"} for name, x in extra.items()}
-    # 1. Answers, model by model (one llama.cpp model in memory at a time). Rows of the same GGUF
-    # (base and the control row) decode in one pass: one load, and one batch that does not drain
-    # between them.
+    # 1. Answers: on a CPU several models at once, each on its share of the threads (lanes.py);
+    # else model by model. Rows of the same GGUF (base and the control row) decode in one pass:
+    # one load, and one batch that does not drain between them.
     answers, jobs_of, groups = {}, {}, {}
     for label, (gguf, style) in models.items():
         local_file = isinstance(gguf, Path)
@@ -354,9 +390,19 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
                 answers[label, name] = path
         where = {"gguf": str(gguf), "sha256": sha} if local_file else {"server": gguf.base_url, "model": gguf.model}
         results["models"][label] = {**where, "prompt_style": style}  # the counts once its group has decoded
-    for labels in groups.values():
-        gguf = models[labels[0]][0]
-        counts = generate(" + ".join(labels), gguf, [j for label in labels for j in jobs_of[label]], cfg, progress)
+    work = [(" + ".join(labels), models[labels[0]][0], [j for label in labels for j in jobs_of[label]])
+            for labels in groups.values()]
+    lanes, threads = lane_plan(cfg, work)
+    results["lanes"] = lanes
+    if lanes > 1:  # the largest work first (it ends last otherwise); the answers do not depend on it
+        order = sorted(range(len(work)), key=lambda i: -_cost(work[i], cfg))
+        done = lane_pool.run([work[i] for i in order], lambda w, lane: generate(*w, cfg, progress, lane),
+                             threads, lanes)
+        made = dict(zip(order, done))
+        counted = [made[i] for i in range(len(work))]
+    else:
+        counted = [generate(*w, cfg, progress) for w in work]
+    for labels, counts in zip(groups.values(), counted):
         by_path = counts.pop("generated_by_path")
         for label in labels:
             made = sum(by_path[j[4]] for j in jobs_of[label])
