@@ -396,10 +396,9 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
     results["lanes"] = lanes
     if lanes > 1:  # the largest work first (it ends last otherwise); the answers do not depend on it
         order = sorted(range(len(work)), key=lambda i: -_cost(work[i], cfg))
-        done = lane_pool.run([work[i] for i in order], lambda w, lane: generate(*w, cfg, progress, lane),
-                             threads, lanes)
-        made = dict(zip(order, done))
-        counted = [made[i] for i in range(len(work))]
+        done = dict(zip(order, lane_pool.run([work[i] for i in order],
+                                             lambda w, lane: generate(*w, cfg, progress, lane), threads, lanes)))
+        counted = [done[i] for i in range(len(work))]
     else:
         counted = [generate(*w, cfg, progress) for w in work]
     for labels, counts in zip(groups.values(), counted):
