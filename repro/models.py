@@ -237,7 +237,19 @@ def busy_cores(window_s: float = 0.5) -> float:
     return total_cores * (1 - (i1 - i0) / max(1, t1 - t0))
 
 
+# Held while llama.cpp's process-wide state is touched: the patched model defaults below, and fd 2
+# while its notes are silenced (the redirection is the whole process's: two threads doing it at
+# once, as evaluate's lanes could, would restore each other's and silence stderr for good).
 _llama_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def llama_quiet():
+    """llama.cpp's notes on fd 2 silenced, one thread at a time (model loads hold the same lock)."""
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with _llama_lock, suppress_stdout_stderr(disable=False):
+        yield
 
 
 @contextlib.contextmanager

@@ -3,10 +3,8 @@ and `llama` (llama-cpp-python's high-level API, one request at a time: the refer
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import heapq
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,21 +69,6 @@ class Tokenizer:
     def detokenize(self, toks: list[int]) -> str:
         """Text of `toks`; a character cut in half at the end is dropped."""
         return b"".join(self.piece(t) for t in toks).decode("utf-8", errors="ignore")
-
-
-# llama.cpp prints notes on fd 2 while a model is loaded or a context made or freed; they are
-# silenced by pointing fd 2 elsewhere (here and in llama-cpp-python's model load), which is the
-# whole process's: two engines doing it at once (evaluate's lanes) could restore each other's
-# redirection and silence stderr for good. So engines load and close one at a time.
-_FD2_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def _quiet_fd2():
-    from llama_cpp._utils import suppress_stdout_stderr
-
-    with _FD2_LOCK, suppress_stdout_stderr(disable=False):
-        yield
 
 
 def load_vocab(gguf: Path):
@@ -229,16 +212,15 @@ class BatchedEngine(Engine):
                  n_gpu_layers: int = 0, flash_attn: str = "auto", section: str = "engine"):
         import llama_cpp.llama_cpp as C
 
-        from repro.models import choose_threads, llama_model
+        from repro.models import choose_threads, llama_model, llama_quiet
 
-        self.C = C
+        self.C, self.quiet = C, llama_quiet  # close() may run at exit, when imports fail
         self.n_seq, self.n_ctx, self.n_batch = parallel, n_ctx, max(n_batch, parallel)
         self.threads = self._want_threads = choose_threads(threads)
         self.stats = Stats()
         self.model_name = Path(gguf).name
         self.gpu = _offload(gguf, n_ctx * parallel, n_gpu_layers, section, parallel, self.n_batch)
-        with _FD2_LOCK:
-            self.model = llama_model(gguf, n_gpu_layers=n_gpu_layers if self.gpu else 0)
+        self.model = llama_model(gguf, n_gpu_layers=n_gpu_layers if self.gpu else 0)  # under llama_quiet's lock
         cp = C.llama_context_default_params()
         cp.n_ctx = n_ctx * parallel
         cp.n_batch = cp.n_ubatch = self.n_batch
@@ -258,7 +240,7 @@ class BatchedEngine(Engine):
             cp.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
         # llama.cpp prints notes about the cache layout on fd 2; they are not for our users.
-        with _quiet_fd2():
+        with self.quiet():
             self.ctx = C.llama_init_from_model(self.model.model, cp)
         if not self.ctx:
             raise ReproError(f"{gguf}: llama.cpp could not create a context of {parallel} x {n_ctx} "
@@ -350,7 +332,7 @@ class BatchedEngine(Engine):
                 t_step = time.perf_counter()
                 if self._want_threads != self.threads:
                     self.threads = self._want_threads
-                    with _quiet_fd2():  # it logs the new count
+                    with self.quiet():  # it logs the new count
                         C.llama_set_n_threads(self.ctx, self.threads, self.threads)
                 # Admit new requests into free sequences.
                 while free and not exhausted:
@@ -516,11 +498,11 @@ class BatchedEngine(Engine):
             self.C.llama_batch_free(self.batch)
             self.batch = None
         if getattr(self, "ctx", None):
-            with _quiet_fd2():  # it reports its buffer sizes on fd 2
+            with self.quiet():  # it reports its buffer sizes on fd 2
                 self.C.llama_free(self.ctx)
             self.ctx = None
         if getattr(self, "model", None) is not None:
-            with _FD2_LOCK:
+            with self.quiet():
                 self.model.close()
             self.model = None
 
