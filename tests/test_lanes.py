@@ -149,17 +149,20 @@ def test_lanes_only_where_several_local_models_have_answers_to_make_on_a_cpu(tmp
             out.append((name, rows[name][0], [("humaneval", bench.problems, ids, rows[name][1], path)]))
         return out
 
+    def plan(cfg, w):
+        return evaluate.lane_plan(cfg, w, [len(evaluate._todo(x[2], cfg.samples)) for x in w])
+
     cfg = EvaluateConfig()
-    assert evaluate.lane_plan(cfg, work(["base", "finetuned", "teacher"])) == (3, 4)
-    assert evaluate.lane_plan(EvaluateConfig(threads=2), work(["base", "finetuned", "teacher"])) == (2, 2)
-    assert evaluate.lane_plan(EvaluateConfig(lanes=2), work(["base", "finetuned", "teacher"])) == (2, 4)
-    assert evaluate.lane_plan(EvaluateConfig(lanes=1), work(["base", "teacher"])) == (1, 0)
+    assert plan(cfg, work(["base", "finetuned", "teacher"])) == (3, 4)
+    assert plan(EvaluateConfig(threads=2), work(["base", "finetuned", "teacher"])) == (2, 2)
+    assert plan(EvaluateConfig(lanes=2), work(["base", "finetuned", "teacher"])) == (2, 4)
+    assert plan(EvaluateConfig(lanes=1), work(["base", "teacher"])) == (1, 0)
     # Answers cached for all but one model: that one alone, on every thread.
-    assert evaluate.lane_plan(cfg, work(["base", "finetuned", "teacher"], done=("base", "teacher"))) == (1, 0)
-    assert evaluate.lane_plan(EvaluateConfig(backend="llama"), work(["base", "teacher"])) == (1, 0)
+    assert plan(cfg, work(["base", "finetuned", "teacher"], done=("base", "teacher"))) == (1, 0)
+    assert plan(EvaluateConfig(backend="llama"), work(["base", "teacher"])) == (1, 0)
     served = work(["base", "teacher"])
     served[1] = (served[1][0], Server("http://localhost:1/v1"), served[1][2])
-    assert evaluate.lane_plan(cfg, served) == (1, 0)
+    assert plan(cfg, served) == (1, 0)
     monkeypatch.setattr("repro.gpu.llama_offload", lambda: True)  # layers on a GPU: one model at a time
-    assert evaluate.lane_plan(cfg, work(["base", "teacher"])) == (1, 0)
-    assert evaluate.lane_plan(EvaluateConfig(n_gpu_layers=0), work(["base", "teacher"])) == (2, 4)
+    assert plan(cfg, work(["base", "teacher"])) == (1, 0)
+    assert plan(EvaluateConfig(n_gpu_layers=0), work(["base", "teacher"])) == (2, 4)

@@ -270,24 +270,20 @@ def generate(label: str, gguf, jobs: list[tuple], cfg: EvaluateConfig, progress=
     return out
 
 
-def lane_plan(cfg: EvaluateConfig, work: list[tuple]) -> tuple[int, int]:
+def lane_plan(cfg: EvaluateConfig, work: list[tuple], pending: list[int]) -> tuple[int, int]:
     """(lanes, threads): how many models decode at once (repro/eval/lanes.py), over how many
-    threads. One lane, as before, for a server's model, the `llama` reference backend, layers on
-    a GPU, or where fewer than two models (or threads) have answers to make."""
+    threads. `pending`: each work item's answers still to make (`_todo`). One lane, as before,
+    for a server's model, the `llama` reference backend, layers on a GPU, or where fewer than two
+    models (or threads) have answers to make."""
     from repro.gpu import llama_offload
     from repro.models import choose_threads
 
-    busy = [w for w in work if _todo(w[2], cfg.samples)]
-    if (cfg.lanes == 1 or len(busy) < 2 or cfg.backend != "llama-batched"
+    busy = sum(1 for n in pending if n)
+    if (cfg.lanes == 1 or busy < 2 or cfg.backend != "llama-batched"
             or not all(isinstance(w[1], Path) for w in work) or (cfg.n_gpu_layers != 0 and llama_offload())):
         return 1, 0
     threads = choose_threads(cfg.threads)
-    return max(1, min(cfg.lanes or threads, len(busy), threads)), threads
-
-
-def _cost(w: tuple, cfg: EvaluateConfig) -> int:
-    """A model's decoding work, roughly: answers to make x the weights read per token."""
-    return len(_todo(w[2], cfg.samples)) * w[1].stat().st_size
+    return max(1, min(cfg.lanes or threads, busy, threads)), threads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,10 +388,12 @@ def run(cfg: EvaluateConfig, models: dict[str, tuple], out_dir: Path, progress=N
         results["models"][label] = {**where, "prompt_style": style}  # the counts once its group has decoded
     work = [(" + ".join(labels), models[labels[0]][0], [j for label in labels for j in jobs_of[label]])
             for labels in groups.values()]
-    lanes, threads = lane_plan(cfg, work)
+    pending = [len(_todo(w[2], cfg.samples)) for w in work]
+    lanes, threads = lane_plan(cfg, work, pending)
     results["lanes"] = lanes
     if lanes > 1:  # the largest work first (it ends last otherwise); the answers do not depend on it
-        order = sorted(range(len(work)), key=lambda i: -_cost(work[i], cfg))
+        # Work, roughly: answers to make x the weights read per token.
+        order = sorted(range(len(work)), key=lambda i: -pending[i] * work[i][1].stat().st_size)
         done = dict(zip(order, lane_pool.run([work[i] for i in order],
                                              lambda w, lane: generate(*w, cfg, progress, lane), threads, lanes)))
         counted = [done[i] for i in range(len(work))]
